@@ -1,0 +1,3 @@
+from yolodefect.cli import app
+
+app(prog_name="yolodefect")
