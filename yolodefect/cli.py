@@ -1,0 +1,132 @@
+"""The ``yolodefect`` command line: parse options, call one library function, render its result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from yolodefect import __version__
+from yolodefect.console import configure_logging, err_console, print_json, progress_bar, user_errors
+
+app = typer.Typer(
+    name="yolodefect",
+    help="From labelled defect images to an inline inspection station, on Ultralytics YOLO.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the full result as JSON on stdout.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"yolodefect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    configure_logging(debug)
+    ctx.obj = {"debug": debug}
+
+
+def _debug(ctx: typer.Context) -> bool:
+    return bool(ctx.obj and ctx.obj.get("debug"))
+
+
+@app.command()
+def convert(
+    ctx: typer.Context,
+    src: Annotated[Path, typer.Argument(help="The labelled dataset to read (never modified).")],
+    out: Annotated[Path, typer.Argument(help="Folder for the YOLO dataset (created).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="voc, coco, labelme, deeppcb, mask, yolo-seg, yolo or auto.")] = "auto",
+    split: Annotated[str, typer.Option(help="train,val[,test] fractions for a seeded split stratified by class.")] = "0.8,0.1,0.1",
+    keep_split: Annotated[Optional[bool], typer.Option("--keep-split/--resplit", help="Keep the source's own split, or re-split. Default: keep it when every image has one.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of tile sampling.")] = 0,
+    classes: Annotated[Optional[list[str]], typer.Option("--classes", help="Rename or merge classes: 'old=new' or 'a,b=defect' (repeatable, or ';'-separated).")] = None,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="Drop a class (repeatable).")] = None,
+    copy: Annotated[bool, typer.Option("--copy/--link", help="Copy images (EXIF orientation applied), or link them (default, falls back to copy).")] = False,
+    tile: Annotated[Optional[int], typer.Option(help="Cut images into tiles of this many pixels.")] = None,
+    overlap: Annotated[float, typer.Option(help="Tile overlap as a fraction of the tile.")] = 0.2,
+    min_visibility: Annotated[float, typer.Option(help="Keep a box in a tile if this share of it is inside.")] = 0.5,
+    background_tiles: Annotated[float, typer.Option(help="Share of defect-free tiles kept.")] = 0.2,
+    include_templates: Annotated[bool, typer.Option(help="DeepPCB: add the defect-free template images as backgrounds.")] = False,
+    min_area: Annotated[int, typer.Option(help="Masks: smallest component kept, in pixels.")] = 1,
+    mask_threshold: Annotated[int, typer.Option(help="Masks: foreground is above this grey level.")] = 127,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed files (listed in conversion.json) instead of stopping.")] = False,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Convert a labelled defect dataset into a clean, split YOLO dataset.
+
+    Writes OUT/images/{train,val,test}, OUT/labels/..., OUT/data.yaml and OUT/conversion.json.
+
+    [bold]Examples[/bold]
+
+      yolodefect convert ../shared/datasets/neu-det neu-yolo --format voc
+
+      yolodefect convert PCBData pcb-yolo --format deeppcb --copy
+
+      yolodefect convert coco/ out/ --classes 'scratch,scuff=surface' --drop label_noise
+    """
+    from yolodefect.data.convert import ConvertOptions
+    from yolodefect.data.convert import convert as run_convert
+    from yolodefect.render import render_conversion
+
+    with user_errors(_debug(ctx)):
+        options = ConvertOptions(
+            format=format, split=split, keep_split=keep_split, seed=seed, classes=tuple(classes or ()),
+            drop=tuple(drop or ()), transfer="copy" if copy else "link", tile=tile, overlap=overlap,
+            min_visibility=min_visibility, background_tiles=background_tiles, skip_bad=skip_bad, force=force,
+            include_templates=include_templates, mask_min_area=min_area, mask_threshold=mask_threshold,
+        )
+        with progress_bar(not json_output) as progress:
+            result = run_convert(src, out, options, progress)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_conversion(result, err_console)
+
+
+@app.command()
+def synth(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder for the synthetic YOLO dataset (created).")],
+    kind: Annotated[str, typer.Option(help="steel (scratch, pit, inclusion, patch) or pcb (open, short, mousebite, spur, spurious_copper, pin_hole).")] = "steel",
+    images: Annotated[int, typer.Option(help="Number of images.")] = 200,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    background: Annotated[float, typer.Option(help="Share of defect-free images.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same dataset.")] = 0,
+    split: Annotated[str, typer.Option(help="train,val[,test] fractions.")] = "0.8,0.1,0.1",
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Generate a seeded synthetic defect dataset (no download needed).
+
+    [bold]Example[/bold]
+
+      yolodefect synth steel-demo --kind steel --images 300
+    """
+    from yolodefect.data.synth_dataset import SynthOptions, synthesize
+    from yolodefect.render import render_conversion
+
+    with user_errors(_debug(ctx)):
+        options = SynthOptions(kind=kind, images=images, seed=seed, size_wh=(size, size),
+                               background_fraction=background, split=split, force=force)
+        with progress_bar(not json_output) as progress:
+            result = synthesize(out, options, progress)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_conversion(result, err_console)

@@ -1,0 +1,96 @@
+"""How the CLI talks to people: one red line for errors, progress bars, JSON on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from yolodefect.errors import UsageError, YoloDefectError
+
+# Human output goes to stderr so that ``--json`` output on stdout stays parseable.
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=debug, show_time=False)],
+        force=True,
+    )
+    if not debug:
+        # Ultralytics logs every step at INFO; our own messages are enough by default.
+        logging.getLogger("ultralytics").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Turn library errors into one red line and an exit code (2: usage, 1: everything else)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except UsageError as error:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    except YoloDefectError as error:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+    except Exception as error:  # a bug of ours or of a dependency: still no traceback unless asked
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/red] unexpected {type(error).__name__}: {error} "
+                          "(run with --debug for the traceback)", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator:
+    """A callback (stage, done, total) drawing one bar per stage on stderr."""
+    if not enabled:
+        yield lambda stage, done, total: None
+        return
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _default(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def print_json(data) -> None:
+    """Machine-readable output on stdout, nothing else on it."""
+    print(json.dumps(data, indent=2, default=_default))

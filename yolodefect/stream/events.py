@@ -1,0 +1,254 @@
+"""The inspection event: one record per inspected part, the unit every sink delivers.
+
+The dict form (``Event.to_dict``) is the wire format. It is described by ``event.schema.json`` beside
+this module; consumers de-duplicate on ``event_id`` because delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any, Literal, cast, get_args
+
+from yolodefect.errors import YoloDefectError
+
+SCHEMA_VERSION = 1
+
+Decision = Literal["reject", "pass", "error"]
+DECISIONS: tuple[str, ...] = get_args(Decision)
+
+# UTC only: line events are compared across stations and PLCs, so a local offset would be a bug waiting.
+_UTC_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class EventError(YoloDefectError):
+    """An event record is malformed; the message names the field and what it must be."""
+
+
+def utc_now_iso() -> str:
+    """Current time as ISO 8601 UTC with millisecond precision and a ``Z`` suffix."""
+    return to_utc_iso(datetime.now(timezone.utc))
+
+
+def to_utc_iso(moment: datetime) -> str:
+    """Format an aware datetime as ISO 8601 UTC (``...Z``)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        # A naive time could be local or UTC; guessing would silently shift events by hours.
+        raise EventError(
+            f"timestamp {moment.isoformat()} has no time zone; pass an aware datetime "
+            "(e.g. datetime.now(timezone.utc))"
+        )
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_utc(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _UTC_TIMESTAMP.match(value):
+        raise EventError(
+            f"{name}={value!r} is not an ISO 8601 UTC timestamp; expected e.g. '2024-05-01T12:00:00.000Z'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One detected defect on the part."""
+
+    class_name: str
+    confidence: float
+    bbox_xyxy: tuple[float, float, float, float]
+
+    def __post_init__(self) -> None:
+        if not self.class_name:
+            raise EventError("defect class_name is empty; use the model's class name")
+        if not (0.0 <= float(self.confidence) <= 1.0):
+            raise EventError(f"defect confidence {self.confidence} is outside [0, 1]")
+        if len(self.bbox_xyxy) != 4 or not all(math.isfinite(float(v)) for v in self.bbox_xyxy):
+            raise EventError(f"defect bbox_xyxy {self.bbox_xyxy!r} must be 4 finite numbers (x1, y1, x2, y2)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.class_name,
+            "confidence": float(self.confidence),
+            "bbox_xyxy": [float(v) for v in self.bbox_xyxy],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Defect:
+        try:
+            x1, y1, x2, y2 = (float(v) for v in data["bbox_xyxy"])
+            return cls(class_name=str(data["class"]), confidence=float(data["confidence"]), bbox_xyxy=(x1, y1, x2, y2))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EventError(f"defect {dict(data)!r} is malformed ({exc}); expected class, confidence, bbox_xyxy[4]") from exc
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model made the decision, so a reject can be traced back to exact weights."""
+
+    name: str
+    sha256: str
+    precision: str
+
+    def __post_init__(self) -> None:
+        if not _SHA256.match(self.sha256):
+            raise EventError(f"model sha256 {self.sha256!r} is not 64 lowercase hex digits; hash the weights file")
+        if not self.name or not self.precision:
+            raise EventError("model name and precision must be non-empty (e.g. 'best.pt', 'fp16')")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+        try:
+            return cls(name=str(data["name"]), sha256=str(data["sha256"]), precision=str(data["precision"]))
+        except (KeyError, TypeError) as exc:
+            raise EventError(f"model {data!r} is malformed; expected name, sha256, precision") from exc
+
+
+@dataclass(frozen=True)
+class Event:
+    """One inspection result. Build it with :func:`new_event`, which fills the id and emission time."""
+
+    event_id: str
+    decision: Decision
+    source: str
+    frame_index: int
+    captured_at: str
+    emitted_at: str
+    latency_ms: float
+    part_id: str | int | None
+    defects: list[Defect]
+    image_size_wh: tuple[int, int]
+    model: ModelInfo
+    snapshot_paths: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            uuid.UUID(self.event_id)
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise EventError(f"event_id {self.event_id!r} is not a UUID; let new_event() generate it") from exc
+        if self.decision not in DECISIONS:
+            raise EventError(f"decision {self.decision!r} must be one of {', '.join(DECISIONS)}")
+        _check_utc("captured_at", self.captured_at)
+        _check_utc("emitted_at", self.emitted_at)
+        if self.frame_index < 0:
+            raise EventError(f"frame_index {self.frame_index} must be >= 0")
+        if not math.isfinite(self.latency_ms) or self.latency_ms < 0:
+            raise EventError(f"latency_ms {self.latency_ms} must be a finite number >= 0")
+        if isinstance(self.part_id, bool) or not isinstance(self.part_id, (str, int, type(None))):
+            raise EventError(f"part_id {self.part_id!r} must be a string, an integer or None")
+        if len(self.image_size_wh) != 2 or min(self.image_size_wh) <= 0:
+            raise EventError(f"image_size_wh {self.image_size_wh!r} must be two positive integers (width, height)")
+        if self.decision == "error" and not self.message:
+            # An error event without a reason cannot be acted on at the line.
+            raise EventError("an 'error' event needs a message saying what failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "decision": self.decision,
+            "source": self.source,
+            "frame_index": int(self.frame_index),
+            "captured_at": self.captured_at,
+            "emitted_at": self.emitted_at,
+            "latency_ms": float(self.latency_ms),
+            "part_id": self.part_id,
+            "defects": [d.to_dict() for d in self.defects],
+            "image_size": [int(self.image_size_wh[0]), int(self.image_size_wh[1])],
+            "model": self.model.to_dict(),
+            "snapshot_paths": dict(self.snapshot_paths),
+            "message": self.message,
+        }
+
+    def to_json(self) -> str:
+        """Compact one-line JSON (suits JSONL files and MQTT payloads)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise EventError(
+                f"event schema_version {version!r} is not supported (this yolodefect reads {SCHEMA_VERSION}); "
+                "upgrade yolodefect"
+            )
+        try:
+            width, height = (int(v) for v in data["image_size"])
+            return cls(
+                event_id=str(data["event_id"]),
+                decision=cast(Decision, data["decision"]),
+                source=str(data["source"]),
+                frame_index=int(data["frame_index"]),
+                captured_at=data["captured_at"],
+                emitted_at=data["emitted_at"],
+                latency_ms=float(data["latency_ms"]),
+                part_id=data.get("part_id"),
+                defects=[Defect.from_dict(d) for d in data.get("defects") or []],
+                image_size_wh=(width, height),
+                model=ModelInfo.from_dict(data["model"]),
+                snapshot_paths={str(k): str(v) for k, v in (data.get("snapshot_paths") or {}).items()},
+                message=data.get("message"),
+            )
+        except KeyError as exc:
+            raise EventError(f"event is missing field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise EventError(f"event {data.get('event_id', '?')} is malformed: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EventError(f"event is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise EventError("event JSON must be an object")
+        return cls.from_dict(data)
+
+
+def new_event(
+    *,
+    decision: Decision,
+    source: str,
+    frame_index: int,
+    captured_at: datetime | str,
+    latency_ms: float,
+    image_size_wh: tuple[int, int],
+    model: ModelInfo,
+    defects: Sequence[Defect] = (),
+    part_id: str | int | None = None,
+    snapshot_paths: Mapping[str, str] | None = None,
+    message: str | None = None,
+) -> Event:
+    """Create an event with a fresh uuid4 ``event_id`` and ``emitted_at`` set to now (UTC)."""
+    captured = to_utc_iso(captured_at) if isinstance(captured_at, datetime) else captured_at
+    return Event(
+        event_id=str(uuid.uuid4()),
+        decision=decision,
+        source=source,
+        frame_index=frame_index,
+        captured_at=captured,
+        emitted_at=utc_now_iso(),
+        latency_ms=float(latency_ms),
+        part_id=part_id,
+        defects=list(defects),
+        image_size_wh=(int(image_size_wh[0]), int(image_size_wh[1])),
+        model=model,
+        snapshot_paths=dict(snapshot_paths or {}),
+        message=message,
+    )
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``Event.to_dict()``, shipped as package data."""
+    text = resources.files(__package__).joinpath("event.schema.json").read_text(encoding="utf-8")
+    return cast(dict[str, Any], json.loads(text))

@@ -1,0 +1,199 @@
+"""Durable outbox: events are on disk before any sink is tried, and stay until every sink has acked.
+
+Storage is one SQLite file in WAL mode with ``synchronous=FULL``. In WAL mode ``NORMAL`` survives a
+process crash but can lose the last commits on power loss or an OS crash, because the WAL is only
+fsynced at checkpoints. A production line loses power; "losing none" means ``FULL``: each ``put``
+fsyncs the WAL before returning. That costs one fsync per event (about 1-10 ms on an SSD), which is
+small next to a detection frame, and ``put`` is the only call on the detection path.
+
+Sink membership policy (kept simple on purpose):
+
+* An event is owed to the sinks configured when it was ``put``. A sink added later (after a restart
+  with a new ``sink_names``) receives only events put from then on - no replay of history.
+* Deliveries owed to a sink that is no longer configured are kept, not dropped (a sink left out by
+  mistake must not lose events). They are logged as a warning on open, delivered when the sink is
+  configured again, and can be discarded deliberately with :meth:`Outbox.drop_sink`.
+
+One process per outbox file: two dispatchers on the same file would deliver every event twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from yolodefect.errors import YoloDefectError
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    body     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink      TEXT NOT NULL,
+    event_seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    PRIMARY KEY (sink, event_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_seq);
+"""
+
+
+class OutboxError(YoloDefectError):
+    """The outbox file cannot be used; the message names the file and the fix."""
+
+
+class Outbox:
+    """Thread-safe persistent queue of events, with a delivery row per (event, sink) until acked."""
+
+    def __init__(self, path: Path | str, sink_names: Sequence[str]):
+        self.path = Path(path)
+        names = list(sink_names)
+        if not names:
+            raise OutboxError("an outbox needs at least one sink name; configure a sink (file, webhook, mqtt, opcua)")
+        if len(set(names)) != len(names):
+            raise OutboxError(f"sink names must be unique, got {names}; give each sink a distinct name")
+        self.sink_names: tuple[str, ...] = tuple(names)
+        # One connection guarded by a lock: SQLite serialises writers anyway, and a single
+        # connection keeps transactions simple and avoids SQLITE_BUSY between our own threads.
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise OutboxError(
+                f"cannot open outbox {self.path}: {exc}; check the directory is writable and the file is not "
+                "corrupt (move it aside to start empty; its undelivered events would then be lost)"
+            ) from exc
+        self._closed = False
+        self._warn_orphans()
+
+    def _warn_orphans(self) -> None:
+        rows = self._db.execute("SELECT sink, COUNT(*) FROM deliveries GROUP BY sink").fetchall()
+        for sink, count in rows:
+            if sink not in self.sink_names:
+                logger.warning(
+                    "outbox %s holds %d undelivered event(s) for sink %r, which is not configured now; they are "
+                    "kept until that sink is configured again, or discard them with Outbox.drop_sink(%r)",
+                    self.path, count, sink, sink,
+                )
+
+    def put(self, event: Mapping[str, Any]) -> None:
+        """Store an event durably (fsynced) for every configured sink. Putting the same event_id twice is a no-op."""
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            raise OutboxError("event has no 'event_id'; build events with yolodefect.stream.events.new_event()")
+        body = json.dumps(dict(event), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        with self._lock:
+            self._check_open()
+            try:
+                with self._transaction():
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO events(event_id, body) VALUES (?, ?)", (event_id, body)
+                    )
+                    if cur.rowcount == 0:
+                        logger.debug("event %s already in outbox; not queued again", event_id)
+                        return
+                    seq = cur.lastrowid
+                    self._db.executemany(
+                        "INSERT INTO deliveries(sink, event_seq) VALUES (?, ?)",
+                        [(name, seq) for name in self.sink_names],
+                    )
+            except sqlite3.Error as exc:
+                # Usually a full or read-only disk; the event is not stored, so the caller must know.
+                raise OutboxError(
+                    f"cannot store event {event_id} in outbox {self.path}: {exc}; free disk space or fix permissions"
+                ) from exc
+
+    def pending(self, sink_name: str, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` events not yet acked by ``sink_name``, oldest first."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                "SELECT e.event_id, e.body FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+                "WHERE d.sink = ? ORDER BY d.event_seq LIMIT ?",
+                (sink_name, limit),
+            ).fetchall()
+        return [(event_id, json.loads(body)) for event_id, body in rows]
+
+    def ack(self, event_id: str, sink_name: str) -> None:
+        """Mark ``event_id`` delivered to ``sink_name``; the event is deleted once every sink has acked it."""
+        with self._lock:
+            self._check_open()
+            with self._transaction():
+                row = self._db.execute("SELECT seq FROM events WHERE event_id = ?", (event_id,)).fetchone()
+                if row is None:
+                    return  # already fully acked: acks are idempotent
+                seq = row[0]
+                self._db.execute("DELETE FROM deliveries WHERE sink = ? AND event_seq = ?", (sink_name, seq))
+                self._db.execute(
+                    "DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?)",
+                    (seq, seq),
+                )
+
+    def backlog(self) -> dict[str, int]:
+        """Undelivered event count per configured sink (0 included)."""
+        with self._lock:
+            self._check_open()
+            rows = dict(self._db.execute("SELECT sink, COUNT(*) FROM deliveries GROUP BY sink").fetchall())
+        return {name: int(rows.get(name, 0)) for name in self.sink_names}
+
+    def drop_sink(self, sink_name: str) -> int:
+        """Discard everything still owed to ``sink_name``; returns how many deliveries were dropped."""
+        with self._lock:
+            self._check_open()
+            with self._transaction():
+                dropped = self._db.execute("DELETE FROM deliveries WHERE sink = ?", (sink_name,)).rowcount
+                self._db.execute("DELETE FROM events WHERE seq NOT IN (SELECT event_seq FROM deliveries)")
+        if dropped:
+            logger.warning("dropped %d undelivered event(s) for sink %r from outbox %s", dropped, sink_name, self.path)
+        return int(dropped)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                # Fold the WAL back into the main file so the outbox is one file at rest.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                logger.debug("checkpoint on close of %s failed: %s", self.path, exc)
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutboxError(f"outbox {self.path} is closed; open a new Outbox to keep using it")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK; the caller already holds the outbox lock."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
