@@ -24,16 +24,17 @@ def render_conversion(result: ConversionResult, console: Console) -> None:
     console.print(f"Read [bold]{result.images_read}[/bold] images and [bold]{result.boxes_read}[/bold] boxes "
                   f"from {result.source} as [bold]{result.format}[/bold]{detected}.", highlight=False)
     console.print(f"Split: {result.split_mode}.", highlight=False)
+    # Classes as rows: defect datasets have more classes than splits, and names stay readable.
     table = Table(title=f"{result.out}", title_justify="left")
-    table.add_column("split")
-    table.add_column("images", justify="right")
-    table.add_column("defect-free", justify="right")
-    table.add_column("boxes", justify="right")
+    table.add_column("")
+    for split in result.splits:
+        table.add_column(split, justify="right")
+    splits = list(result.splits.values())
+    table.add_row("images", *(str(s.images) for s in splits))
+    table.add_row("defect-free images", *(str(s.backgrounds) for s in splits))
+    table.add_row("boxes", *(str(s.boxes) for s in splits), end_section=True)
     for name in result.class_names:
-        table.add_column(name, justify="right")
-    for split, summary in result.splits.items():
-        table.add_row(split, str(summary.images), str(summary.backgrounds), str(summary.boxes),
-                      *(str(summary.boxes_per_class.get(name, 0)) for name in result.class_names))
+        table.add_row(name, *(str(s.boxes_per_class.get(name, 0)) for s in splits))
     console.print(table)
     _notes_summary(console, "files skipped", result.skipped, "red")
     _notes_summary(console, "warnings", result.warnings, "yellow")

@@ -120,10 +120,11 @@ def inspect_image(path: Path) -> ImageFacts:
         raise FormatError(path, "empty image file")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            image.verify()  # must come first: PIL refuses verify() after other reads
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
             image_format = image.format
-            image.verify()
     except Exception as error:  # PIL raises many types for corrupt files
         raise FormatError(path, f"corrupt or unsupported image: {error}") from None
     if image_format == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):

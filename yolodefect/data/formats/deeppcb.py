@@ -183,13 +183,15 @@ def pairs_from_list(root: Path, list_path: Path, split: str, policy: BadFilePoli
             policy.bad(list_path, f"expected '<image> <label file>', got {line.strip()!r}", where=where)
             continue
         listed_image = _safe_join_or_bad(root, fields[0], list_path, where, policy)
+        if listed_image is None:
+            continue
         label_path = _safe_join_or_bad(root, fields[1], list_path, where, policy)
-        if listed_image is None or label_path is None:
+        if label_path is None:
             continue
         image_path = resolve_listed_image(listed_image)
         if image_path is None:
-            detail = f"listed image {fields[0]} not found (looked for {listed_image.stem}{TEST_SUFFIX}{listed_image.suffix} too)"
-            policy.bad(list_path, detail, where=where)
+            tested_name = f"{listed_image.stem}{TEST_SUFFIX}{listed_image.suffix}"
+            policy.bad(list_path, f"listed image {fields[0]} not found (nor {tested_name})", where=where)
             continue
         if not label_path.is_file():
             policy.bad(list_path, f"label file {fields[1]} of {image_path.name} not found", where=where)
@@ -220,7 +222,8 @@ def pairs_from_folders(folders: list[GroupFolder], policy: BadFilePolicy) -> lis
                 policy.bad(image, f"no label file {folder.label_dir.name}/{label_path.name} for this image")
         for label_path in sorted(folder.label_dir.glob("*.txt")):
             if label_path.stem not in ids:
-                policy.bad(label_path, f"no tested image {label_path.stem}{TEST_SUFFIX}.* in {folder.image_dir}")
+                detail = f"no tested image {label_path.stem}{TEST_SUFFIX}.* in {folder.image_dir}"
+                policy.bad(label_path, detail)
     return pairs
 
 
