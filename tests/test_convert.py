@@ -246,3 +246,13 @@ def test_tiled_conversion_writes_tiles_with_their_boxes(tmp_path):
     assert labels["big0_x128_y0"] == []
     with Image.open(next(out.glob("images/*/big0_x128_y0.png"))) as tile:
         assert tile.size == (128, 128)
+
+
+def test_a_box_listed_twice_is_written_once_with_a_warning(tmp_path):
+    records = [ImageRecord(write_image(tmp_path / f"g{i}.png", seed=i), [Box("pit", (1, 1, 9, 9)), Box("pit", (1, 1, 9, 9))])
+               for i in range(10)]
+    out = tmp_path / "out"
+    result = build_dataset(SourceDataset("t", records, ["pit"]), out, ConvertOptions(), source_label="mem")
+    assert result.boxes_written == 10
+    assert all(len(lines) == 1 for lines in read_labels(out).values())
+    assert sum("listed twice" in note.message for note in result.warnings) == 10

@@ -110,7 +110,7 @@ def test_include_templates(tmp_path: Path) -> None:
     assert records["10001_temp.jpg"].split == "test"
     assert records["10000_temp.jpg"].is_background
     orphan = records["20009_temp.jpg"]
-    assert orphan.split is None and orphan.is_background
+    assert orphan.split == "train" and orphan.is_background  # the official test set stays as published
     assert [Path(note.path).name for note in dataset.warnings] == ["20009_temp.jpg"]
     # Sorted: each template right before its tested image.
     assert [record.image_path.name for record in dataset.records][:2] == ["10000_temp.jpg", "10000_test.jpg"]
@@ -232,14 +232,13 @@ def test_real_deeppcb(shared_dir: Path) -> None:
 
     with_templates = deeppcb.read(src, ReadOptions(include_templates=True))
     # Every tested image has its template, plus one template without a tested image
-    # (group90100/90100/90100034_temp.jpg), kept as a background with no split.
+    # (group90100/90100/90100034_temp.jpg), kept as a defect-free training image.
     assert len(with_templates.records) == 3001
     assert with_templates.box_count == 10013
     assert Counter(record.split for record in with_templates.records) == {
-        "train": 2000,
+        "train": 2001,
         "test": 1000,
-        None: 1,
     }
-    (orphan,) = [record for record in with_templates.records if record.split is None]
+    (orphan,) = [record for record in with_templates.records if record.image_path.name == "90100034_temp.jpg"]
     assert orphan.image_path.name == "90100034_temp.jpg" and orphan.is_background
     assert [Path(note.path).name for note in with_templates.warnings] == ["90100034_temp.jpg"]

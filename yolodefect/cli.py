@@ -130,3 +130,30 @@ def synth(
             print_json(result.to_dict())
         else:
             render_conversion(result, err_console)
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="A data.yaml, or a dataset folder holding one.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Validate a YOLO dataset: counts, class balance, box sizes, and every problem found.
+
+    Exit code 1 when an error-level problem is found (corrupt images, bad labels, leakage).
+
+    [bold]Example[/bold]
+
+      yolodefect check neu-yolo
+    """
+    from yolodefect.data.check import check_dataset
+    from yolodefect.render import render_check
+
+    with user_errors(_debug(ctx)):
+        report = check_dataset(data)
+        if json_output:
+            print_json(report.to_dict())
+        else:
+            render_check(report, err_console)
+        if report.has_errors:
+            raise typer.Exit(1)

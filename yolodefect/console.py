@@ -43,12 +43,12 @@ def user_errors(debug: bool) -> Iterator[None]:
     except UsageError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except YoloDefectError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
@@ -57,7 +57,7 @@ def user_errors(debug: bool) -> Iterator[None]:
         if debug:
             raise
         err_console.print(f"[red]error:[/red] unexpected {type(error).__name__}: {error} "
-                          "(run with --debug for the traceback)", highlight=False)
+                          "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

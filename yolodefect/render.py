@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from yolodefect.data.check import CheckReport
 from yolodefect.data.convert import ConversionResult
 
 
@@ -42,3 +43,36 @@ def render_conversion(result: ConversionResult, console: Console) -> None:
     console.print(f"Wrote {result.images_written} images, {result.boxes_written} boxes in {result.seconds:.1f} s. "
                   f"Next: [bold]yolodefect check {result.out}[/bold] then "
                   f"[bold]yolodefect train {result.out}[/bold]", highlight=False)
+
+
+def render_check(report: CheckReport, console: Console, *, limit: int = 15) -> None:
+    table = Table(title=f"{report.data}", title_justify="left")
+    table.add_column("")
+    for split in report.splits:
+        table.add_column(split, justify="right")
+    stats = list(report.splits.values())
+    table.add_row("images", *(str(s.images) for s in stats))
+    table.add_row("defect-free images", *(f"{s.background_images} ({s.background_share:.0%})" for s in stats))
+    table.add_row("boxes", *(str(s.instances) for s in stats), end_section=True)
+    for name in report.class_names:
+        table.add_row(name, *(str(s.class_instances.get(name, 0)) for s in stats))
+    console.print(table)
+    if report.imbalance_ratio is not None:
+        ratio = "a class has no train boxes" if report.imbalance_ratio == float("inf") else f"{report.imbalance_ratio:.1f}:1"
+        console.print(f"Class imbalance (train, most/fewest boxes): {ratio}", highlight=False)
+    if report.box_sizes is not None and report.imgsz is not None:
+        sizes, advice = report.box_sizes, report.imgsz
+        console.print(f"Box side at native size: p10 {sizes.pixel_side['p10']:.0f} px, median {sizes.pixel_side['p50']:.0f} px "
+                      f"(images about {sizes.native_long_side} px). Suggested imgsz: [bold]{advice.suggested_imgsz}[/bold]"
+                      + (f"; small objects: consider `convert --tile {advice.tile}`" if advice.small_objects and advice.tile else ""),
+                      highlight=False)
+    if any(s.background_images == 0 for name, s in report.splits.items() if name != "train"):
+        console.print("[yellow]No defect-free images in val/test: the false-reject rate cannot be measured. "
+                      "Add good parts (for DeepPCB: convert --include-templates).[/yellow]")
+    for problem in report.problems[:limit]:
+        colour = "red" if problem.level == "error" else "yellow"
+        console.print(f"[{colour}]{problem}[/{colour}]", highlight=False, soft_wrap=True)
+    if len(report.problems) > limit:
+        console.print(f"... and {len(report.problems) - limit} more (--json lists all)")
+    verdict = "[red]errors found[/red]" if report.has_errors else "[green]no errors[/green]"
+    console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")

@@ -137,11 +137,17 @@ def inspect_image(path: Path) -> ImageFacts:
 def _clip_boxes(record: ImageRecord, size_wh: tuple[int, int], class_map: ClassMap,
                 warnings: list[Note]) -> tuple[Box, ...]:
     width, height = size_wh
-    kept = []
+    kept: list[Box] = []
+    seen: set[tuple[str, tuple]] = set()
     for box in record.boxes:
         target = class_map(box.class_name)
         if target is None:
             continue
+        if (target, box.xyxy) in seen:
+            warnings.append(Note(str(record.annotation_path or record.image_path),
+                                 f"box {box.class_name} {box.xyxy} is listed twice: kept once"))
+            continue
+        seen.add((target, box.xyxy))
         x0, y0, x1, y1 = box.xyxy
         clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
                    min(max(x1, 0.0), width), min(max(y1, 0.0), height))

@@ -51,9 +51,9 @@ def synthesize(out: Path, options: SynthOptions = SynthOptions(),
             if done % 25 == 0 or done == options.images:
                 report("render", done, options.images)
         source = SourceDataset("synthetic", records, list(CLASS_NAMES[options.kind]))
-        convert_options = replace(ConvertOptions(), split=options.split, seed=options.seed, transfer="copy",
+        convert_options = replace(ConvertOptions(), format="synthetic", split=options.split, seed=options.seed, transfer="copy",
                                   force=options.force)
-        label = f"synthetic {options.kind}, {options.images} images, seed {options.seed}"
+        label = f"the {options.kind} generator (seed {options.seed})"
         return build_dataset(source, out, convert_options, progress, source_label=label)
     finally:
         shutil.rmtree(raw, ignore_errors=True)

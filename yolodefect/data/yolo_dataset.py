@@ -118,14 +118,24 @@ def read_label_rows(label_path: Path) -> np.ndarray:
 
 def read_label_lines(label_path: Path) -> list[list[float]]:
     """Each non-empty line of a YOLO label file as a list of floats."""
+    return [values for _, values in read_numbered_label_lines(label_path)]
+
+
+def read_numbered_label_lines(label_path: Path) -> list[tuple[int, list[float]]]:
+    """Each non-empty line as ``(line number, floats)``, so callers can name the line of a bad row."""
     if not label_path.exists():
         return []
-    rows: list[list[float]] = []
-    for number, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        # utf-8-sig: Ultralytics accepts labels saved with a byte-order mark (Windows editors)
+        text = label_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise FormatError(label_path, f"not UTF-8 text: {error}") from None
+    rows: list[tuple[int, list[float]]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append([float(token) for token in line.split()])
+            rows.append((number, [float(token) for token in line.split()]))
         except ValueError:
             raise FormatError(label_path, f"not numbers: {line.strip()!r}", where=f"line {number}") from None
     return rows

@@ -259,8 +259,10 @@ def template_records(
     """Background records for the templates: each in its tested image's split.
 
     A template whose tested image does not exist still shows a defect-free board, so it is
-    kept, without a split (the official lists cannot place it).
+    kept; the official lists cannot place it, so it trains (when the source has a split),
+    which keeps the official test set exactly as published.
     """
+    has_split = any(record.split for record in records)
     templates = [
         ImageRecord(template, split=record.split)
         for record in records
@@ -270,8 +272,8 @@ def template_records(
         tested_ids = {image_id(image) for image in tested_images(folder)}
         for path in _images_with_suffix(folder.image_dir, TEMPLATE_SUFFIX):
             if path.stem[: -len(TEMPLATE_SUFFIX)] not in tested_ids:
-                templates.append(ImageRecord(path))
-                policy.warn(path, "template without a tested image: added as a background with no split")
+                templates.append(ImageRecord(path, split="train" if has_split else None))
+                policy.warn(path, "template without a tested image: added as a defect-free training image")
     return templates
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from yolodefect.data.formats.base import BadFilePolicy, ReadOptions, list_images
 from yolodefect.data.records import Box, ImageRecord, SourceDataset
-from yolodefect.errors import FormatError
+from yolodefect.errors import DatasetError, FormatError
 
 NAME = "voc"
 DESCRIPTION = "Pascal VOC XML, one file per image (NEU-DET, VOC devkit, XML beside images)"
@@ -96,13 +96,17 @@ def _root_tag(xml_path: Path) -> str | None:
 
 def read(src: Path, options: ReadOptions) -> SourceDataset:
     """All images under ``src``, with the boxes of the XML file sharing each image's stem."""
+    xml_paths = _xml_files(src) if src.is_dir() else []
+    if not xml_paths:
+        # Every image would become a "defect-free" background: surely the wrong folder or format.
+        raise DatasetError(f"no VOC XML files found under {src}: is this the dataset folder?")
     policy = BadFilePolicy(options.skip_bad)
     images = [path for path in list_images(src, recursive=True) if not _in_mask_folder(path, src)]
     imageset_splits = _imageset_splits(src)
     stem_groups = _group_by_stem(images)
     records: list[ImageRecord] = []
-    claimed: set[Path] = set()
-    for xml_path in _xml_files(src):
+    claimed: dict[Path, Path] = {}
+    for xml_path in xml_paths:
         candidates = stem_groups.get(xml_path.stem, [])
         record = _read_pair(xml_path, candidates, src, imageset_splits, policy, claimed)
         if record is not None:
@@ -125,19 +129,28 @@ def read(src: Path, options: ReadOptions) -> SourceDataset:
     )
 
 
+def _group_by_stem(paths: list[Path]) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for path in paths:
+        groups[path.stem].append(path)
+    return groups
+
+
 def _read_pair(
     xml_path: Path,
     candidates: list[Path],
     src: Path,
     imageset_splits: dict[Path, dict[str, str]],
     policy: BadFilePolicy,
-    claimed: set[Path],
+    claimed: dict[Path, Path],
 ) -> ImageRecord | None:
     """The record for one XML file, or None when the policy skipped it."""
     try:
         # Pair before parsing so that the image of a broken XML is not mistaken for a background image.
         image_path = find_image_for(xml_path, candidates)
-        claimed.add(image_path)
+        if image_path in claimed:
+            raise FormatError(xml_path, f"image {image_path} is also labelled by {claimed[image_path]}")
+        claimed[image_path] = xml_path
         annotation = parse_voc_xml(xml_path)
     except FormatError as error:
         policy.bad(error.path, error.detail, where=error.where)
@@ -338,9 +351,3 @@ def _positive_int(text: str | None) -> int | None:
         return None
     return int(round(value))
 
-
-def _group_by_stem(paths: list[Path]) -> dict[str, list[Path]]:
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for path in paths:
-        groups[path.stem].append(path)
-    return groups
