@@ -157,3 +157,115 @@ def check(
             render_check(report, err_console)
         if report.has_errors:
             raise typer.Exit(1)
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict:
+    import yaml
+
+    from yolodefect.errors import UsageError
+
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {pair!r}: write key=value, e.g. --set lr0=0.005")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="A data.yaml or a dataset folder made by `convert`.")],
+    model: Annotated[str, typer.Option(help="COCO-pretrained yolo26n.pt (downloaded when online), any Ultralytics "
+                                             "checkpoint (transfer learning, other classes are fine), or a .yaml to train from scratch.")] = "yolo26n.pt",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
+    imgsz: Annotated[Optional[int], typer.Option(help="Training image size. Default: suggested by `check` from the box sizes.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size. Default: 16 on CPU, AutoBatch on GPU.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data loader workers on GPU (default up to 8; Ultralytics uses none on CPU).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ... Default: the first GPU, else CPU.")] = None,
+    class_weights: Annotated[Optional[float], typer.Option("--class-weights", help="cls_pw power in [0, 1] for class imbalance. Default: 0.5 when check finds more than 3:1, else off.")] = None,
+    freeze: Annotated[Optional[int], typer.Option(help="Freeze the first N layers (transfer learning with little data).")] = None,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without val improvement.")] = 30,
+    flipud: Annotated[Optional[float], typer.Option(help="Vertical flip probability. Default 0.5: defects have no 'up'.")] = None,
+    grayscale: Annotated[Optional[bool], typer.Option("--grayscale/--color", help="Turn hue/saturation augmentation off for grayscale data. Default: detected.")] = None,
+    name: Annotated[str, typer.Option(help="Run name: results go to PROJECT/NAME.")] = "train",
+    project: Annotated[Path, typer.Option(help="Folder for runs.")] = Path("runs"),
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse PROJECT/NAME instead of NAME2, NAME3...")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run PROJECT/NAME.")] = False,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Train even if `check` finds errors.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other Ultralytics argument, key=value (repeatable).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Fine-tune YOLO on a defect dataset with defect-aware presets, then score it.
+
+    Runs `check` first, shows the presets and why, trains with Ultralytics, and scores the best
+    model on val with the same evaluator as `yolodefect eval`.
+
+    [bold]Examples[/bold]
+
+      yolodefect train neu-yolo --epochs 100
+
+      yolodefect train neu-yolo --model yolo11n.yaml --imgsz 256 --epochs 30   # offline, from scratch
+
+      yolodefect train pcb-yolo --model my_line_model.pt --freeze 10 --epochs 50
+    """
+    from yolodefect.render import render_presets, render_train
+    from yolodefect.train import TrainOptions, plan_training, run_training
+
+    with user_errors(_debug(ctx)):
+        options = TrainOptions(
+            model=model, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, device=device,
+            class_weights=class_weights, freeze=freeze, patience=patience, flipud=flipud, grayscale=grayscale,
+            resume=resume, project=project, name=name, exist_ok=exist_ok, seed=seed, run_check=not no_check,
+            overrides=_parse_overrides(set_),
+        )
+        plan = plan_training(data, options)
+        if not json_output:
+            render_presets(plan.presets, err_console)
+        result = run_training(plan)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_train(result, err_console)
+
+
+@app.command(name="eval")
+def eval_command(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="Any model Ultralytics loads: .pt, .onnx (FP32 or INT8), OpenVINO folder, .engine.")],
+    data: Annotated[Path, typer.Argument(help="A data.yaml or dataset folder.")],
+    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    imgsz: Annotated[Optional[int], typer.Option(help="Default: the size the model was trained or exported at.")] = None,
+    conf: Annotated[float, typer.Option(help="One confidence threshold for every class (when neither --thresholds nor --target-recall).")] = 0.25,
+    thresholds: Annotated[Optional[Path], typer.Option(help="A thresholds.yaml to score at.")] = None,
+    target_recall: Annotated[Optional[float], typer.Option(help="Choose thresholds reaching this part-level recall with the fewest false rejects, and write thresholds.yaml.")] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", help="With --target-recall: one threshold per class.")] = False,
+    reject: Annotated[Optional[list[str]], typer.Option("--reject", help="A class that rejects a part (repeatable). Default: every class.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, thresholds.yaml and plots. Default: next to the model.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or a GPU index.")] = "cpu",
+    json_output: JsonOption = False,
+) -> None:
+    """Score a model: mAP, per-class AP and P/R/F1, confusion matrix, escape and false-reject rates.
+
+    The one evaluator of the project: the same numbers for a .pt and its ONNX or INT8 export.
+
+    [bold]Examples[/bold]
+
+      yolodefect eval runs/train/weights/best.pt neu-yolo --split test
+
+      yolodefect eval best.pt neu-yolo --target-recall 0.99 --per-class   # writes thresholds.yaml
+    """
+    from yolodefect.evaluate import evaluate
+    from yolodefect.render import render_eval
+
+    with user_errors(_debug(ctx)):
+        out_dir = out or model.parent / f"eval-{model.stem}-{split}"
+        result = evaluate(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
+                          target_recall=target_recall, per_class_thresholds=per_class, reject_classes=reject,
+                          out_dir=out_dir, device=device, progress=not json_output)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_eval(result, err_console)

@@ -5,8 +5,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from yolodefect.data.check import CheckReport
-from yolodefect.data.convert import ConversionResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importing the results' modules would load matplotlib for every command
+    from yolodefect.data.check import CheckReport
+    from yolodefect.data.convert import ConversionResult
+    from yolodefect.evaluate import EvalResult
+    from yolodefect.evaluation.metrics import EvalMetrics
+    from yolodefect.train import TrainResult
 
 
 def _notes_summary(console: Console, title: str, notes, colour: str, limit: int = 5) -> None:
@@ -76,3 +82,62 @@ def render_check(report: CheckReport, console: Console, *, limit: int = 15) -> N
         console.print(f"... and {len(report.problems) - limit} more (--json lists all)")
     verdict = "[red]errors found[/red]" if report.has_errors else "[green]no errors[/green]"
     console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def render_metrics(metrics: EvalMetrics, console: Console, *, title: str) -> None:
+    header, rows = metrics.table()
+    table = Table(title=title, title_justify="left")
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for index, row in enumerate(rows):
+        table.add_row(*row, end_section=index == len(rows) - 2)
+    console.print(table)
+    d = metrics.decisions
+    console.print(f"Parts (one image = one part), rejected when a {', '.join(d.reject_classes)} detection passes its threshold:",
+                  highlight=False)
+    console.print(f"  escape rate [bold]{_rate(d.escape_rate)}[/bold] ({d.escapes} of {d.defective} defective parts accepted), "
+                  f"false-reject rate [bold]{_rate(d.false_reject_rate)}[/bold] ({d.false_rejects} of {d.good} good parts rejected)",
+                  highlight=False)
+    for note in (*metrics.notes, *d.notes):
+        console.print(f"  [yellow]{note}[/yellow]", highlight=False)
+    console.print(f"  mAP by {metrics.implementation}, P/R/F1 and confusion matrix at IoU {metrics.match_iou}", highlight=False)
+
+
+def render_eval(result: EvalResult, console: Console) -> None:
+    render_metrics(result.metrics, console, title=f"{result.model} on {result.data} ({result.split}, imgsz {result.imgsz})")
+    console.print(f"Thresholds: {result.threshold_source}", highlight=False)
+    if result.thresholds is not None and result.thresholds.target_recall is not None:
+        t = result.thresholds
+        reached = "reached" if t.target_reached else "[red]NOT reached[/red]"
+        console.print(f"  target part recall {t.target_recall:.2%} {reached}: recall {_rate(t.recall)}, "
+                      f"escape {_rate(t.escape_rate)}, false-reject {_rate(t.false_reject_rate)}", highlight=False)
+    for note in result.notes:
+        console.print(f"  [yellow]{note}[/yellow]", highlight=False)
+    for name, path in result.files.items():
+        console.print(f"  {name}: {path}", highlight=False)
+
+
+def render_train(result: TrainResult, console: Console) -> None:
+    console.print(result.transfer_note, highlight=False)
+    metrics = result.evaluation.metrics
+    render_metrics(metrics, console, title=f"best model on val ({result.run_dir})")
+    console.print(f"Trained in {result.seconds / 60:.1f} min. Best model: [bold]{result.best_model}[/bold]", highlight=False)
+    data = result.arguments.get("data", "DATA")
+    console.print("Next:", highlight=False)
+    console.print(f"  yolodefect eval {result.best_model} {data} --split test --target-recall 0.99", highlight=False)
+    console.print(f"  yolodefect export {result.best_model} --data {data} --int8", highlight=False)
+    console.print(f"  yolodefect watch --model {result.best_model} --source VIDEO_OR_CAMERA", highlight=False)
+
+
+def render_presets(presets, console: Console) -> None:
+    table = Table(title="Training presets (each overridable, see --help)", title_justify="left")
+    table.add_column("argument")
+    table.add_column("value", justify="right")
+    table.add_column("why")
+    for preset in presets:
+        table.add_row(preset.key, str(preset.value), preset.reason)
+    console.print(table)

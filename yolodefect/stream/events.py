@@ -85,7 +85,7 @@ class Defect:
             x1, y1, x2, y2 = (float(v) for v in data["bbox_xyxy"])
             return cls(class_name=str(data["class"]), confidence=float(data["confidence"]), bbox_xyxy=(x1, y1, x2, y2))
         except (KeyError, TypeError, ValueError) as exc:
-            raise EventError(f"defect {dict(data)!r} is malformed ({exc}); expected class, confidence, bbox_xyxy[4]") from exc
+            raise EventError(f"defect {data!r} is malformed ({exc}); expected class, confidence, bbox_xyxy[4]") from exc
 
 
 @dataclass(frozen=True)

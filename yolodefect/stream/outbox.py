@@ -90,7 +90,7 @@ class Outbox:
                 )
 
     def put(self, event: Mapping[str, Any]) -> None:
-        """Store an event durably (fsynced) for every configured sink. Putting the same event_id twice is a no-op."""
+        """Store an event durably (fsynced) for every configured sink; re-putting an id still queued is a no-op."""
         event_id = event.get("event_id")
         if not isinstance(event_id, str) or not event_id:
             raise OutboxError("event has no 'event_id'; build events with yolodefect.stream.events.new_event()")
@@ -120,27 +120,34 @@ class Outbox:
         """Up to ``limit`` events not yet acked by ``sink_name``, oldest first."""
         with self._lock:
             self._check_open()
-            rows = self._db.execute(
-                "SELECT e.event_id, e.body FROM deliveries d JOIN events e ON e.seq = d.event_seq "
-                "WHERE d.sink = ? ORDER BY d.event_seq LIMIT ?",
-                (sink_name, limit),
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT e.event_id, e.body FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+                    "WHERE d.sink = ? ORDER BY d.event_seq LIMIT ?",
+                    (sink_name, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
         return [(event_id, json.loads(body)) for event_id, body in rows]
 
     def ack(self, event_id: str, sink_name: str) -> None:
         """Mark ``event_id`` delivered to ``sink_name``; the event is deleted once every sink has acked it."""
         with self._lock:
             self._check_open()
-            with self._transaction():
-                row = self._db.execute("SELECT seq FROM events WHERE event_id = ?", (event_id,)).fetchone()
-                if row is None:
-                    return  # already fully acked: acks are idempotent
-                seq = row[0]
-                self._db.execute("DELETE FROM deliveries WHERE sink = ? AND event_seq = ?", (sink_name, seq))
-                self._db.execute(
-                    "DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?)",
-                    (seq, seq),
-                )
+            try:
+                with self._transaction():
+                    row = self._db.execute("SELECT seq FROM events WHERE event_id = ?", (event_id,)).fetchone()
+                    if row is None:
+                        return  # already fully acked: acks are idempotent
+                    seq = row[0]
+                    self._db.execute("DELETE FROM deliveries WHERE sink = ? AND event_seq = ?", (sink_name, seq))
+                    self._db.execute(
+                        "DELETE FROM events WHERE seq = ? AND NOT EXISTS "
+                        "(SELECT 1 FROM deliveries WHERE event_seq = ?)",
+                        (seq, seq),
+                    )
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot record delivery of {event_id} in outbox {self.path}: {exc}") from exc
 
     def backlog(self) -> dict[str, int]:
         """Undelivered event count per configured sink (0 included)."""

@@ -17,7 +17,8 @@ class JsonlFileSink:
 
     def __init__(self, path: Path | str, *, name: str | None = None):
         self.path = Path(path)
-        self.name = name or f"file:{self.path}"
+        # Absolute, so the outbox queue keeps its name when the station is restarted from another cwd.
+        self.name = name or f"file:{self.path.absolute()}"
         self._lock = threading.Lock()
         self._fh: TextIO | None = None
 

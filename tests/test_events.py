@@ -1,0 +1,137 @@
+"""Event records: round trip, wire field names, schema validation, UTC timestamps."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from yolodefect.errors import YoloDefectError
+from yolodefect.stream.events import Defect, Event, EventError, ModelInfo, load_schema, new_event, utc_now_iso
+
+jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema (dev dependency) to validate events")
+
+MODEL = ModelInfo(name="best.pt", sha256="ab" * 32, precision="fp16")
+
+
+def make_event(decision: str = "reject", **overrides: Any) -> Event:
+    fields: dict[str, Any] = dict(
+        decision=decision,
+        source="rtsp://cam1",
+        frame_index=42,
+        captured_at=datetime.now(timezone.utc),
+        latency_ms=18.25,
+        image_size_wh=(1280, 720),
+        model=MODEL,
+        defects=[Defect("scratch", 0.91, (10.0, 20.0, 110.5, 220.0)), Defect("dent", 0.5, (0, 0, 5, 5))]
+        if decision == "reject"
+        else [],
+        part_id="P-0001",
+        snapshot_paths={"raw": "/snap/42.jpg", "annotated": "/snap/42_ann.jpg"},
+        message="camera timeout" if decision == "error" else None,
+    )
+    fields.update(overrides)
+    return new_event(**fields)
+
+
+@pytest.fixture(scope="module")
+def validator() -> Any:
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def test_wire_field_names() -> None:
+    data = make_event().to_dict()
+    assert set(data) == {
+        "schema_version", "event_id", "decision", "source", "frame_index", "captured_at", "emitted_at",
+        "latency_ms", "part_id", "defects", "image_size", "model", "snapshot_paths", "message",
+    }
+    assert data["defects"][0] == {"class": "scratch", "confidence": 0.91, "bbox_xyxy": [10.0, 20.0, 110.5, 220.0]}
+    assert data["image_size"] == [1280, 720]
+    assert data["model"] == {"name": "best.pt", "sha256": "ab" * 32, "precision": "fp16"}
+    assert data["schema_version"] == 1
+
+
+@pytest.mark.parametrize("decision", ["reject", "pass", "error"])
+def test_round_trip_dict_and_json(decision: str) -> None:
+    event = make_event(decision)
+    assert Event.from_dict(event.to_dict()) == event
+    assert Event.from_json(event.to_json()) == event
+    # JSON is one line: JSONL files and MQTT payloads depend on it.
+    assert "\n" not in event.to_json()
+    assert json.loads(event.to_json()) == event.to_dict()
+
+
+def test_new_event_fills_id_and_emitted_at() -> None:
+    a, b = make_event(), make_event()
+    assert uuid.UUID(a.event_id).version == 4
+    assert a.event_id != b.event_id
+    emitted = datetime.fromisoformat(a.emitted_at.replace("Z", "+00:00"))
+    assert emitted.utcoffset() == timedelta(0)
+    assert abs((datetime.now(timezone.utc) - emitted).total_seconds()) < 5
+
+
+def test_captured_at_is_converted_to_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    event = make_event(captured_at=datetime(2024, 5, 1, 14, 0, 0, 123000, tzinfo=plus_two))
+    assert event.captured_at == "2024-05-01T12:00:00.123Z"
+    assert utc_now_iso().endswith("Z")
+
+
+def test_naive_or_non_utc_timestamps_are_refused() -> None:
+    with pytest.raises(EventError, match="time zone"):
+        make_event(captured_at=datetime(2024, 5, 1, 12, 0, 0))
+    with pytest.raises(EventError, match="UTC"):
+        make_event(captured_at="2024-05-01T14:00:00+02:00")
+    # +00:00 is UTC too
+    assert make_event(captured_at="2024-05-01T12:00:00+00:00").captured_at.endswith("+00:00")
+
+
+@pytest.mark.parametrize("decision", ["reject", "pass", "error"])
+def test_emitted_events_validate_against_schema(validator: Any, decision: str) -> None:
+    validator.validate(make_event(decision).to_dict())
+    validator.validate(make_event(decision, part_id=7).to_dict())
+    validator.validate(make_event(decision, part_id=None, snapshot_paths={}).to_dict())
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("event_id"),
+        lambda d: d.update(decision="maybe"),
+        lambda d: d.update(emitted_at="2024-05-01T14:00:00+02:00"),
+        lambda d: d.update(image_size=[640]),
+        lambda d: d.update(extra_field=1),
+        lambda d: d["defects"][0].update(confidence=1.5),
+        lambda d: d["model"].update(sha256="not-a-hash"),
+        lambda d: d.update(decision="error", message=None),
+    ],
+)
+def test_schema_rejects_malformed_events(validator: Any, mutate: Any) -> None:
+    data = make_event().to_dict()
+    mutate(data)
+    assert not validator.is_valid(data)
+
+
+def test_from_dict_names_the_missing_field() -> None:
+    data = make_event().to_dict()
+    del data["source"]
+    with pytest.raises(EventError, match="'source'"):
+        Event.from_dict(data)
+    with pytest.raises(YoloDefectError, match="schema_version"):
+        Event.from_dict({**make_event().to_dict(), "schema_version": 99})
+
+
+def test_invalid_values_raise_actionable_errors() -> None:
+    with pytest.raises(EventError, match="message"):
+        make_event("error", message=None)
+    with pytest.raises(EventError, match="decision"):
+        make_event(decision="maybe")
+    with pytest.raises(EventError, match="sha256"):
+        ModelInfo("m.pt", "abc", "fp32")
+    with pytest.raises(EventError, match="confidence"):
+        Defect("scratch", 1.2, (0, 0, 1, 1))

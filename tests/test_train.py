@@ -1,0 +1,129 @@
+"""`yolodefect train`: presets decided from the data, Ultralytics trains, our evaluator scores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from yolodefect.cli import app
+from yolodefect.data.check import check_dataset
+from yolodefect.data.records import Box, ImageRecord, SourceDataset
+from yolodefect.data.convert import ConvertOptions, build_dataset
+from yolodefect.data.synth_dataset import SynthOptions, synthesize
+from yolodefect.errors import UsageError, YoloDefectError
+from yolodefect.train import TrainOptions, defect_presets, load_model, plan_training, train
+
+TINY = dict(epochs=1, imgsz=64, batch=8, workers=0, device="cpu", plots=False, patience=5)
+
+
+@pytest.fixture(scope="module")
+def steel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("steel") / "data"
+    synthesize(out, SynthOptions(kind="steel", images=40, size_wh=(96, 96)))
+    return out
+
+
+def presets_by_key(options: TrainOptions, data: Path) -> dict:
+    return {p.key: p.value for p in defect_presets(options, check_dataset(data), data / "data.yaml", "cpu")}
+
+
+def test_presets_for_grayscale_defects_on_cpu(steel):
+    presets = presets_by_key(TrainOptions(), steel)
+    assert presets["flipud"] == 0.5
+    assert presets["hsv_h"] == 0.0 and presets["hsv_s"] == 0.0  # synthetic steel is grayscale
+    assert presets["batch"] == 16
+    assert presets["imgsz"] == check_dataset(steel).imgsz.suggested_imgsz
+    assert "cls_pw" not in presets  # balanced classes: no re-weighting
+
+
+def test_class_weights_turn_on_for_imbalanced_data(tmp_path):
+    from tests.test_convert import write_image
+
+    records = [ImageRecord(write_image(tmp_path / "src" / f"c{i}.png", seed=i, mode="RGB"),
+                           [Box("common" if i >= 4 else "rare", (5, 5, 40, 40))]) for i in range(60)]
+    build_dataset(SourceDataset("t", records, ["common", "rare"]), tmp_path / "data", ConvertOptions(), source_label="m")
+    presets = presets_by_key(TrainOptions(), tmp_path / "data")
+    assert presets["cls_pw"] == 0.5
+    assert "hsv_h" not in presets  # colour noise images: hue augmentation stays
+    assert presets_by_key(TrainOptions(class_weights=0.0), tmp_path / "data")["cls_pw"] == 0.0
+
+
+def test_every_preset_can_be_overridden(steel):
+    options = TrainOptions(imgsz=96, flipud=0.0, grayscale=False, batch=4, overrides={"mosaic": 0.0})
+    plan = plan_training(steel, options)
+    arguments = plan.arguments
+    assert (arguments["imgsz"], arguments["flipud"], arguments["batch"]) == (96, 0.0, 4)
+    assert "hsv_h" not in arguments and arguments["mosaic"] == 0.0
+
+
+def test_unknown_ultralytics_argument_is_refused_with_a_suggestion(steel):
+    with pytest.raises(UsageError, match="did you mean 'mosaic'"):
+        plan_training(steel, TrainOptions(overrides={"mosiac": 0.0}))
+
+
+def test_offline_without_weights_explains_the_two_ways_forward(monkeypatch, tmp_path):
+    from ultralytics.utils import downloads
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Download failure: environment may be offline")
+
+    monkeypatch.setattr(downloads, "safe_download", offline)
+    monkeypatch.chdir(tmp_path)  # no yolo26n.pt lying in the working directory
+    with pytest.raises(YoloDefectError) as caught:
+        load_model("yolo26n.pt")
+    message = str(caught.value)
+    assert "could not download yolo26n.pt" in message
+    assert "--model path/to/checkpoint.pt" in message and "--model yolo26n.yaml" in message
+
+
+def test_cli_offline_message_is_one_line_not_a_traceback(monkeypatch, steel, tmp_path):
+    from ultralytics.utils import downloads
+
+    monkeypatch.setattr(downloads, "safe_download", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", str(steel), "--model", "yolo11n.pt", "--epochs", "1"])
+    assert result.exit_code == 1
+    assert "could not download yolo11n.pt" in result.output and "Traceback" not in result.output
+
+
+def test_check_errors_stop_training(steel, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(steel, broken, symlinks=False)
+    label = next((broken / "labels" / "train").glob("*.txt"))
+    label.write_text("7 0.5 0.5 0.2 0.2\n")  # class id out of range
+    with pytest.raises(YoloDefectError, match="check found 1 error"):
+        plan_training(broken, TrainOptions())
+    plan_training(broken, TrainOptions(run_check=False))  # --no-check trains anyway
+
+
+@pytest.mark.slow
+def test_train_two_epochs_writes_best_model_metrics_and_eval(steel, tmp_path):
+    options = TrainOptions(model="yolo11n.yaml", project=tmp_path / "runs", name="t", **{**TINY, "epochs": 2})
+    result = train(steel, options)
+    assert result.best_model.is_file() and result.best_model.name == "best.pt"
+    saved = json.loads((result.run_dir / "metrics.json").read_text())
+    assert saved["evaluation"]["metrics"]["class_names"] == ["scratch", "pit", "inclusion", "patch"]
+    assert saved["evaluation"]["metrics"]["images"] == check_dataset(steel).splits["val"].images
+    assert {p["key"] for p in saved["presets"]} >= {"flipud", "hsv_h", "patience", "batch"}
+    assert "from scratch" in result.transfer_note
+
+
+@pytest.mark.slow
+def test_transfer_from_a_checkpoint_with_other_classes(tmp_path):
+    two_class = tmp_path / "pcb"
+    synthesize(two_class, SynthOptions(kind="pcb", images=20, size_wh=(64, 64)))
+    # A checkpoint trained on 6 PCB classes, then fine-tuned on the 4 steel classes.
+    first = train(two_class, TrainOptions(model="yolo11n.yaml", project=tmp_path / "runs", name="pcb", **TINY))
+    steel = tmp_path / "steel"
+    synthesize(steel, SynthOptions(kind="steel", images=20, size_wh=(64, 64)))
+    second = train(steel, TrainOptions(model=str(first.best_model), project=tmp_path / "runs", name="steel", **TINY))
+    assert "6 classes" in second.transfer_note and "re-initialised for 4 classes" in second.transfer_note
+    from ultralytics import YOLO
+
+    assert list(YOLO(second.best_model).names.values()) == ["scratch", "pit", "inclusion", "patch"]

@@ -1,0 +1,107 @@
+"""Greedy one-to-one matching of detections to ground truth, and the confusion matrix built on it.
+
+The rule is COCO's: detections in descending confidence claim the unclaimed ground-truth box with
+the highest IoU, if that IoU is at least the threshold. Per-class precision/recall and the
+confusion-matrix diagonal come from the same matching, so their counts always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MATCH_IOU = 0.5
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of two xyxy arrays; COCO convention (no +1 on widths)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - intersection
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, intersection / union, 0.0)
+
+
+def greedy_match(iou: np.ndarray, confidence: np.ndarray, iou_threshold: float = MATCH_IOU) -> np.ndarray:
+    """For each detection (rows of ``iou``), the index of the ground truth it claims, or -1.
+
+    Ties in confidence keep input order (stable sort), so the result is deterministic.
+    """
+    n_det, n_gt = iou.shape
+    matched_gt = np.full(n_det, -1, dtype=np.int64)
+    if n_det == 0 or n_gt == 0:
+        return matched_gt
+    free = np.ones(n_gt, dtype=bool)
+    for det in np.argsort(-np.asarray(confidence), kind="stable"):
+        candidates = np.where(free, iou[det], -1.0)
+        best = int(np.argmax(candidates))
+        if candidates[best] >= iou_threshold:
+            matched_gt[det] = best
+            free[best] = False
+    return matched_gt
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """Outcome of matching one image's thresholded detections to its ground truth.
+
+    ``det_gt`` maps each detection to the ground-truth index it was paired with (-1: none) and
+    ``same_class`` says whether that pairing is a true positive or a misclassification.
+    """
+
+    det_gt: np.ndarray
+    same_class: np.ndarray
+
+
+def match_image(
+    gt_xyxy: np.ndarray,
+    gt_class: np.ndarray,
+    det_xyxy: np.ndarray,
+    det_conf: np.ndarray,
+    det_class: np.ndarray,
+    iou_threshold: float = MATCH_IOU,
+) -> ImageMatch:
+    """Class-aware matching first (true positives), then class-agnostic matching of the leftovers.
+
+    The second pass finds detections that hit a box of another class: Ultralytics' confusion
+    matrix counts those as confusions rather than as a false positive plus a miss.
+    """
+    n_det = len(det_conf)
+    det_gt = np.full(n_det, -1, dtype=np.int64)
+    same_class = np.zeros(n_det, dtype=bool)
+    if n_det == 0 or len(gt_class) == 0:
+        return ImageMatch(det_gt, same_class)
+    iou = box_iou(det_xyxy, gt_xyxy)
+    class_aware = np.where(det_class[:, None] == gt_class[None, :], iou, 0.0)
+    first = greedy_match(class_aware, det_conf, iou_threshold)
+    det_gt[first >= 0] = first[first >= 0]
+    same_class[first >= 0] = True
+
+    left_det = np.flatnonzero(first < 0)
+    left_gt = np.setdiff1d(np.arange(len(gt_class)), first[first >= 0])
+    if len(left_det) and len(left_gt):
+        second = greedy_match(iou[np.ix_(left_det, left_gt)], det_conf[left_det], iou_threshold)
+        hit = second >= 0
+        det_gt[left_det[hit]] = left_gt[second[hit]]
+    return ImageMatch(det_gt, same_class)
+
+
+def image_confusion(match: ImageMatch, gt_class: np.ndarray, det_class: np.ndarray, class_count: int) -> np.ndarray:
+    """One image's confusion counts: rows = predicted, columns = true, index ``class_count`` = background."""
+    matrix = np.zeros((class_count + 1, class_count + 1), dtype=np.int64)
+    claimed = np.zeros(len(gt_class), dtype=bool)
+    for det, gt in enumerate(match.det_gt):
+        if gt >= 0:
+            matrix[det_class[det], gt_class[gt]] += 1
+            claimed[gt] = True
+        else:
+            matrix[det_class[det], class_count] += 1  # false positive: predicted on background
+    for gt in np.flatnonzero(~claimed):
+        matrix[class_count, gt_class[gt]] += 1  # missed box: background predicted
+    return matrix

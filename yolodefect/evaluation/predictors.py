@@ -1,0 +1,205 @@
+"""Running a model over a split's images: the ``Predictor`` interface and its Ultralytics implementation.
+
+Any callable mapping image paths to one :class:`Detections` per path (same order) can be evaluated,
+so a torchvision SSD or a custom runtime plugs in without touching the metrics.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yolodefect.adapters import from_ultralytics
+from yolodefect.detections import Detections
+from yolodefect.errors import UsageError
+from yolodefect.evaluation.coco_metrics import MAX_DETECTIONS
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[list[Path]], list[Detections]]
+
+DEFAULT_IMGSZ = 640
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself, read without running it."""
+
+    path: Path
+    format: str  # "pt", or the export's suffix / "openvino" for a folder
+    class_names: list[str] | None
+    imgsz: int | tuple[int, int] | None
+    fixed_shape: bool = False  # an export that only accepts ``imgsz`` (not exported with dynamic=True)
+
+
+def _names_list(names: Any) -> list[str] | None:
+    if isinstance(names, str):
+        try:
+            names = ast.literal_eval(names)  # ONNX metadata stores the dict as its repr
+        except (ValueError, SyntaxError):
+            return None
+    if isinstance(names, dict):
+        return [str(names[key]) for key in sorted(names, key=int)]
+    if isinstance(names, (list, tuple)):
+        return [str(name) for name in names]
+    return None
+
+
+def _imgsz(value: Any) -> int | tuple[int, int] | None:
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return value[0] if value[0] == value[1] else (int(value[0]), int(value[1]))
+    return None
+
+
+def read_model_info(model_path: Path | str, *, loaded: Any = None) -> ModelInfo:
+    """Class names and training/export image size of a .pt checkpoint or an Ultralytics export.
+
+    ``loaded`` is an ``ultralytics.YOLO`` already made from ``model_path``, to avoid loading twice.
+    """
+    path = Path(model_path)
+    if not path.exists():
+        raise UsageError(f"model {path} does not exist (give a .pt, .onnx, .engine file or an OpenVINO folder)")
+    if path.suffix.lower() == ".pt":
+        from ultralytics import YOLO
+
+        model = loaded or YOLO(str(path), task="detect")
+        # A checkpoint remembers its training arguments; imgsz is the size it learned at.
+        return ModelInfo(path, "pt", _names_list(model.names), _imgsz(model.overrides.get("imgsz")))
+    # Exports carry Ultralytics metadata; reading it needs no runtime (OpenVINO, TensorRT) installed.
+    from ultralytics.nn.backends.base import BaseBackend
+
+    metadata = BaseBackend.read_metadata(path)
+    kind = "openvino" if path.is_dir() and path.name.endswith("_openvino_model") else path.suffix.lstrip(".") or "dir"
+    args = metadata.get("args") or {}
+    if isinstance(args, str):
+        try:
+            args = ast.literal_eval(args)
+        except (ValueError, SyntaxError):
+            args = {}
+    imgsz = _imgsz(metadata.get("imgsz"))
+    dynamic = bool(args.get("dynamic", False)) if isinstance(args, dict) else False
+    fixed_shape = imgsz is not None and not dynamic
+    return ModelInfo(path, kind, _names_list(metadata.get("names")), imgsz, fixed_shape=fixed_shape)
+
+
+class UltralyticsPredictor:
+    """A :data:`Predictor` for anything ``ultralytics.YOLO`` loads: .pt, .onnx, OpenVINO folder, .engine.
+
+    Predicts at a low confidence (0.001 by default) because AP needs the whole ranking; the
+    evaluator applies the operating thresholds afterwards. Images are letterboxed to the full
+    ``imgsz`` square for every backend (``rect=False``), so a .pt and its fixed-shape export see
+    identical inputs and their metrics differ only by numerics.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        *,
+        imgsz: int | tuple[int, int] | None = None,
+        device: str = "cpu",
+        batch: int = 8,
+        conf: float = 0.001,
+        iou: float = 0.7,
+        half: bool = False,
+        max_det: int = MAX_DETECTIONS,
+        progress: bool = True,
+    ):
+        from ultralytics import YOLO
+
+        if not Path(model_path).exists():
+            raise UsageError(
+                f"model {model_path} does not exist (give a .pt, .onnx, .engine file or an OpenVINO folder)"
+            )
+        self._model = YOLO(str(model_path), task="detect")
+        self.info = read_model_info(model_path, loaded=self._model)
+        if self.info.fixed_shape and imgsz is not None and _imgsz(imgsz) != self.info.imgsz:
+            # Ultralytics silently runs a fixed-shape export at its own size; say so and report that size.
+            logger.warning("%s was exported for imgsz %s; ignoring imgsz %s", model_path, self.info.imgsz, imgsz)
+            imgsz = None
+        self.imgsz = imgsz or self.info.imgsz or DEFAULT_IMGSZ
+        self.device = device
+        self.batch = batch
+        self.conf = conf
+        self.iou = iou
+        self.half = half
+        self.max_det = max_det
+        self.progress = progress
+        self.class_names = self.info.class_names or _names_list(self._model.names)
+
+    def __call__(self, images: list[Path]) -> list[Detections]:
+        if not images:
+            return []
+        # Ultralytics sorts a list source, so results are matched back to the caller's order by path.
+        wanted = [os.path.abspath(image) for image in images]
+        results = self._model.predict(
+            source=sorted(set(wanted)),
+            imgsz=self.imgsz,
+            device=self.device,
+            batch=self.batch,
+            conf=self.conf,
+            iou=self.iou,
+            **({"quantize": 16} if self.half else {}),  # Ultralytics 8.4 spells half precision this way
+            max_det=self.max_det,
+            rect=False,
+            stream=True,  # one batch in memory at a time
+            verbose=False,
+            save=False,
+        )
+        by_path: dict[str, Detections] = {}
+        with _progress(len(set(wanted)), f"predicting {self.info.path.name}", enabled=self.progress) as advance:
+            for result in results:
+                by_path[os.path.abspath(result.path)] = from_ultralytics(result)
+                advance()
+        missing = [path for path in wanted if path not in by_path]
+        if missing:
+            raise UsageError(
+                f"Ultralytics returned no result for {len(missing)} image(s), e.g. {missing[0]}; "
+                "is the file a readable image?"
+            )
+        return [by_path[path] for path in wanted]
+
+
+def predict_with_ultralytics(
+    model_path: Path | str,
+    images: Sequence[Path],
+    *,
+    imgsz: int | tuple[int, int] | None = None,
+    device: str = "cpu",
+    batch: int = 8,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    half: bool = False,
+    progress: bool = True,
+) -> list[Detections]:
+    """One :class:`Detections` per image, in order, from any model Ultralytics can load."""
+    predictor = UltralyticsPredictor(
+        model_path, imgsz=imgsz, device=device, batch=batch, conf=conf, iou=iou, half=half, progress=progress
+    )
+    return predictor(list(images))
+
+
+@contextmanager
+def _progress(total: int, description: str, *, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A transient rich progress bar; yields ``advance()`` (a no-op when disabled)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)

@@ -1,0 +1,270 @@
+"""``yolodefect train``: Ultralytics training with defaults that suit defect data.
+
+Every preset is decided in :func:`defect_presets`, with the reason shown to the user, and the
+arguments handed to Ultralytics are built in exactly one place (:func:`ultralytics_arguments`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from yolodefect.data.check import CheckReport, check_dataset
+from yolodefect.data.yolo_dataset import load_data_config
+from yolodefect.errors import DatasetError, UsageError, YoloDefectError
+
+if TYPE_CHECKING:
+    from yolodefect.evaluate import EvalResult
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "yolo26n.pt"  # chosen by bench/model_choice.py: as fast or faster on CPU, NMS-free
+IMBALANCE_THRESHOLD = 3.0  # max/min instances per class above which classes are re-weighted
+DEFAULT_CLASS_WEIGHT_POWER = 0.5  # square-root inverse frequency: helps rare classes without starving common ones
+OFFLINE_HELP = (
+    "could not download {model} (this machine seems to be offline). Two ways forward: "
+    "--model path/to/checkpoint.pt (any Ultralytics checkpoint, even one trained on other classes), "
+    "or --model {stem}.yaml to train from scratch (slower to converge)."
+)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    model: str = DEFAULT_MODEL
+    epochs: int = 100
+    imgsz: int | None = None  # None: suggested by check from the box sizes
+    batch: int | None = None  # None: 16 on CPU, AutoBatch on GPU
+    workers: int | None = None
+    device: str | None = None  # None: first GPU if present, else CPU
+    class_weights: float | None = None  # cls_pw; None: on when check finds an imbalance
+    freeze: int | None = None
+    patience: int = 30
+    flipud: float | None = None  # None: 0.5, defects have no "up"
+    grayscale: bool | None = None  # None: detected from the images
+    resume: bool = False
+    project: Path = Path("runs")
+    name: str = "train"
+    exist_ok: bool = False
+    seed: int = 0
+    run_check: bool = True
+    plots: bool = True
+    overrides: dict = field(default_factory=dict)  # any other Ultralytics argument, applied last
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One training argument we chose, and why (shown before training starts)."""
+
+    key: str
+    value: object
+    reason: str
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_model: Path
+    last_model: Path
+    presets: list[Preset]
+    arguments: dict
+    evaluation: EvalResult  # the best model scored on val by our evaluator
+    seconds: float
+    transfer_note: str
+
+    def to_dict(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir), "best_model": str(self.best_model), "last_model": str(self.last_model),
+            "presets": [asdict(preset) for preset in self.presets],
+            "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in self.arguments.items()},
+            "evaluation": self.evaluation.to_dict(), "seconds": self.seconds, "transfer_note": self.transfer_note,
+        }
+
+
+def detect_device(requested: str | None) -> str:
+    if requested:
+        return requested
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def is_grayscale_dataset(data: Path, sample: int = 20, seed: int = 0) -> bool:
+    """True when sampled training images have equal channels (stored as RGB or not)."""
+    images = load_data_config(data).images("train")
+    if not images:
+        return False
+    for path in random.Random(seed).sample(images, min(sample, len(images))):
+        with Image.open(path) as image:
+            if image.mode in ("L", "I", "I;16", "1"):
+                continue
+            array = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.int16)
+            if np.abs(array[..., 0] - array[..., 1]).max() > 8 or np.abs(array[..., 1] - array[..., 2]).max() > 8:
+                return False
+    return True
+
+
+def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path, device: str) -> list[Preset]:
+    """The arguments we set on top of Ultralytics' defaults, each with the reason."""
+    presets = []
+    if options.imgsz is not None:
+        presets.append(Preset("imgsz", options.imgsz, "given by --imgsz"))
+    elif report is not None and report.imgsz is not None:
+        advice = report.imgsz
+        why = f"check: 10% of boxes are {advice.box_px_at_suggested:.0f} px or smaller at this size"
+        if advice.small_objects and advice.tile:
+            why += f"; still small: consider `convert --tile {advice.tile}` or the P2 head (--model yolo26n-p2.yaml)"
+        presets.append(Preset("imgsz", advice.suggested_imgsz, why))
+
+    if options.class_weights is not None:
+        presets.append(Preset("cls_pw", options.class_weights, "given by --class-weights"))
+    elif report is not None and report.imbalance_ratio is not None and report.imbalance_ratio > IMBALANCE_THRESHOLD:
+        presets.append(Preset("cls_pw", DEFAULT_CLASS_WEIGHT_POWER,
+                              f"class imbalance {report.imbalance_ratio:.1f}:1 > {IMBALANCE_THRESHOLD:g}:1: rare classes weighted up"))
+
+    presets.append(Preset("flipud", 0.5 if options.flipud is None else options.flipud,
+                          "surfaces and boards have no 'up': vertical flips are free data" if options.flipud is None
+                          else "given by --flipud"))
+    grayscale = is_grayscale_dataset(data) if options.grayscale is None else options.grayscale
+    if grayscale:
+        presets.append(Preset("hsv_h", 0.0, "grayscale images: a hue shift only adds colour noise"))
+        presets.append(Preset("hsv_s", 0.0, "grayscale images: a saturation shift only adds colour noise"))
+    if options.freeze is not None:
+        presets.append(Preset("freeze", options.freeze, "given by --freeze: keeps pretrained features with little data"))
+    presets.append(Preset("patience", options.patience, "early stop when val mAP stops improving"))
+    if device == "cpu":
+        presets.append(Preset("batch", options.batch or 16, "CPU: a fixed batch (AutoBatch needs a GPU)"))
+        # No workers preset: on CPU Ultralytics loads data in the main process whatever is asked.
+    else:
+        presets.append(Preset("batch", options.batch or -1, "GPU: AutoBatch fits the batch to memory"))
+        presets.append(Preset("workers", options.workers if options.workers is not None else min(8, os.cpu_count() or 2),
+                              "GPU: up to 8 data loaders"))
+    return presets
+
+
+def ultralytics_arguments(options: TrainOptions, presets: list[Preset], data: Path, device: str) -> dict:
+    """The one place where the dict handed to ``YOLO.train`` is built."""
+    arguments = {
+        "data": str(data), "epochs": options.epochs, "device": device, "seed": options.seed,
+        "project": str(Path(options.project).resolve()), "name": options.name, "exist_ok": options.exist_ok,
+        "plots": options.plots, "verbose": True,
+    }
+    arguments.update({preset.key: preset.value for preset in presets})
+    arguments.update(options.overrides)
+    return arguments
+
+
+def load_model(model: str):
+    """An Ultralytics model, with one clear message when a named checkpoint cannot be downloaded."""
+    from ultralytics import YOLO
+
+    path = Path(model)
+    if path.suffix not in (".pt", ".yaml", ".yml"):
+        raise UsageError(f"--model {model}: give a .pt checkpoint or a .yaml model definition")
+    if path.suffix == ".pt" and not path.exists() and (path.parent != Path(".") or os.sep in model):
+        raise DatasetError(f"model checkpoint {model} does not exist")
+    try:
+        return YOLO(model)
+    except ConnectionError:
+        raise YoloDefectError(OFFLINE_HELP.format(model=model, stem=path.stem)) from None
+    except FileNotFoundError as error:
+        if path.suffix in (".yaml", ".yml"):
+            raise UsageError(f"--model {model}: Ultralytics knows no such model definition ({error})") from None
+        raise YoloDefectError(OFFLINE_HELP.format(model=model, stem=path.stem)) from None
+
+
+def transfer_note(model: str, model_names: dict | list | None, class_names: list[str]) -> str:
+    if Path(model).suffix in (".yaml", ".yml"):
+        return f"training from scratch ({model}): no pretrained weights"
+    names = list(model_names.values()) if isinstance(model_names, dict) else list(model_names or [])
+    if names == class_names:
+        return f"fine-tuning {model}, which already knows these classes"
+    return (f"transfer learning from {model} ({len(names)} classes: {', '.join(map(str, names[:6]))}"
+            f"{'...' if len(names) > 6 else ''}): backbone and neck reused, the class head is re-initialised "
+            f"for {len(class_names)} classes")
+
+
+@dataclass
+class TrainPlan:
+    """Everything decided before training starts, so the CLI can show it first."""
+
+    data_yaml: Path
+    class_names: list[str]
+    options: TrainOptions
+    device: str
+    presets: list[Preset]
+    arguments: dict
+    report: CheckReport | None
+
+
+def check_overrides(overrides: dict) -> None:
+    """Unknown Ultralytics arguments fail here, with the nearest valid name."""
+    import difflib
+
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    for key in overrides:
+        if key not in DEFAULT_CFG_DICT:
+            close = difflib.get_close_matches(key, list(DEFAULT_CFG_DICT), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--set {key}=...: Ultralytics has no training argument {key!r}{hint}")
+
+
+def plan_training(data: Path, options: TrainOptions = TrainOptions()) -> TrainPlan:
+    """Check the dataset and decide every argument; nothing is trained yet."""
+    data = Path(data)
+    config = load_data_config(data)
+    if config.yaml_path is None:
+        raise DatasetError(f"{data} has no data.yaml: make one with `yolodefect convert`")
+    check_overrides(options.overrides)
+    report = check_dataset(data) if options.run_check else None
+    if report is not None and report.has_errors:
+        raise DatasetError(f"check found {len(report.errors)} error(s) in {data}, first: {report.errors[0]}. "
+                           f"Run `yolodefect check {data}` for all, or --no-check to train anyway")
+    device = detect_device(options.device)
+    if options.resume:
+        return TrainPlan(config.yaml_path, config.class_names, options, device, [], {"resume": True}, report)
+    presets = defect_presets(options, report, config.yaml_path, device)
+    arguments = ultralytics_arguments(options, presets, config.yaml_path, device)
+    return TrainPlan(config.yaml_path, config.class_names, options, device, presets, arguments, report)
+
+
+def run_training(plan: TrainPlan) -> TrainResult:
+    """Train as planned, then score the best model on val with our evaluator."""
+    from yolodefect.evaluate import evaluate
+
+    started = time.perf_counter()
+    options = plan.options
+    if options.resume:
+        last = Path(options.project).resolve() / options.name / "weights" / "last.pt"
+        if not last.exists():
+            raise DatasetError(f"--resume: no interrupted run at {last}")
+        model = load_model(str(last))
+        note = f"resuming {last}"
+    else:
+        model = load_model(options.model)
+        note = transfer_note(options.model, getattr(model, "names", None), plan.class_names)
+    logger.info(note)
+    model.train(**plan.arguments)
+    trainer = model.trainer
+    run_dir = Path(trainer.save_dir)
+    best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
+    evaluation = evaluate(best, plan.data_yaml, split="val", imgsz=int(trainer.args.imgsz), device=plan.device,
+                          out_dir=run_dir / "eval")
+    result = TrainResult(run_dir, best, Path(trainer.last), plan.presets, plan.arguments, evaluation,
+                         round(time.perf_counter() - started, 1), note)
+    (run_dir / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+    return result
+
+
+def train(data: Path, options: TrainOptions = TrainOptions()) -> TrainResult:
+    """Check ``data``, train with defect presets, then score the best model with our evaluator."""
+    return run_training(plan_training(data, options))
