@@ -11,6 +11,7 @@ Writes bench/results/model_choice.json.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ def main() -> int:
     print(machine_line(info))
     results = {}
     work = Path(tempfile.mkdtemp())
+    os.chdir(work)  # Ultralytics exports a .yaml model into the working directory
     for arch in ("yolo11n", "yolo26n"):
         model = YOLO(f"{arch}.yaml")
         entry = {"parameters": int(get_num_params(model.model)), "gflops_640": round(float(get_flops(model.model, 640)), 2)}
