@@ -86,6 +86,8 @@ def test_down_sink_does_not_block_submit_or_file_sink(tmp_path: Path) -> None:
         assert time.monotonic() - start < 15  # 30 fsynced puts; waiting on the 1 s timeout would take 30 s
 
         assert wait_until(lambda: read_ids(out) == ids, 10), "file sink was held up by the down webhook"
+        # The line is written before the ack is counted: wait for the count too.
+        assert wait_until(lambda: dispatcher.stats()[file_sink.name]["delivered"] == 30, 10)
         assert wait_until(lambda: dispatcher.stats()[down.name]["failed_attempts"] >= 2, 10)
         stats = dispatcher.stats()
         assert stats[file_sink.name] == {"delivered": 30, "failed_attempts": 0, "backlog": 0, "last_error": None}

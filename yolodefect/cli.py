@@ -200,8 +200,7 @@ def train(
 ) -> None:
     """Fine-tune YOLO on a defect dataset with defect-aware presets, then score it.
 
-    Runs `check` first, shows the presets and why, trains with Ultralytics, and scores the best
-    model on val with the same evaluator as `yolodefect eval`.
+    Runs `check` first, shows the presets and why, trains with Ultralytics, and scores the best model on val with the same evaluator as `yolodefect eval`.
 
     [bold]Examples[/bold]
 
@@ -269,3 +268,104 @@ def eval_command(
             print_json(result.to_dict())
         else:
             render_eval(result, err_console)
+
+
+def _help_of(name: str) -> str:
+    # The station's options document themselves once, in yolodefect.stream.options.
+    from yolodefect.stream.options import OPTION_HELP
+
+    return OPTION_HELP[name]
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    camera: Annotated[Optional[int], typer.Option(help="OpenCV camera index (same as --source N).")] = None,
+    source: Annotated[Optional[str], typer.Option(help=_help_of("source"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Station YAML (see examples/station.yaml); flags override it.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help=_help_of("model"))] = None,
+    mode: Annotated[Optional[str], typer.Option(help=_help_of("mode"))] = None,
+    imgsz: Annotated[Optional[int], typer.Option(help=_help_of("imgsz"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_help_of("device"))] = None,
+    thresholds: Annotated[Optional[Path], typer.Option(help=_help_of("thresholds"))] = None,
+    conf: Annotated[Optional[float], typer.Option(help=_help_of("conf"))] = None,
+    reject: Annotated[Optional[list[str]], typer.Option("--reject", help=_help_of("reject_classes"))] = None,
+    min_area: Annotated[Optional[float], typer.Option(help=_help_of("min_area"))] = None,
+    roi: Annotated[Optional[str], typer.Option(help="Region of interest polygon 'x,y x,y x,y ...' in frame pixels.")] = None,
+    tile: Annotated[Optional[int], typer.Option(help=_help_of("tile"))] = None,
+    min_frames: Annotated[Optional[int], typer.Option(help=_help_of("min_frames"))] = None,
+    emit_pass: Annotated[Optional[bool], typer.Option("--emit-pass/--no-emit-pass", help=_help_of("emit_pass"))] = None,
+    sink: Annotated[Optional[list[str]], typer.Option("--sink", help=_help_of("sinks"))] = None,
+    mqtt: Annotated[Optional[str], typer.Option(help="Shorthand for --sink mqtt://host:port/topic (QoS 1).")] = None,
+    webhook: Annotated[Optional[str], typer.Option(help="Shorthand for --sink https://...; auth header from $YOLODEFECT_WEBHOOK_AUTH.")] = None,
+    opcua: Annotated[Optional[str], typer.Option(help="Shorthand for --sink opc.tcp://host:port?decision=ns=2;i=2&defect_class=...")] = None,
+    outbox: Annotated[Optional[Path], typer.Option(help=_help_of("outbox"))] = None,
+    evidence: Annotated[Optional[Path], typer.Option(help=_help_of("evidence_dir"))] = None,
+    save: Annotated[Optional[Path], typer.Option(help=_help_of("save"))] = None,
+    show: Annotated[Optional[bool], typer.Option("--show/--no-show", help=_help_of("show"))] = None,
+    fps: Annotated[Optional[float], typer.Option(help=_help_of("fps_cap"))] = None,
+    loop: Annotated[Optional[bool], typer.Option("--loop/--no-loop", help=_help_of("loop"))] = None,
+    follow: Annotated[Optional[bool], typer.Option("--follow/--no-follow", help=_help_of("follow"))] = None,
+    fail_safe: Annotated[Optional[str], typer.Option(help=_help_of("fail_safe"))] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help=_help_of("max_latency_ms"))] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help=_help_of("max_frames"))] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the inspection station: read frames, detect, draw, and emit one event per defective part.
+
+    Every event is written to a local SQLite outbox first and removed only when every sink has it, so a broker or webhook that is down loses nothing. Ctrl-C or SIGTERM finishes the frame, flushes and prints a summary.
+
+    [bold]Examples[/bold]
+
+      yolodefect watch --camera 0 --model best.pt --sink events.jsonl
+
+      yolodefect watch --source conveyor.mp4 --model best_int8.onnx --mqtt mqtt://127.0.0.1:1883/line1/rejects
+
+      yolodefect watch --source /line/cam1/ --follow --thresholds thresholds.yaml --evidence evidence/
+
+      yolodefect watch --config examples/station.yaml
+    """
+    from rich.live import Live
+
+    from yolodefect.errors import UsageError
+    from yolodefect.render import render_model_card, render_watch_summary, watch_panel
+    from yolodefect.stream.options import resolve_options
+    from yolodefect.stream.watch import watch as run_watch
+
+    with user_errors(_debug(ctx)):
+        if camera is not None and source is not None:
+            raise UsageError("give --camera or --source, not both")
+        sinks = [*(sink or []), *(url for url in (mqtt, webhook, opcua) if url)]
+        overrides = {
+            "source": str(camera) if camera is not None else source, "model": model, "mode": mode, "imgsz": imgsz,
+            "device": device, "thresholds": thresholds, "conf": conf, "reject_classes": tuple(reject) if reject else None,
+            "min_area": min_area, "roi": roi, "tile": tile, "min_frames": min_frames, "emit_pass": emit_pass,
+            "sinks": tuple(sinks) if sinks else None, "outbox": outbox, "evidence_dir": evidence, "save": save,
+            "show": show, "fps_cap": fps, "loop": loop, "follow": follow, "fail_safe": fail_safe,
+            "max_latency_ms": max_latency_ms, "max_frames": max_frames,
+        }
+        options = resolve_options(config, overrides)
+        if options.source is None:
+            raise UsageError("nothing to watch: give --camera N, --source PATH_OR_URL, or 'source:' in --config")
+        stdout_events = "-" in options.sinks
+        shown_card = []
+
+        def show_card(stats) -> None:
+            if not shown_card:
+                shown_card.append(True)
+                render_model_card(stats.model_card, err_console)
+
+        if json_output or stdout_events:
+            # Events (or the JSON summary) own stdout: keep the panel off it.
+            summary = run_watch(options, install_signal_handlers=True, on_stats=show_card)
+        else:
+            with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+                def update(stats) -> None:
+                    show_card(stats)
+                    live.update(watch_panel(stats))
+
+                summary = run_watch(options, install_signal_handlers=True, on_stats=update)
+        if json_output and not stdout_events:
+            print_json(summary.to_dict())
+        else:
+            render_watch_summary(summary, err_console)

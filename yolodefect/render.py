@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # importing the results' modules would load matplotlib for ev
     from yolodefect.data.convert import ConversionResult
     from yolodefect.evaluate import EvalResult
     from yolodefect.evaluation.metrics import EvalMetrics
+    from yolodefect.stream.stats import WatchStats, WatchSummary
     from yolodefect.train import TrainResult
 
 
@@ -141,3 +142,42 @@ def render_presets(presets, console: Console) -> None:
     for preset in presets:
         table.add_row(preset.key, str(preset.value), preset.reason)
     console.print(table)
+
+
+def watch_panel(stats: WatchStats):
+    """The operator's terminal view of a running station."""
+    from rich.panel import Panel
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(justify="right", style="bold")
+    table.add_column()
+    latency = "-" if stats.latency_p50_ms is None else f"p50 {stats.latency_p50_ms:.1f} ms, p95 {stats.latency_p95_ms:.1f} ms"
+    table.add_row("frames", f"{stats.frames}  ({stats.fps:.1f} fps, {stats.elapsed_s:.0f} s)")
+    table.add_row("latency", latency)
+    table.add_row("dropped / skipped", f"{stats.dropped_frames} / {stats.skipped_frames}  reconnects {stats.reconnects}")
+    table.add_row("parts", f"[red]{stats.rejects} rejected[/red], {stats.passes} passed, {stats.errors} errors")
+    for sink, backlog in stats.sink_backlog.items():
+        error = stats.sink_errors.get(sink)
+        table.add_row(f"sink {sink}", f"backlog {backlog}" + (f"  [yellow]{error}[/yellow]" if error else ""))
+    title = f"yolodefect watch: {stats.source} ({stats.mode}) with {stats.model.get('name', '?')} {stats.model.get('precision', '')}"
+    return Panel(table, title=title, title_align="left")
+
+
+def render_model_card(card: dict | None, console: Console) -> None:
+    if not card:
+        return
+    metrics = card.get("metrics", {})
+    shown = {key: card.get(key) for key in ("precision", "backend", "imgsz", "deployable") if key in card}
+    console.print(f"Model card: {', '.join(f'{k} {v}' for k, v in shown.items())}"
+                  + (f"; {metrics}" if metrics and not isinstance(metrics, dict) else ""), highlight=False)
+    if card.get("note"):
+        console.print(f"  {card['note']}", highlight=False)
+
+
+def render_watch_summary(summary: WatchSummary, console: Console) -> None:
+    s = summary.stats
+    console.print(watch_panel(s))
+    console.print(f"Stopped by {summary.stopped_by}. {s.rejects} reject event(s), {s.passes} pass, {s.errors} error; "
+                  + ("every event delivered." if summary.flushed else
+                     f"[yellow]undelivered, kept in the outbox for the next run: {summary.undelivered}[/yellow]"),
+                  highlight=False)

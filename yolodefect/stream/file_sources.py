@@ -1,0 +1,285 @@
+"""Every-frame sources: video files, image files and globs, hot folders, stdin.
+
+A reader thread fills a bounded queue, blocking when it is full, so nothing is dropped and memory
+stays bounded; a sentinel ends the stream and the thread is joined in ``finally``. A corrupt image
+or an undecodable frame is logged, counted as skipped and passed over: one bad file must not stop
+a line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from yolodefect.errors import UsageError
+from yolodefect.stream.frames import (
+    POLL_S,
+    CaptureFactory,
+    Frame,
+    FrameSource,
+    SourceOptions,
+    default_capture_factory,
+    read_image,
+    to_bgr,
+    utc_now,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
+# Consecutive failed reads inside a video file before treating the rest of it as unreadable.
+_MAX_BAD_VIDEO_FRAMES = 25
+
+_END = object()
+
+
+@dataclass
+class _Raw:
+    image: np.ndarray
+    index: int
+    part_hint: str | None = None
+
+
+def _bounded_reader(produce: Iterator[_Raw], stop: threading.Event, done: threading.Event, maxsize: int,
+                    name: str) -> Iterator[_Raw]:
+    """Run ``produce`` on a thread feeding a bounded queue; yield its items in order, then re-raise its error.
+
+    ``done`` is set when the consumer leaves (end, break or stop); producers watch it to quit waiting.
+    """
+    items: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+    failure: list[BaseException] = []
+
+    def put(item: Any) -> bool:
+        while not (stop.is_set() or done.is_set()):
+            try:
+                items.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it on its own thread
+            failure.append(exc)
+        finally:
+            put(_END)
+
+    thread = threading.Thread(target=run, name=f"read-{name}", daemon=True)
+    thread.start()
+    try:
+        while not stop.is_set():
+            try:
+                item = items.get(timeout=POLL_S)
+            except queue.Empty:
+                if not thread.is_alive() and items.empty():
+                    break
+                continue
+            if item is _END:
+                break
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        done.set()
+        while True:  # unblock a reader waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                break
+        # A reader blocked in stdin or a slow disk cannot be interrupted; it is a daemon and exits with us.
+        thread.join(timeout=2.0)
+
+
+class _EveryFrameSource(FrameSource):
+    def __init__(self, name: str, options: SourceOptions, stop_event: threading.Event | None = None):
+        super().__init__(name, options, stop_event)
+        self._done = threading.Event()
+
+    def _halted(self) -> bool:
+        return self._stop.is_set() or self._done.is_set()
+
+    def _frames(self) -> Iterator[Frame]:
+        self._done = threading.Event()  # one per iteration
+        for raw in _bounded_reader(self._produce(), self._stop, self._done, self.options.queue_size, self.name):
+            # Stamped when the pipeline takes the frame: a file has no capture time, and stamping at
+            # read-ahead would count queue wait as latency.
+            yield Frame(raw.image, raw.index, utc_now(), self.name, raw.part_hint, time.monotonic())
+
+    def _produce(self) -> Iterator[_Raw]:
+        raise NotImplementedError
+
+
+class VideoFileSource(_EveryFrameSource):
+    """Every frame of a video file, in order; ``loop`` restarts it at the end."""
+
+    kind = "video"
+
+    def __init__(self, path: Path, options: SourceOptions, stop_event: threading.Event | None = None,
+                 capture_factory: CaptureFactory = default_capture_factory):
+        super().__init__(str(path), options, stop_event)
+        self.path = path
+        self._capture_factory = capture_factory
+
+    def _produce(self) -> Iterator[_Raw]:
+        index = 0
+        while not self._halted():
+            capture = self._capture_factory(str(self.path))
+            try:
+                if not capture.isOpened():
+                    raise UsageError(f"cannot open video {self.path}: not a video OpenCV can decode (try re-encoding to H.264 mp4)")
+                total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+                self.nominal_fps = _positive(capture.get(cv2.CAP_PROP_FPS))
+                attempted = 0
+                bad_in_row = 0
+                frames_this_pass = 0
+                while not self._halted():
+                    ok, image = capture.read()
+                    attempted += 1
+                    if ok and image is not None:
+                        bad_in_row = 0
+                        frames_this_pass += 1
+                        yield _Raw(to_bgr(image), index)
+                        index += 1
+                        continue
+                    # A failed read is the end of the file unless the container says frames remain.
+                    if attempted >= total or bad_in_row >= _MAX_BAD_VIDEO_FRAMES:
+                        break
+                    bad_in_row += 1
+                    self.stats.add("skipped")
+                    logger.warning("%s: frame %d cannot be decoded; skipped", self.path, attempted - 1)
+            finally:
+                capture.release()
+            if not self.options.loop or frames_this_pass == 0:
+                return
+            logger.debug("%s: end of video, looping", self.path)
+
+
+def _positive(value: float) -> float | None:
+    return float(value) if value and value > 0 else None
+
+
+class ImageFilesSource(_EveryFrameSource):
+    """A fixed, sorted list of image files; each file is one part (``part_hint`` = file name)."""
+
+    kind = "images"
+    per_part = True
+
+    def __init__(self, name: str, paths: list[Path], options: SourceOptions, stop_event: threading.Event | None = None):
+        super().__init__(name, options, stop_event)
+        self.paths = paths
+
+    def _produce(self) -> Iterator[_Raw]:
+        for index, path in enumerate(self.paths):
+            if self._halted():
+                return
+            image = read_image(path)
+            if image is None:
+                self.stats.add("skipped")
+                continue
+            yield _Raw(image, index, path.name)
+
+
+class WatchedFolderSource(_EveryFrameSource):
+    """A hot folder: every image file that appears is read once, after its size stops changing.
+
+    Files already there at start are processed too (a station that was down must not lose parts),
+    so a restart re-inspects them; move processed files away upstream if that matters.
+    """
+
+    kind = "folder"
+    per_part = True
+
+    def __init__(self, folder: Path, options: SourceOptions, stop_event: threading.Event | None = None):
+        super().__init__(str(folder), options, stop_event)
+        self.folder = folder
+
+    def _produce(self) -> Iterator[_Raw]:
+        done: set[str] = set()
+        # name -> (size, mtime_ns, monotonic time it was first seen with that size and mtime)
+        settling: dict[str, tuple[int, int, float]] = {}
+        index = 0
+        while not self._halted():
+            ready: list[tuple[int, str, Path]] = []
+            present: set[str] = set()
+            try:
+                entries = list(os.scandir(self.folder))
+            except OSError as exc:
+                logger.warning("cannot list %s: %s; retrying", self.folder, exc)
+                entries = []
+            now = time.monotonic()
+            for entry in entries:
+                if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES or entry.name.startswith("."):
+                    continue
+                present.add(entry.name)
+                if entry.name in done:
+                    continue
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue  # vanished between listing and stat
+                seen = settling.get(entry.name)
+                if seen is None or (seen[0], seen[1]) != (stat.st_size, stat.st_mtime_ns):
+                    settling[entry.name] = (stat.st_size, stat.st_mtime_ns, now)
+                elif stat.st_size > 0 and now - seen[2] >= self.options.settle_s:
+                    ready.append((stat.st_mtime_ns, entry.name, Path(entry.path)))
+            # Forget files that were removed, so memory follows the folder, not the run length.
+            done &= present
+            for name in list(settling):
+                if name not in present:
+                    del settling[name]
+            for _, name, path in sorted(ready):
+                settling.pop(name, None)
+                done.add(name)
+                image = read_image(path)
+                if image is None:
+                    self.stats.add("skipped")
+                    continue
+                yield _Raw(image, index, name)
+                index += 1
+            if not ready:
+                self._done.wait(self.options.poll_interval_s)
+
+
+class StdinPathsSource(_EveryFrameSource):
+    """Image paths read from stdin, one per line, each one part (for a trigger program upstream)."""
+
+    kind = "stdin"
+    per_part = True
+
+    def __init__(self, options: SourceOptions, stop_event: threading.Event | None = None, stream: Any = None):
+        super().__init__("stdin", options, stop_event)
+        self._stream = stream
+
+    def _produce(self) -> Iterator[_Raw]:
+        stream = self._stream or sys.stdin
+        index = 0
+        for line in stream:
+            if self._halted():
+                return
+            text = line.strip()
+            if not text:
+                continue
+            path = Path(text).expanduser()
+            image = read_image(path)
+            if image is None:
+                self.stats.add("skipped")
+                continue
+            yield _Raw(image, index, path.name)
+            index += 1
+
+

@@ -1,0 +1,299 @@
+"""Everything ``yolodefect watch`` can be told, and where it comes from: CLI flag > station YAML > default.
+
+:class:`WatchOptions` is the one record; each field's ``metadata["help"]`` is the text the CLI can
+show. A station config is a YAML mapping with the same keys (``examples/station.yaml``); unknown
+keys are rejected with a near-match suggestion, since a misspelt ``reject_clases`` that was
+silently ignored would change what the line rejects. Relative paths in a config file are relative
+to the file, so a station folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from yolodefect.errors import UsageError
+
+FailSafe = Literal["off", "reject"]
+Mode = Literal["auto", "track", "part"]
+
+DEFAULT_SINKS = ("-",)
+DEFAULT_OUTBOX = Path("yolodefect-outbox.sqlite")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """Options of one inspection station run. Field names are the YAML keys; CLI flags are ``--field-name``."""
+
+    # -- input
+    source: str | None = field(default=None, metadata=_help(
+        "Camera index (0), stream URL (rtsp://...), video file, image file/folder/glob, or - for image paths on stdin."))
+    mode: Mode = field(default="auto", metadata=_help(
+        "auto (images: one part per image; video/camera: track defects), part (every frame is one part) or track."))
+    loop: bool = field(default=False, metadata=_help("Video files: restart at the end (demos, soak tests)."))
+    follow: bool = field(default=False, metadata=_help("A folder source: keep watching it for new image files."))
+    fps_cap: float | None = field(default=None, metadata=_help("Process at most this many frames per second."))
+    max_frames: int | None = field(default=None, metadata=_help("Stop after this many frames."))
+    stall_timeout_s: float = field(default=5.0, metadata=_help("Live sources: reconnect after this long without a frame."))
+    # -- model
+    model: Path | None = field(default=None, metadata=_help("Detection model: .pt, .onnx or an OpenVINO folder."))
+    imgsz: int | None = field(default=None, metadata=_help("Inference size in pixels (default: the model's own)."))
+    device: str = field(default="cpu", metadata=_help("Inference device: cpu, 0, cuda:0, mps ..."))
+    half: bool = field(default=False, metadata=_help("FP16 inference (GPU only)."))
+    tile: int | None = field(default=None, metadata=_help("Sliced inference with square tiles of this many pixels."))
+    tile_overlap: float = field(default=0.2, metadata=_help("Tile overlap as a fraction of the tile."))
+    tracker: str = field(default="bytetrack.yaml", metadata=_help("Ultralytics tracker config: bytetrack.yaml, botsort.yaml or a path."))
+    # -- reject rules
+    thresholds: Path | None = field(default=None, metadata=_help(
+        "thresholds.yaml from 'yolodefect eval --target-recall' (per-class confidence, reject classes)."))
+    conf: float = field(default=0.25, metadata=_help("Confidence threshold for classes without their own."))
+    class_conf: Mapping[str, float] = field(default_factory=dict, metadata=_help(
+        "Per-class thresholds (class: value); override the thresholds file."))
+    reject_classes: tuple[str, ...] | None = field(default=None, metadata=_help(
+        "Classes that reject a part (default: the thresholds file's, else all)."))
+    min_area: float = field(default=0.0, metadata=_help("Ignore defect boxes smaller than this many square pixels."))
+    roi: tuple[tuple[float, float], ...] | None = field(default=None, metadata=_help(
+        "Region of interest polygon [[x, y], ...] in frame pixels; defects must have their centre inside."))
+    # -- part decisions
+    min_frames: int = field(default=3, metadata=_help("Track mode: frames a defect must be seen in a row before it rejects."))
+    part_merge_px: float | None = field(default=None, metadata=_help(
+        "Track mode: defects within this many pixels of a rejected part's defects are the same part (one event)."))
+    emit_pass: bool = field(default=False, metadata=_help("Part mode: also emit an event for every good part."))
+    # -- outputs
+    sinks: tuple[str, ...] = field(default=DEFAULT_SINKS, metadata=_help(
+        "Where events go: events.jsonl, - (stdout), https://..., mqtt://..., opc.tcp://... (repeatable)."))
+    outbox: Path = field(default=DEFAULT_OUTBOX, metadata=_help("SQLite outbox holding events until every sink has them."))
+    evidence_dir: Path | None = field(default=None, metadata=_help("Save raw and annotated JPEGs of each reject here."))
+    save: Path | None = field(default=None, metadata=_help("Write the annotated video to this file (.mp4 or .avi)."))
+    show: bool = field(default=False, metadata=_help("Show the annotated stream in a window (needs a display)."))
+    # -- safety and shutdown
+    fail_safe: FailSafe = field(default="reject", metadata=_help(
+        "reject: a frame that fails or is late emits an 'error' event and the run goes on; off: failures stop the run."))
+    max_latency_ms: float | None = field(default=None, metadata=_help(
+        "A decision later than this (capture to decision) is an 'error' event under fail_safe=reject."))
+    flush_timeout_s: float = field(default=10.0, metadata=_help("On shutdown, wait this long for sinks to take the backlog."))
+    stats_interval_s: float = field(default=0.5, metadata=_help("How often the stats callback runs."))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        _check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-able values (paths as strings, tuples as lists)."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, Mapping):
+                return {str(k): plain(v) for k, v in value.items()}
+            return value
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WatchOptions))
+OPTION_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(WatchOptions)}
+_PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save")
+_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show")
+_OPTIONAL_INT = ("max_frames", "imgsz", "tile")
+_OPTIONAL_FLOAT = ("fps_cap", "max_latency_ms", "part_merge_px")
+_FLOAT = ("stall_timeout_s", "tile_overlap", "conf", "min_area", "flush_timeout_s", "stats_interval_s")
+
+
+def _fail(name: str, expected: str, value: Any) -> UsageError:
+    return UsageError(f"option {name!r} must be {expected}, got {value!r}")
+
+
+def _number(name: str, value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise _fail(name, expected, value)
+    return float(value)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Normalise one option value (YAML and the CLI give lists, strings, ints) into the field's type."""
+    if name in _PATH_FIELDS:
+        if value is None and name != "outbox":
+            return None
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise _fail(name, "a path", value)
+        return Path(value).expanduser()
+    if name in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise _fail(name, "true or false", value)
+        return value
+    if name in _OPTIONAL_INT or name == "min_frames":
+        if value is None and name != "min_frames":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+            raise _fail(name, "a whole number", value)
+        return int(value)
+    if name in _OPTIONAL_FLOAT:
+        return None if value is None else _number(name, value, "a number")
+    if name in _FLOAT:
+        return _number(name, value, "a number")
+    if name == "source":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, Path)):
+            raise _fail(name, "a camera index, URL or path", value)
+        return str(value)
+    if name in ("device", "tracker"):
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise _fail(name, "a string", value)
+        return str(value)
+    if name == "mode":
+        return _choice(name, value, get_args(Mode))
+    if name == "fail_safe":
+        return _choice(name, value, get_args(FailSafe))
+    if name == "reject_classes":
+        if value is None:
+            return None
+        return _names(name, value)
+    if name == "sinks":
+        return _names(name, value) if value not in ((), []) else DEFAULT_SINKS
+    if name == "class_conf":
+        if not isinstance(value, Mapping):
+            raise _fail(name, "a mapping of class name to threshold", value)
+        return {str(k): _number(f"class_conf.{k}", v, "a number in [0, 1]") for k, v in value.items()}
+    if name == "roi":
+        return None if value is None else _polygon(value)
+    raise AssertionError(f"no coercion for option {name}")  # a new field without a rule is a bug of ours
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(name, f"one of {', '.join(choices)}", value)
+    return str(value)
+
+
+def _names(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",")]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in value):
+        raise _fail(name, "a list of strings (or one comma-separated string)", value)
+    items = tuple(str(v).strip() for v in value if str(v).strip())
+    if not items:
+        raise _fail(name, "a non-empty list", value)
+    return items
+
+
+def _polygon(value: Any) -> tuple[tuple[float, float], ...]:
+    if isinstance(value, str):
+        # CLI form "x,y x,y x,y" or "x,y;x,y;x,y".
+        value = [pair.split(",") for pair in value.replace(";", " ").split()]
+    try:
+        points = tuple((float(x), float(y)) for x, y in value)
+    except (TypeError, ValueError):
+        raise _fail("roi", "a list of [x, y] points (or 'x,y x,y x,y')", value) from None
+    if len(points) < 3:
+        raise _fail("roi", "at least 3 points", value)
+    return points
+
+
+def _check(options: WatchOptions) -> None:
+    positive = {"stall_timeout_s": options.stall_timeout_s, "stats_interval_s": options.stats_interval_s}
+    for name, value in positive.items():
+        if value <= 0:
+            raise _fail(name, "> 0", value)
+    for name in ("fps_cap", "max_latency_ms"):
+        value = getattr(options, name)
+        if value is not None and value <= 0:
+            raise _fail(name, "> 0 (or unset)", value)
+    for name in ("max_frames", "imgsz", "tile"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise _fail(name, ">= 1 (or unset)", value)
+    if options.min_frames < 1:
+        raise _fail("min_frames", ">= 1", options.min_frames)
+    if not 0 <= options.conf <= 1 or not all(0 <= v <= 1 for v in options.class_conf.values()):
+        raise UsageError("confidence thresholds (conf, class_conf) must lie in [0, 1]")
+    if not 0 <= options.tile_overlap < 1:
+        raise _fail("tile_overlap", "a fraction in [0, 1)", options.tile_overlap)
+    if options.min_area < 0 or options.flush_timeout_s < 0 or (options.part_merge_px or 0) < 0:
+        raise UsageError("min_area, flush_timeout_s and part_merge_px must be >= 0")
+
+
+def _unknown_key(key: str, origin: str) -> UsageError:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(FIELD_NAMES)}"
+    return UsageError(f"unknown option {key!r} in {origin}{hint}")
+
+
+def merge_options(base: WatchOptions, overrides: Mapping[str, Any], *, origin: str = "the command line") -> WatchOptions:
+    """``base`` with every override that is not None applied (CLI flags left at None keep the config's value)."""
+    for key in overrides:
+        if key not in FIELD_NAMES:
+            raise _unknown_key(key, origin)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return dataclasses.replace(base, **given)
+
+
+def _resolve(value: Any, folder: Path, *, source: bool = False) -> Any:
+    if value is None or not isinstance(value, (str, Path)):
+        return value
+    text = str(value)
+    if source and (text == "-" or text.isdigit() or "://" in text):
+        return value  # a camera index, URL or stdin is not a path
+    path = Path(text).expanduser()
+    return str(folder / path) if not path.is_absolute() else text
+
+
+def options_from_mapping(data: Mapping[str, Any], *, base: WatchOptions | None = None, origin: str = "station config",
+                         relative_to: Path | None = None) -> WatchOptions:
+    """Options from a mapping of YAML keys over ``base`` (defaults if None); paths resolved against ``relative_to``."""
+    values = dict(data)
+    if relative_to is not None:
+        for key in (*_PATH_FIELDS, "source"):
+            if key in values:
+                values[key] = _resolve(values[key], relative_to, source=key == "source")
+        sinks = values.get("sinks")
+        if isinstance(sinks, str):
+            sinks = sinks.split(",")
+        if isinstance(sinks, (list, tuple)):
+            values["sinks"] = [_resolve(sink.strip(), relative_to, source=True) if isinstance(sink, str) else sink
+                               for sink in sinks]
+        tracker = values.get("tracker")
+        if isinstance(tracker, str) and (relative_to / tracker).is_file():
+            values["tracker"] = str(relative_to / tracker)
+    return merge_options(base or WatchOptions(), values, origin=origin)
+
+
+def load_station_config(path: Path | str) -> WatchOptions:
+    """Read a station YAML (keys as :class:`WatchOptions` fields) into options over the defaults."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"station config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"station config {path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"station config {path} must be a mapping of option: value")
+    # YAML null means "the default", which is what leaving the key out means too.
+    explicit = {key: value for key, value in data.items() if value is not None or key not in FIELD_NAMES}
+    for key in explicit:
+        if key not in FIELD_NAMES:
+            raise _unknown_key(str(key), str(path))
+    return options_from_mapping(explicit, origin=str(path), relative_to=path.resolve().parent)
+
+
+def resolve_options(config: Path | str | None, overrides: Mapping[str, Any]) -> WatchOptions:
+    """The CLI's one call: defaults, then the station config (if any), then flags that were given (not None)."""
+    base = load_station_config(config) if config is not None else WatchOptions()
+    return merge_options(base, overrides)

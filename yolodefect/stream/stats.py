@@ -1,0 +1,137 @@
+"""Live numbers of a station run (for the CLI's panel) and the summary it returns at the end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+StopReason = Literal["end", "stop", "signal", "max_frames", "window"]
+
+
+@dataclass(frozen=True)
+class WatchStats:
+    """A snapshot of a running station; the CLI renders it (frames, fps, latency, drops, rejects, sink backlog)."""
+
+    source: str
+    mode: str  # "part" or "track"
+    model: dict[str, str]  # name, sha256, precision
+    running: bool = True
+    elapsed_s: float = 0.0
+    frames: int = 0  # processed
+    fps: float = 0.0  # processed frames per second over the last few seconds
+    latency_p50_ms: float | None = None  # capture to decision, last 500 frames
+    latency_p95_ms: float | None = None
+    dropped_frames: int = 0  # live source frames replaced by newer ones (we were slower than the camera)
+    skipped_frames: int = 0  # corrupt images / undecodable frames
+    reconnects: int = 0
+    late_frames: int = 0  # over max_latency_ms
+    failed_frames: int = 0  # processing raised
+    parts: int = 0  # part decisions (reject + pass)
+    rejects: int = 0
+    passes: int = 0
+    errors: int = 0  # 'error' events
+    events: int = 0  # events handed to the outbox
+    sink_backlog: dict[str, int] = field(default_factory=dict)  # undelivered events per sink
+    sink_errors: dict[str, str | None] = field(default_factory=dict)  # last delivery error per sink
+    evidence_failures: int = 0
+    model_card: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    """What a finished run did. ``undelivered`` is what stays in the outbox for the next run."""
+
+    stats: WatchStats
+    stopped_by: StopReason
+    flushed: bool
+    undelivered: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.stats.to_dict(), "stopped_by": self.stopped_by, "flushed": self.flushed,
+                "undelivered": dict(self.undelivered)}
+
+
+class StatsBoard:
+    """Counters written by the frame loop and read by the stats ticker, behind one lock."""
+
+    def __init__(self, base: WatchStats, *, latency_window: int = 500, fps_window_s: float = 3.0):
+        self._lock = threading.Lock()
+        self._base = base
+        self._counts: dict[str, int] = {}
+        self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._frame_times: deque[float] = deque(maxlen=1000)
+        self._fps_window_s = fps_window_s
+        self._started = time.monotonic()
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + amount
+
+    def frame_done(self, latency_ms: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._counts["frames"] = self._counts.get("frames", 0) + 1
+            self._latencies.append(latency_ms)
+            self._frame_times.append(now)
+
+    def count(self, name: str) -> int:
+        with self._lock:
+            return self._counts.get(name, 0)
+
+    def fps(self) -> float:
+        with self._lock:
+            return self._fps_locked(time.monotonic())
+
+    def _fps_locked(self, now: float) -> float:
+        recent = [t for t in self._frame_times if now - t <= self._fps_window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], 1e-6)
+        return len(recent) / span
+
+    def snapshot(self, *, running: bool = True, **extra: Any) -> WatchStats:
+        now = time.monotonic()
+        with self._lock:
+            latencies = np.asarray(self._latencies, dtype=np.float64)
+            counts = dict(self._counts)
+            fps = self._fps_locked(now)
+        p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95])) if latencies.size else (None, None)
+        return replace(self._base, running=running, elapsed_s=now - self._started, fps=fps,
+                       latency_p50_ms=p50, latency_p95_ms=p95, **counts, **extra)
+
+
+class StatsTicker:
+    """Calls ``callback(snapshot())`` every ``interval_s`` on its own thread, so the panel moves during outages too."""
+
+    def __init__(self, interval_s: float, snapshot: Callable[[], WatchStats], callback: Callable[[WatchStats], None],
+                 on_error: Callable[[Exception], None]):
+        self._interval_s = interval_s
+        self._snapshot = snapshot
+        self._callback = callback
+        self._on_error = on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watch-stats", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._callback(self._snapshot())
+            except Exception as exc:  # a rendering bug must not stop inspection
+                self._on_error(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)

@@ -1,0 +1,92 @@
+"""Track ids for detections of any detector, with Ultralytics' own ByteTrack / BoT-SORT.
+
+Ultralytics runs its trackers inside ``model.track``; here the same tracker classes are fed our
+:class:`Detections`, so tracking also works for tiled inference, ONNX runtimes and test fakes.
+
+Small defects on a fast conveyor move further between frames than their own size, and ByteTrack
+associates by IoU (a new track must overlap its next detection by IoU >= 0.3 before its motion is
+known). Boxes smaller than ``min_box_px`` are therefore grown around their centre *for association
+only*; the boxes handed on are always the detector's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from yolodefect.detections import Detections
+from yolodefect.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+UNTRACKED = -1  # tracker_id of a detection not (yet) part of a confirmed track
+
+
+class _BoxesView:
+    """The slice of Ultralytics ``Boxes`` the trackers read: conf, cls, xywh, xyxy, len, boolean indexing."""
+
+    def __init__(self, xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray):
+        self.xyxy = xyxy
+        self.conf = conf
+        self.cls = cls
+
+    @property
+    def xywh(self) -> np.ndarray:
+        wh = self.xyxy[:, 2:4] - self.xyxy[:, 0:2]
+        return np.concatenate([self.xyxy[:, 0:2] + wh / 2.0, wh], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.conf)
+
+    def __getitem__(self, index: Any) -> _BoxesView:
+        return _BoxesView(self.xyxy[index], self.conf[index], self.cls[index])
+
+
+def grow_boxes(xyxy: np.ndarray, min_side: float) -> np.ndarray:
+    """Boxes with each side at least ``min_side``, same centre."""
+    if min_side <= 0 or len(xyxy) == 0:
+        return xyxy
+    centre = (xyxy[:, 0:2] + xyxy[:, 2:4]) / 2.0
+    half = np.maximum(xyxy[:, 2:4] - xyxy[:, 0:2], min_side) / 2.0
+    return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+
+
+class DefectTracker:
+    """``update(detections, image) -> detections`` with ``tracker_id`` set (:data:`UNTRACKED` where none).
+
+    ``config`` is an Ultralytics tracker YAML (``bytetrack.yaml``, ``botsort.yaml`` or a path to
+    your own); every detection comes back, in its original order.
+    """
+
+    def __init__(self, config: str = "bytetrack.yaml", *, min_box_px: float = 32.0):
+        from ultralytics.trackers.track import TRACKER_MAP
+        from ultralytics.utils import YAML, IterableSimpleNamespace
+        from ultralytics.utils.checks import check_yaml
+
+        try:
+            cfg = IterableSimpleNamespace(**YAML.load(check_yaml(config)))
+        except (FileNotFoundError, OSError) as exc:
+            raise UsageError(f"tracker config {config!r} not found ({exc}); use bytetrack.yaml, botsort.yaml or a YAML path") from exc
+        if cfg.tracker_type not in ("bytetrack", "botsort"):
+            raise UsageError(f"tracker {cfg.tracker_type!r} is not supported here; use bytetrack or botsort")
+        if getattr(cfg, "with_reid", False):
+            # ReID needs Ultralytics' predictor internals or a downloaded model; neither fits a station.
+            raise UsageError(f"tracker config {config!r} enables with_reid; set with_reid: False")
+        self._tracker = TRACKER_MAP[cfg.tracker_type](args=cfg)
+        self.min_box_px = min_box_px
+
+    def update(self, detections: Detections, image: np.ndarray | None = None) -> Detections:
+        n = len(detections)
+        view = _BoxesView(grow_boxes(detections.xyxy, self.min_box_px), detections.confidence,
+                          detections.class_id.astype(np.float32))
+        tracks = self._tracker.update(view, image)
+        ids = np.full(n, UNTRACKED, dtype=np.int64)
+        if len(tracks):
+            # Rows are [x1, y1, x2, y2, track_id, score, cls, det_index].
+            ids[tracks[:, 7].astype(np.int64)] = tracks[:, 4].astype(np.int64)
+        return Detections(detections.xyxy, detections.confidence, detections.class_id, tracker_id=ids)
+
+    def reset(self) -> None:
+        self._tracker.reset()

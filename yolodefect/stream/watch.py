@@ -1,0 +1,484 @@
+"""The inspection station loop behind ``yolodefect watch``.
+
+One frame at a time on the calling thread: read -> detect -> track (video) -> reject rules ->
+part decision -> draw -> evidence -> event into the durable outbox. Reading happens on the source's
+own thread (see :mod:`yolodefect.stream.sources`) and delivery on the dispatcher's threads, so a
+slow camera or a down sink never stalls detection, and an event is on disk before any sink sees it.
+
+Events (``decision``):
+
+* ``reject``: a part with at least one defect that passes the rules (once per part).
+* ``pass``: a good part, in part mode with ``emit_pass`` only.
+* ``error``: under ``fail_safe="reject"``, a frame whose processing raised (one event for the
+  frame; ``part_id`` is the part in part mode, else None), or whose decisions came later than
+  ``max_latency_ms`` (each of its decisions becomes an error event carrying its defects; in part
+  mode a late good part becomes one too, so every part still gets its one event when events are
+  expected). The line must treat ``error`` as "could not be inspected": reject the part.
+
+``latency_ms`` is measured from capture (for files: when the pipeline took the frame) to the
+moment the event is handed to the outbox, evidence writing included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from yolodefect.detections import Detections
+from yolodefect.errors import UsageError
+from yolodefect.stream.delivery import Dispatcher
+from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector, model_info_for
+from yolodefect.stream.drawing import Overlay, draw_frame
+from yolodefect.stream.events import Decision, Defect, ModelInfo, new_event, utc_now_iso
+from yolodefect.stream.evidence import EvidenceWriter, VideoSink
+from yolodefect.stream.options import WatchOptions, load_station_config, merge_options, resolve_options
+from yolodefect.stream.parts import ImagePartDecider, PartDecision, TrackPartDecider
+from yolodefect.stream.rules import ClassNames, RejectRules, class_name, load_thresholds, names_dict
+from yolodefect.stream.sinks import sink_from_url
+from yolodefect.stream.sources import CaptureFactory, Frame, FrameSource, SourceOptions, default_capture_factory, open_source
+from yolodefect.stream.stats import StatsBoard, StatsTicker, StopReason, WatchStats, WatchSummary
+from yolodefect.stream.tracking import DefectTracker
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "WatchOptions",
+    "WatchStats",
+    "WatchSummary",
+    "build_rules",
+    "load_station_config",
+    "merge_options",
+    "resolve_options",
+    "watch",
+]
+
+# Ultralytics keeps a lost track for track_buffer (30) frames and may re-find it under the same id;
+# remembering decided tracks for longer guarantees such a track cannot reject twice.
+_FORGET_AFTER_FRAMES = 150
+# ByteTrack's second association uses boxes down to its track_low_thresh (0.1).
+_TRACK_CONF_FLOOR = 0.1
+_WINDOW = "yolodefect watch"
+
+
+def build_rules(options: WatchOptions) -> RejectRules:
+    """Reject rules from the options: thresholds file, then per-class overrides, then the rest."""
+    conf: dict[str, float] = {}
+    reject = options.reject_classes
+    if options.thresholds is not None:
+        file = load_thresholds(options.thresholds)
+        conf.update(file.conf)
+        if reject is None:
+            reject = tuple(file.reject_classes)
+    conf.update(options.class_conf)
+    return RejectRules(
+        reject_classes=frozenset(reject) if reject is not None else None,
+        conf_thresholds=conf,
+        default_conf=options.conf,
+        min_box_area_px=options.min_area,
+        roi_polygon=options.roi,
+    )
+
+
+def _fallback_model_info(detector: Detector) -> ModelInfo:
+    # A custom detector has no weights file to hash; the hash of its type name keeps events valid and
+    # still tells runs of different detectors apart.
+    name = getattr(detector, "__qualname__", None) or type(detector).__qualname__
+    return ModelInfo(name=str(name), sha256=hashlib.sha256(str(name).encode()).hexdigest(), precision="unknown")
+
+
+def _has_display() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+class _RateLimitedLog:
+    """Logs the first occurrence and then at most once per ``period_s``, with the count in between."""
+
+    def __init__(self, period_s: float = 10.0):
+        self._period_s = period_s
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def __call__(self, log: Callable[..., None], message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self._period_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" (and {self._suppressed} more since the last report)"
+        self._suppressed = 0
+        self._last = now
+        log(message, *args)
+
+
+_Outcome = tuple[Decision, str | int | None, Detections, str | None]
+
+
+@dataclass
+class _FrameResult:
+    detections: Detections
+    counted: np.ndarray  # mask over detections: the defects that count
+    decisions: list[PartDecision]
+    error: str | None = None  # processing raised
+    late_ms: float | None = None  # set when over max_latency_ms
+
+
+class _Station:
+    """The per-run state of :func:`watch`; one instance per call."""
+
+    def __init__(self, options: WatchOptions, detector: Detector, class_names: Mapping[int, str], model: ModelInfo,
+                 rules: RejectRules, source: FrameSource, dispatcher: Dispatcher, track_mode: bool,
+                 stop: threading.Event, board: StatsBoard):
+        self.options = options
+        self.detector = detector
+        self.names = dict(class_names)
+        self.model = model
+        self.rules = rules
+        self.source = source
+        self.dispatcher = dispatcher
+        self.track_mode = track_mode
+        self.stop = stop
+        self.board = board
+        # Built up front: importing Ultralytics' trackers takes seconds, which must not land on the first part.
+        self.tracker = DefectTracker(options.tracker) if track_mode else None
+        self.decider: ImagePartDecider | TrackPartDecider = (
+            TrackPartDecider(options.min_frames, part_merge_px=options.part_merge_px,
+                             forget_after_frames=_FORGET_AFTER_FRAMES)
+            if track_mode else ImagePartDecider(emit_pass=options.emit_pass)
+        )
+        self.evidence = EvidenceWriter(options.evidence_dir) if options.evidence_dir is not None else None
+        self.video: VideoSink | None = None
+        self.show = options.show and self._display_ok()
+        self.fail_log = _RateLimitedLog()
+        self.late_log = _RateLimitedLog()
+        self.nan_log = _RateLimitedLog()
+        self.window_closed = False
+
+    # -- per frame ---------------------------------------------------------------------------
+
+    def _detect(self, frame: Frame) -> _FrameResult:
+        detections = self.detector(frame.image)
+        if not isinstance(detections, Detections):
+            raise TypeError(f"the detector returned {type(detections).__name__}, expected Detections")
+        finite = np.isfinite(detections.xyxy).all(axis=1) & np.isfinite(detections.confidence)
+        if not finite.all():
+            # A NaN box cannot be drawn, compared or put in an event; the rest of the frame still counts.
+            self.nan_log(logger.warning, "the detector returned %d box(es) with NaN/inf values; ignored",
+                         int((~finite).sum()))
+            detections = detections.filter(finite)
+        if self.tracker is not None and detections.tracker_id is None:
+            detections = self.tracker.update(detections, frame.image)
+        counted = self.rules.mask(detections, self.names)
+        decisions = self.decider.update(frame, detections.filter(counted))
+        return _FrameResult(detections, counted, decisions)
+
+    def process(self, frame: Frame) -> None:
+        try:
+            result = self._detect(frame)
+        except Exception as exc:
+            if self.options.fail_safe != "reject":
+                raise
+            self.board.add("failed_frames")
+            message = f"processing failed: {type(exc).__name__}: {exc}"
+            self.fail_log(logger.error, "frame %d of %s: %s; emitting an error event", frame.index, frame.source, message)
+            result = _FrameResult(Detections.empty(), np.zeros(0, dtype=bool), [], error=message)
+        latency_ms = (time.monotonic() - frame.captured_monotonic) * 1000.0
+        limit = self.options.max_latency_ms
+        if result.error is None and limit is not None and latency_ms > limit:
+            self.board.add("late_frames")
+            if self.options.fail_safe == "reject":
+                result.late_ms = latency_ms
+                self.late_log(logger.warning, "frame %d took %.0f ms (> max_latency_ms %.0f); emitting error events",
+                              frame.index, latency_ms, limit)
+        outcomes = list(self._outcomes(frame, result))
+        annotated = None
+        if self._needs_drawing(outcomes):
+            try:
+                annotated = self._annotated(frame, result)
+            except Exception as exc:  # a picture is not worth losing the event for
+                logger.warning("drawing frame %d failed (%s); continuing without the annotated image", frame.index, exc)
+        for decision, part_id, defects, message in outcomes:
+            self._emit(frame, decision, part_id, defects, message, annotated)
+        self.board.frame_done((time.monotonic() - frame.captured_monotonic) * 1000.0)
+        if annotated is not None:
+            self._output(annotated)
+
+    def _outcomes(self, frame: Frame, result: _FrameResult) -> Iterator[_Outcome]:
+        """The events this frame produces: (decision, part id, defects, message)."""
+        part_hint: str | int | None = None if self.track_mode else (
+            frame.part_hint if frame.part_hint is not None else frame.index)
+        if result.error is not None:
+            yield "error", part_hint, Detections.empty(), result.error
+            return
+        if result.late_ms is not None:
+            late = (f"decision too late: {result.late_ms:.0f} ms after capture "
+                    f"(max_latency_ms {self.options.max_latency_ms:.0f}); treat the part as not inspected")
+            for decision in result.decisions:
+                yield "error", decision.part_id, decision.defects, f"{late} (would have been {decision.decision})"
+            if not result.decisions and not self.track_mode:
+                yield "error", part_hint, Detections.empty(), f"{late} (would have been pass)"
+            return
+        for decision in result.decisions:
+            yield decision.decision, decision.part_id, decision.defects, None
+
+    def _needs_drawing(self, outcomes: list[_Outcome]) -> bool:
+        evidence = self.evidence is not None and any(decision != "pass" for decision, *_ in outcomes)
+        return self.options.save is not None or self.show or evidence
+
+    def _annotated(self, frame: Frame, result: _FrameResult) -> np.ndarray:
+        rejected = [d for d in result.decisions if d.decision == "reject"]
+        text, alarm = None, False
+        if result.error is not None or result.late_ms is not None:
+            text, alarm = "ERROR", True
+        elif rejected:
+            text, alarm = "REJECT " + ", ".join(str(d.part_id) for d in rejected), True
+        overlay = Overlay(fps=self.board.fps(), rejects=self.board.count("rejects") + len(rejected), text=text, alarm=alarm)
+        return draw_frame(frame.image, result.detections, self.names, counted=result.counted,
+                          roi_polygon=self.options.roi, overlay=overlay)
+
+    def _emit(self, frame: Frame, decision: Decision, part_id: str | int | None, defects: Detections,
+              message: str | None, annotated: np.ndarray | None) -> None:
+        event = new_event(
+            decision=decision, source=frame.source, frame_index=frame.index, captured_at=frame.captured_at,
+            latency_ms=0.0, image_size_wh=frame.size_wh, model=self.model, part_id=part_id, message=message,
+            defects=[
+                # float32 noise (0.8999999761) says nothing to a reader of the event; round it away.
+                Defect(class_name(self.names, int(c)), round(float(np.clip(s, 0.0, 1.0)), 4),
+                       tuple(round(float(v), 2) for v in box))
+                for box, s, c in zip(defects.xyxy, defects.confidence, defects.class_id)
+            ],
+        )
+        paths: dict[str, str] = {}
+        if self.evidence is not None and decision != "pass":
+            images = {"raw": frame.image}
+            if annotated is not None:
+                images["annotated"] = annotated
+            paths = self.evidence.save(event.event_id, frame.captured_at, images)
+        latency_ms = (time.monotonic() - frame.captured_monotonic) * 1000.0
+        event = replace(event, latency_ms=latency_ms, emitted_at=utc_now_iso(), snapshot_paths=paths)
+        # Not guarded: if the outbox cannot store the event it would be lost, so the run must stop loudly.
+        self.dispatcher.submit(event)
+        self.board.add("events")
+        counter = {"reject": "rejects", "pass": "passes", "error": "errors"}[decision]
+        self.board.add(counter)
+        if decision != "error":
+            self.board.add("parts")
+        logger.debug("event %s: %s part %s (%d defects)", event.event_id, decision, part_id, len(defects))
+
+    def _output(self, annotated: np.ndarray) -> None:
+        if self.options.save is not None:
+            if self.video is None:
+                fps = self.options.fps_cap or getattr(self.source, "nominal_fps", None) or 30.0
+                self.video = VideoSink(self.options.save, fps=fps)
+            self.video.write(annotated)
+        if self.show:
+            import cv2
+
+            try:
+                cv2.imshow(_WINDOW, annotated)
+                key = cv2.waitKey(1) & 0xFF
+            except cv2.error as exc:
+                logger.warning("cannot show the window (%s); running headless", exc)
+                self.show = False
+                return
+            if key in (ord("q"), 27):
+                logger.info("window closed with '%s'; stopping", "q" if key == ord("q") else "Esc")
+                self.stop.set()
+                self.window_closed = True
+
+    def _display_ok(self) -> bool:
+        if _has_display():
+            return True
+        logger.warning("--show needs a display (DISPLAY is not set); running headless")
+        return False
+
+    def close_outputs(self) -> None:
+        if self.video is not None:
+            self.video.close()
+        if self.show:
+            import cv2
+
+            try:
+                cv2.destroyWindow(_WINDOW)
+            except cv2.error:
+                pass
+
+    def snapshot(self, running: bool = True) -> WatchStats:
+        source = self.source.stats.snapshot()
+        sinks = self._sink_stats()
+        return self.board.snapshot(
+            running=running, dropped_frames=source["dropped"], skipped_frames=source["skipped"],
+            reconnects=source["reconnects"], sink_backlog={k: int(v["backlog"]) for k, v in sinks.items()},
+            sink_errors={k: v["last_error"] for k, v in sinks.items()},
+            evidence_failures=self.evidence.failures if self.evidence else 0,
+        )
+
+    def _sink_stats(self) -> dict[str, dict[str, Any]]:
+        try:
+            return self.dispatcher.stats()
+        except Exception as exc:  # closed outbox at shutdown: the panel shows nothing rather than failing
+            logger.debug("sink stats unavailable: %s", exc)
+            return {}
+
+
+class _SignalHandlers:
+    """SIGINT/SIGTERM set the stop event (finish the frame, flush, close); restored on exit."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            # Ctrl-C twice: stop waiting for sinks. Undelivered events are safe in the outbox.
+            logger.warning("interrupted again: exiting without waiting for sinks; undelivered events stay in the outbox")
+            raise KeyboardInterrupt
+        if self.received is None:
+            logger.info("received %s: finishing the current frame and flushing events (Ctrl-C again to skip waiting)",
+                        signal.Signals(signum).name)
+        self.received = signum
+        self.stop.set()
+
+    def __enter__(self) -> _SignalHandlers:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("signal handlers can only be installed from the main thread; not installed")
+            return self
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def _make_detector(options: WatchOptions, rules: RejectRules, track_mode: bool) -> Detector:
+    if options.model is None:
+        raise UsageError("no model: give --model (or 'model:' in the station config), e.g. --model best.pt")
+    floor = min(rules.min_threshold(), _TRACK_CONF_FLOOR) if track_mode else rules.min_threshold()
+    detector: Detector = UltralyticsDetector(options.model, imgsz=options.imgsz, device=options.device,
+                                             conf_floor=floor, half=options.half)
+    if options.tile is not None:
+        detector = TiledDetector(detector, (options.tile, options.tile), overlap=options.tile_overlap)
+    return detector
+
+
+def watch(
+    options: WatchOptions,
+    *,
+    detector: Detector | None = None,
+    class_names: ClassNames | None = None,
+    model_info: ModelInfo | None = None,
+    stop_event: threading.Event | None = None,
+    on_stats: Callable[[WatchStats], None] | None = None,
+    install_signal_handlers: bool = False,
+    capture_factory: CaptureFactory = default_capture_factory,
+) -> WatchSummary:
+    """Run the inspection station until the source ends, ``max_frames`` is reached or ``stop_event`` is set.
+
+    ``detector`` replaces the model named in ``options`` (tests pass a fake); its ``class_names``
+    and ``model_info`` attributes are used when present, else pass them here. ``on_stats`` gets a
+    :class:`WatchStats` every ``stats_interval_s`` (from a helper thread) and once at the end.
+    ``install_signal_handlers`` makes SIGINT/SIGTERM stop the run cleanly (the CLI sets it).
+    On return every event is in the outbox, and delivered unless a sink stayed down for
+    ``flush_timeout_s`` (see ``WatchSummary.undelivered``).
+    """
+    if options.source is None:
+        raise UsageError("no source: give --source (or 'source:' in the station config), e.g. a camera index, "
+                         "rtsp:// URL, video file or image folder")
+    stop = stop_event if stop_event is not None else threading.Event()
+    rules = build_rules(options)
+    source_options = SourceOptions(fps_cap=options.fps_cap, loop=options.loop, follow=options.follow,
+                                   stall_timeout_s=options.stall_timeout_s)
+    source = open_source(options.source, source_options, stop_event=stop, capture_factory=capture_factory)
+    track_mode = options.mode == "track" or (options.mode == "auto" and not source.per_part)
+    if track_mode and options.emit_pass:
+        logger.warning("emit_pass applies to part mode only: in track mode a good part has no track, so no pass events")
+    if detector is None:
+        detector = _make_detector(options, rules, track_mode)
+    names = class_names if class_names is not None else getattr(detector, "class_names", None)
+    if names is None:
+        raise UsageError("the detector has no class_names; pass class_names= to watch()")
+    names = names_dict(names)
+    rules.check_classes(names)
+    if model_info is None:
+        model_info = getattr(detector, "model_info", None)
+    if model_info is None:
+        model_info = model_info_for(options.model) if options.model is not None else _fallback_model_info(detector)
+
+    sinks = [sink_from_url(spec) for spec in options.sinks]
+    dispatcher = Dispatcher.open(options.outbox, sinks)
+    board = StatsBoard(WatchStats(source=source.name, mode="track" if track_mode else "part",
+                                  model=model_info.to_dict(), model_card=getattr(detector, "card", None)))
+    station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board)
+    logger.info("watching %s (%s mode) with %s [%s]; events to %s", source.name, board.snapshot().mode,
+                model_info.name, model_info.precision, ", ".join(s.name for s in sinks))
+
+    ticker = StatsTicker(options.stats_interval_s, station.snapshot, on_stats,
+                         lambda exc: logger.warning("stats callback failed: %s", exc)) if on_stats else None
+    signals = _SignalHandlers(stop)
+    stopped_by: StopReason = "end"
+    frames: Iterator[Frame] = iter(source)
+    with signals if install_signal_handlers else contextlib.nullcontext():
+        if ticker is not None:
+            ticker.start()
+        try:
+            for frame in frames:
+                station.process(frame)
+                if options.max_frames is not None and board.count("frames") >= options.max_frames:
+                    stopped_by = "max_frames"
+                    break
+                if stop.is_set():
+                    break
+            if stop.is_set() and stopped_by == "end":
+                stopped_by = "signal" if signals.received is not None else "window" if station.window_closed else "stop"
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # runs the source's finally, which joins its reader thread
+            if ticker is not None:
+                ticker.stop()
+            station.close_outputs()
+            # Also on an exception: what is already in the outbox still gets its chance to go out.
+            flushed, undelivered = _shutdown_delivery(dispatcher, options.flush_timeout_s)
+    final = board.snapshot(running=False, **_final_extras(station, undelivered))
+    summary = WatchSummary(stats=final, stopped_by=stopped_by, flushed=flushed, undelivered=undelivered)
+    logger.info("stopped (%s): %d frames, %d rejects, %d passes, %d errors; %s", stopped_by, final.frames,
+                final.rejects, final.passes, final.errors,
+                "all events delivered" if flushed else f"undelivered events kept in {options.outbox}: {undelivered}")
+    if on_stats is not None:
+        try:
+            on_stats(final)
+        except Exception as exc:
+            logger.warning("stats callback failed: %s", exc)
+    return summary
+
+
+def _final_extras(station: _Station, undelivered: dict[str, int]) -> dict[str, Any]:
+    source = station.source.stats.snapshot()
+    return dict(dropped_frames=source["dropped"], skipped_frames=source["skipped"], reconnects=source["reconnects"],
+                sink_backlog=dict(undelivered), evidence_failures=station.evidence.failures if station.evidence else 0)
+
+
+def _shutdown_delivery(dispatcher: Dispatcher, timeout_s: float) -> tuple[bool, dict[str, int]]:
+    """Flush, record what is left, close. Events not delivered stay in the outbox for the next run."""
+    try:
+        flushed = dispatcher.flush(timeout_s)
+        undelivered = {name: int(s["backlog"]) for name, s in dispatcher.stats().items() if s["backlog"]}
+    finally:
+        dispatcher.close(timeout_s=1.0)
+    return flushed, undelivered
