@@ -369,3 +369,55 @@ def watch(
             print_json(summary.to_dict())
         else:
             render_watch_summary(summary, err_console)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="A data.yaml or dataset folder made by `convert`.")],
+    yolo: Annotated[str, typer.Option(help="YOLO model: a .yaml trains from scratch, a .pt starts from its weights.")] = "yolo11n.yaml",
+    ssd: Annotated[str, typer.Option(help="ssdlite320 (MobileNetV3) or ssd300 (VGG16).")] = "ssdlite320",
+    epochs: Annotated[Optional[int], typer.Option(help="The same epoch budget for both (default 30).")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="Wall-clock minutes per model instead of epochs.")] = None,
+    yolo_imgsz: Annotated[Optional[int], typer.Option(help="YOLO image size (default: what `train` chooses).")] = None,
+    ssd_imgsz: Annotated[Optional[int], typer.Option(help="SSD image size (default: native, 320 or 300).")] = None,
+    ssd_backbone_weights: Annotated[Optional[Path], typer.Option(help="torchvision ImageNet backbone .pth (offline torchvision cannot download it); none: from scratch.")] = None,
+    ssd_lr: Annotated[Optional[float], typer.Option(help="SSD learning rate (default: torchvision's recipe scaled to the batch).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size for both.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu or a GPU index, the same for both.")] = "cpu",
+    split: Annotated[Optional[str], typer.Option(help="Split to compare on (default: test if present, else val).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for both.")] = 0,
+    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model and runtime.")] = 100,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for both runtimes.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for both runs and the report; rerunning resumes.")] = Path("runs/compare"),
+    json_output: JsonOption = False,
+) -> None:
+    """Train SSD and YOLO on the same data and budget, score both with the same evaluator, time both.
+
+    Writes compare.json, compare.md and compare.png to OUT; a crash halfway keeps the finished side.
+
+    [bold]Examples[/bold]
+
+      yolodefect compare neu-yolo --epochs 30 --yolo-imgsz 256
+
+      yolodefect compare neu-yolo --time-budget 20 --ssd ssdlite320
+    """
+    from yolodefect.errors import UsageError
+    from yolodefect.render import render_compare
+
+    with user_errors(_debug(ctx)):
+        if epochs is not None and time_budget is not None:
+            raise UsageError("give --epochs or --time-budget, not both")
+        from yolodefect.compare import CompareOptions
+        from yolodefect.compare import compare as run_compare
+
+        options = CompareOptions(
+            out=out, yolo=yolo, ssd=ssd, epochs=epochs or 30, time_budget_min=time_budget, yolo_imgsz=yolo_imgsz,
+            ssd_imgsz=ssd_imgsz, ssd_backbone_weights=ssd_backbone_weights, ssd_lr=ssd_lr, batch=batch, device=device,
+            split=split, seed=seed, latency_runs=latency_runs, threads=threads, progress=not json_output,
+        )
+        result = run_compare(data, options)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_compare(result, err_console)

@@ -181,3 +181,18 @@ def render_watch_summary(summary: WatchSummary, console: Console) -> None:
                   + ("every event delivered." if summary.flushed else
                      f"[yellow]undelivered, kept in the outbox for the next run: {summary.undelivered}[/yellow]"),
                   highlight=False)
+
+
+def render_compare(result, console: Console) -> None:
+    header, rows = result.table()
+    table = Table(title=f"SSD vs YOLO on {result.data} ({result.split})", title_justify="left")
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*map(str, row))
+    console.print(table)
+    console.print(f"[bold]{result.verdict}[/bold]", highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/yellow]", highlight=False)
+    for name, path in result.files.items():
+        console.print(f"  {name}: {path}", highlight=False)

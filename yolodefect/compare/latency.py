@@ -1,0 +1,185 @@
+"""Speed and size of a network on this machine: batch-1 latency in PyTorch and ONNX Runtime, parameters,
+GFLOPs, file sizes.
+
+Both detectors are measured the same way: one (1, 3, S, S) float tensor at the model's own input
+size, through the network only (no image decoding, resizing, box decoding or NMS), the same number
+of threads for both runtimes, warm-up calls first, then the median and 95th percentile of timed runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolodefect.errors import YoloDefectError
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Batch-1 latency of one model in one runtime, in milliseconds."""
+
+    runtime: str  # "pytorch" or "onnxruntime"
+    median_ms: float
+    p95_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+    threads: int
+    input_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads, restoring the caller's setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def time_calls(call: Callable[[], object], *, runtime: str, warmup: int, runs: int, threads: int,
+               input_shape: tuple[int, ...]) -> LatencyStats:
+    """Call ``call`` ``warmup`` times untimed, then ``runs`` times timed one by one."""
+    if runs < 1:
+        raise YoloDefectError(f"latency runs {runs}: time at least 1 run")
+    for _ in range(warmup):
+        call()
+    times = np.empty(runs)
+    for index in range(runs):
+        started = time.perf_counter()
+        call()
+        times[index] = (time.perf_counter() - started) * 1000
+    return LatencyStats(runtime, round(float(np.median(times)), 3), round(float(np.percentile(times, 95)), 3),
+                        round(float(times.mean()), 3), round(float(times.min()), 3), runs, warmup, threads,
+                        tuple(input_shape))
+
+
+def example_input(input_shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.rand(input_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def pytorch_latency(network: nn.Module, input_shape: tuple[int, ...], *, warmup: int, runs: int,
+                    threads: int) -> LatencyStats:
+    network = network.eval()
+    example = example_input(input_shape)
+    with torch_threads(threads), torch.inference_mode():
+        return time_calls(lambda: network(example), runtime="pytorch", warmup=warmup, runs=runs, threads=threads,
+                          input_shape=input_shape)
+
+
+def onnx_session(onnx_path: Path, *, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency(onnx_path: Path, input_shape: tuple[int, ...], *, warmup: int, runs: int,
+                 threads: int) -> LatencyStats:
+    session = onnx_session(onnx_path, threads=threads)
+    feed = {session.get_inputs()[0].name: example_input(input_shape).numpy()}
+    return time_calls(lambda: session.run(None, feed), runtime="onnxruntime", warmup=warmup, runs=runs,
+                      threads=threads, input_shape=input_shape)
+
+
+def export_onnx(network: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
+    """Export ``network`` with a fixed batch-1 input named ``images`` (TorchScript-based exporter)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = network.eval()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter (the one Ultralytics uses too) is deprecated in favour of the
+        # torch.export one, which needs onnxscript, not a dependency; its tracer warnings concern the
+        # input shape, which is fixed here anyway.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(network, (example_input(input_shape),), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["images"], do_constant_folding=True)
+    return path
+
+
+def onnx_max_abs_diff(network: nn.Module, onnx_path: Path, input_shape: tuple[int, ...], *, threads: int) -> float:
+    """Largest absolute difference between the PyTorch and ONNX Runtime outputs on one input."""
+    example = example_input(input_shape, seed=1)
+    with torch.inference_mode():
+        expected = network.eval()(example)
+    tensors = [expected] if isinstance(expected, torch.Tensor) else [t for t in _flatten(expected)]
+    session = onnx_session(onnx_path, threads=threads)
+    outputs = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    diffs = [float(np.abs(out - ref.numpy()).max())
+             for out, ref in zip(outputs, tensors) if out.shape == tuple(ref.shape)]
+    return max(diffs) if diffs else float("nan")
+
+
+def _flatten(value: object) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flatten(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flatten(item)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return int(sum(parameter.numel() for parameter in module.parameters()))
+
+
+def count_gflops(network: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Floating-point operations of one forward pass (2 per multiply-add), in billions.
+
+    Counted by ``torch.utils.flop_counter`` for both models, so the two figures use one rule.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        network.eval()(example_input(input_shape))
+    return round(counter.get_total_flops() / 1e9, 3)
+
+
+def file_size_mb(path: Path | None) -> float | None:
+    return round(path.stat().st_size / 1e6, 3) if path is not None and path.is_file() else None
+
+
+def machine_description() -> str:
+    """CPU model, cores, load average (other work skews timings) and GPU: the line timings are read against."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{cpu}, {os.cpu_count()} cores{load}, {gpu}; torch {torch.__version__}"
