@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -45,6 +46,7 @@ _MAX_OVERLAP = 0.15
 _PLACEMENT_TRIES = 12
 
 _Xyxy = tuple[int, int, int, int]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -110,7 +112,9 @@ def generate_samples(
         raise ValueError(f"background_fraction must be within [0, 1], got {background_fraction!r}")
     if isinstance(max_defects, bool) or not isinstance(max_defects, (int, np.integer)) or max_defects < 1:
         raise ValueError(f"max_defects must be an integer >= 1, got {max_defects!r}")
-    return _iterate_samples(kind, int(count), int(seed), size_wh, float(background_fraction), int(max_defects))
+    return _iterate_samples(
+        kind, int(count), int(seed), size_wh, float(background_fraction), int(max_defects)
+    )
 
 
 def _iterate_samples(
@@ -225,6 +229,26 @@ def _worst_overlap(box: _Xyxy, placed: Sequence[_Xyxy]) -> float:
     return max((_overlap(box, other) for other in placed), default=0.0)
 
 
+def _place(
+    draw: Callable[[], _T], placed: Sequence[_Xyxy], box_of: Callable[[_T], _Xyxy | None]
+) -> tuple[_T, _Xyxy]:
+    """Draw candidates until one does not pile onto earlier defects; keep the least bad one."""
+    best: tuple[float, _T, _Xyxy] | None = None
+    for _ in range(_PLACEMENT_TRIES):
+        drawn = draw()
+        xyxy = box_of(drawn)
+        if xyxy is None:
+            continue
+        score = _worst_overlap(xyxy, placed)
+        if best is None or score < best[0]:
+            best = (score, drawn, xyxy)
+        if score <= _MAX_OVERLAP:
+            break
+    if best is None:  # only reachable on degenerate sizes; the drawers always mark pixels
+        raise RuntimeError("synthetic defect could not be placed")
+    return best[1], best[2]
+
+
 def _to_box(name: str, xyxy: _Xyxy) -> Box:
     return Box(name, (float(xyxy[0]), float(xyxy[1]), float(xyxy[2]), float(xyxy[3])))
 
@@ -249,6 +273,16 @@ def _fill_poly(mask: np.ndarray, pts: np.ndarray) -> None:
 
 def _fixed(points: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(points, dtype=np.float64) * 4).astype(np.int32)
+
+
+def _polyline(mask: np.ndarray, points: np.ndarray, thickness: int, value: int = 255) -> None:
+    cv2.polylines(mask, [_fixed(points)], False, value, thickness, cv2.LINE_AA, shift=2)
+
+
+def _smooth_noise(rng: np.random.Generator, grid: int, width: int, height: int) -> np.ndarray:
+    """Unit-variance noise on a ``grid`` x ``grid`` lattice, interpolated: slow, blotchy change."""
+    coarse = rng.standard_normal((grid, grid), dtype=np.float32)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def _circle(mask: np.ndarray, center: np.ndarray, radius: float, value: int = 255) -> None:
@@ -284,7 +318,7 @@ def _render_steel(
     placed: list[_Xyxy] = []
     boxes: list[Box] = []
     for name in defects:
-        alpha, amplitude, xyxy = _place(lambda: _STEEL_DRAWERS[name](rng, ctx), placed, _steel_box)
+        (alpha, amplitude), xyxy = _place(lambda: _STEEL_DRAWERS[name](rng, ctx), placed, _steel_box)
         surface += alpha * amplitude
         placed.append(xyxy)
         boxes.append(_to_box(name, _grow_to_min_side(xyxy, min_side, width, height)))
@@ -295,26 +329,7 @@ def _steel_box(drawn: tuple[np.ndarray, float]) -> _Xyxy | None:
     alpha, _ = drawn
     # A pixel counts as changed once it moved by a third of the defect's contrast: the soft
     # fringe of a blurred patch is not part of the defect a person would box.
-    return _mask_box((alpha >= 0.33).astype(np.uint8))
-
-
-def _place(draw, placed: list[_Xyxy], box_of):
-    """Draw candidates until one does not pile onto earlier defects; keep the least bad one."""
-    best = None
-    for _ in range(_PLACEMENT_TRIES):
-        drawn = draw()
-        xyxy = box_of(drawn)
-        if xyxy is None:
-            continue
-        score = _worst_overlap(xyxy, placed)
-        if best is None or score < best[0]:
-            best = (score, drawn, xyxy)
-        if score <= _MAX_OVERLAP:
-            break
-    if best is None:  # only reachable on degenerate sizes; the drawers always mark pixels
-        raise RuntimeError("synthetic defect could not be placed")
-    _, drawn, xyxy = best
-    return (*drawn, xyxy)
+    return _mask_box((np.abs(alpha) >= 0.33).astype(np.uint8))
 
 
 def _steel_surface(rng: np.random.Generator, width: int, height: int, horizontal: bool) -> np.ndarray:
@@ -334,7 +349,7 @@ def _steel_surface(rng: np.random.Generator, width: int, height: int, horizontal
     gx, gy = rng.uniform(-30.0, 30.0, 2)
     xs = np.linspace(-0.5, 0.5, width, dtype=np.float32) * np.float32(gx)
     ys = np.linspace(-0.5, 0.5, height, dtype=np.float32) * np.float32(gy)
-    blob = cv2.resize(rng.standard_normal((3, 3), dtype=np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    blob = _smooth_noise(rng, 3, width, height)
     blob *= np.float32(rng.uniform(3.0, 9.0))
     surface = streaks + grain + blob
     surface += xs[None, :]
@@ -352,9 +367,9 @@ def _steel_center(rng: np.random.Generator, ctx: _SteelContext, extent: float) -
 
 def _draw_scratch(rng: np.random.Generator, ctx: _SteelContext) -> tuple[np.ndarray, float]:
     side = min(ctx.width, ctx.height)
-    length = rng.uniform(0.3, 0.65) * side
+    length = rng.uniform(0.22, 0.5) * side
     angle = rng.uniform(0.0, math.pi)
-    center = _steel_center(rng, ctx, length / 2 * 0.8)
+    center = _steel_center(rng, ctx, length / 2 * 0.9)
     direction = np.array([math.cos(angle), math.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
     # A shallow bow: tool scratches are rarely ruler-straight.
@@ -362,10 +377,16 @@ def _draw_scratch(rng: np.random.Generator, ctx: _SteelContext) -> tuple[np.ndar
     bow = rng.uniform(-0.06, 0.06) * length * (1.0 - 4.0 * t**2)
     points = center + t * length * direction + bow * normal
     thickness = max(1, int(round(rng.uniform(1.2, 3.0) * ctx.scale)))
-    mask = np.zeros((ctx.height, ctx.width), np.uint8)
-    cv2.polylines(mask, [_fixed(points)], False, 255, thickness, cv2.LINE_AA, shift=2)
+    groove = np.zeros((ctx.height, ctx.width), np.uint8)
+    _polyline(groove, points, thickness)
+    # Under oblique light a groove shows a lit flank beside a shadowed one; the opposite-signed
+    # second line is what makes scratches stand out from the streaks along the rolling direction.
+    flank = np.zeros_like(groove)
+    _polyline(flank, points + normal * (thickness + 1), thickness)
+    alpha = groove.astype(np.float32) / 255.0
+    alpha -= np.float32(0.6 / 255.0) * flank.astype(np.float32)
     sign = 1.0 if rng.random() < 0.6 else -1.0
-    return mask.astype(np.float32) / 255.0, sign * rng.uniform(50.0, 80.0)
+    return alpha, sign * rng.uniform(50.0, 80.0)
 
 
 def _draw_pit(rng: np.random.Generator, ctx: _SteelContext) -> tuple[np.ndarray, float]:
@@ -411,11 +432,12 @@ def _draw_patch(rng: np.random.Generator, ctx: _SteelContext) -> tuple[np.ndarra
     center = _steel_center(rng, ctx, radius)
     mask = np.zeros((ctx.height, ctx.width), np.uint8)
     aspect = rng.uniform(0.55, 1.0)
-    _fill_poly(mask, _irregular_polygon(rng, center, (radius, radius * aspect), rng.uniform(0, math.pi), 0.25))
+    outline = _irregular_polygon(rng, center, (radius, radius * aspect), rng.uniform(0, math.pi), 0.25)
+    _fill_poly(mask, outline)
     # Soft edge proportional to size; mottling inside so it reads as a stain, not a flat disc.
     sigma = max(1.0, radius / 5)
     alpha = cv2.GaussianBlur(mask, (0, 0), sigma).astype(np.float32) / 255.0
-    mottle = cv2.resize(rng.standard_normal((4, 4), dtype=np.float32), (ctx.width, ctx.height), interpolation=cv2.INTER_CUBIC)
+    mottle = _smooth_noise(rng, 4, ctx.width, ctx.height)
     alpha *= np.float32(0.85) + np.float32(0.15) * np.clip(mottle, -1.0, 1.0)
     sign = -1.0 if rng.random() < 0.7 else 1.0
     return alpha, sign * rng.uniform(35.0, 50.0)
@@ -435,13 +457,11 @@ _STEEL_DRAWERS: dict[str, _SteelDrawer] = {
 
 @dataclass(frozen=True)
 class _Trace:
-    """One straight copper segment: end points, width, and where it sits in its bus."""
+    """One straight copper segment: end points and width."""
 
     p0: np.ndarray
     p1: np.ndarray
     width: float
-    bus: int
-    lane: int
 
     @property
     def direction(self) -> np.ndarray:
@@ -481,45 +501,58 @@ def _render_pcb(
     rng: np.random.Generator, width: int, height: int, defects: list[str]
 ) -> tuple[np.ndarray, list[Box]]:
     board = _pcb_layout(rng, width, height)
-    # A few layouts lack a long enough trace, or a pair of lanes to bridge; lay out again
-    # rather than draw an open or a short that does not look like one.
+    # A few layouts lack a long enough trace or a pair of lanes to bridge; lay out again rather
+    # than draw an open or a short that does not look like one. The check covers every class,
+    # not just the requested ones, and the scan is drawn before any defect, so the same
+    # generator state renders the same board with and without defects (the tests rely on it).
     for _ in range(8):
-        if _supports(board, defects):
+        if _supports_every_class(board):
             break
         board = _pcb_layout(rng, width, height)
+    scan = _draw_scan(rng, board.copper.shape)
     min_side = max(2, round(_MIN_BOX_SIDE_AT_REFERENCE * board.scale))
     placed: list[_Xyxy] = []
     boxes: list[Box] = []
     for name in defects:
         drawer = _PCB_DRAWERS[name]
-        new_copper, _, xyxy = _place(lambda: _pcb_candidate(drawer, rng, board), placed, lambda d: d[1])
+        new_copper, xyxy = _place(
+            lambda: drawer(rng, board), placed, lambda copper: _changed_box(copper, board)
+        )
         board.copper = new_copper
         placed.append(xyxy)
         boxes.append(_to_box(name, _grow_to_min_side(xyxy, min_side, width, height)))
-    return _pcb_image(rng, board.copper), boxes
+    return _pcb_image(scan, board.copper), boxes
 
 
-def _supports(board: _Board, defects: Sequence[str]) -> bool:
-    if "short" in defects and not any(_side_by_side(board, pair) for pair in board.neighbours):
-        return False
-    on_traces = {"open", "mousebite", "spur"}
-    return not on_traces.intersection(defects) or bool(_usable_traces(board))
+def _supports_every_class(board: _Board) -> bool:
+    has_pair = any(_side_by_side(board, pair) for pair in board.neighbours)
+    return has_pair and bool(_usable_traces(board))
 
 
-def _pcb_candidate(drawer, rng: np.random.Generator, board: _Board) -> tuple[np.ndarray, _Xyxy | None]:
-    new_copper = drawer(rng, board)
-    changed = cv2.compare(new_copper, board.copper, cv2.CMP_NE)
-    return new_copper, _mask_box(changed)
+def _changed_box(new_copper: np.ndarray, board: _Board) -> _Xyxy | None:
+    return _mask_box(cv2.compare(new_copper, board.copper, cv2.CMP_NE))
 
 
-def _pcb_image(rng: np.random.Generator, copper: np.ndarray) -> np.ndarray:
-    # DeepPCB images are thresholded scans: two levels, a little edge softness and sensor noise.
-    substrate = rng.uniform(15.0, 45.0)
-    metal = rng.uniform(195.0, 240.0)
-    soft = cv2.GaussianBlur(copper, (3, 3), 0.7).astype(np.float32) * np.float32((metal - substrate) / 255.0)
-    noise = rng.standard_normal(copper.shape, dtype=np.float32)
+@dataclass(frozen=True)
+class _Scan:
+    """How the board is imaged: the two grey levels and the sensor noise."""
+
+    substrate: float
+    metal: float
+    noise: np.ndarray
+
+
+def _draw_scan(rng: np.random.Generator, shape: tuple[int, ...]) -> _Scan:
+    noise = rng.standard_normal(shape, dtype=np.float32)
     noise *= np.float32(rng.uniform(2.0, 5.0))
-    return np.clip(soft + noise + np.float32(substrate), 0, 255).astype(np.uint8)
+    return _Scan(float(rng.uniform(15.0, 45.0)), float(rng.uniform(195.0, 240.0)), noise)
+
+
+def _pcb_image(scan: _Scan, copper: np.ndarray) -> np.ndarray:
+    # DeepPCB images are thresholded scans: two levels, a little edge softness and sensor noise.
+    gain = np.float32((scan.metal - scan.substrate) / 255.0)
+    soft = cv2.GaussianBlur(copper, (3, 3), 0.7).astype(np.float32) * gain
+    return np.clip(soft + scan.noise + np.float32(scan.substrate), 0, 255).astype(np.uint8)
 
 
 def _pcb_layout(rng: np.random.Generator, width: int, height: int) -> _Board:
@@ -584,7 +617,6 @@ def _draw_bus(rng: np.random.Generator, board: _Board, tile: _Rect) -> None:
     pad_r = board.trace_w / 2 + (board.pitch - board.trace_w) * 0.28
     reach = float(np.hypot(*size)) + board.pitch
     lanes = int(reach // board.pitch) + 1
-    bus_id = len(board.traces)
     placed: dict[tuple[int, int], int] = {}
     for lane in range(-lanes, lanes + 1):
         if rng.random() < 0.12:
@@ -602,16 +634,17 @@ def _draw_bus(rng: np.random.Generator, board: _Board, tile: _Rect) -> None:
         if not segments:
             continue
         _trim_outer_ends(rng, segments, board.pitch)
-        points = [corner + seg[1] * seg[2] for seg in segments[:1]] + [corner + seg[1] * seg[3] for seg in segments]
+        start = corner + segments[0][1] * segments[0][2]
+        points = [start] + [corner + direction * t1 for _, direction, _, t1 in segments]
         joined = len(segments) == 2 and segments[0][3] == 0.0 and segments[1][2] == 0.0
         if joined:
-            cv2.polylines(board.copper, [_fixed(np.array(points))], False, 255, _thick(board.trace_w), cv2.LINE_AA, shift=2)
+            _polyline(board.copper, np.array(points), _thick(board.trace_w))
         for leg, direction, t0, t1 in segments:
             p0, p1 = corner + direction * t0, corner + direction * t1
             if not joined:
                 cv2.line(board.copper, _pt(p0), _pt(p1), 255, _thick(board.trace_w), cv2.LINE_AA, shift=2)
             placed[(lane, leg)] = len(board.traces)
-            board.traces.append(_Trace(p0, p1, board.trace_w, bus_id, lane))
+            board.traces.append(_Trace(p0, p1, board.trace_w))
         for end in _outer_ends(corner, segments, joined):
             if rng.random() < 0.6:
                 _circle(board.copper, end, pad_r)
@@ -635,7 +668,9 @@ def _outer_ends(corner: np.ndarray, segments: list[list], joined: bool) -> list[
     return [corner + direction * t for _, direction, t0, t1 in segments for t in (t0, t1)]
 
 
-def _clip_line(origin: np.ndarray, direction: np.ndarray, rect: _Rect, pad: float) -> tuple[float, float] | None:
+def _clip_line(
+    origin: np.ndarray, direction: np.ndarray, rect: _Rect, pad: float
+) -> tuple[float, float] | None:
     """Parameter range of the line ``origin + t * direction`` inside ``rect`` shrunk by ``pad``."""
     lo, hi = -1e9, 1e9
     for axis, (a, b) in enumerate(((rect[0] + pad, rect[2] - pad), (rect[1] + pad, rect[3] - pad))):
@@ -677,7 +712,6 @@ def _draw_pad_row(rng: np.random.Generator, board: _Board, tile: _Rect) -> None:
     # Stubs leave towards the roomier side of the tile.
     outward = 1.0 if across[1] - row > row - across[0] else -1.0
     room = (across[1] - row) if outward > 0 else (row - across[0])
-    bus_id = len(board.traces)
     placed: dict[int, int] = {}
     for i in range(count):
         centre = np.zeros(2)
@@ -695,7 +729,7 @@ def _draw_pad_row(rng: np.random.Generator, board: _Board, tile: _Rect) -> None:
             begin = centre.copy()
             begin[across_axis] += outward * pad_long / 2
             placed[i] = len(board.traces)
-            board.traces.append(_Trace(begin, end, board.trace_w, bus_id, i))
+            board.traces.append(_Trace(begin, end, board.trace_w))
     for i, index in placed.items():
         if i + 1 in placed:
             board.neighbours.append((index, placed[i + 1]))
@@ -713,7 +747,9 @@ def _draw_pour(rng: np.random.Generator, board: _Board, tile: _Rect) -> None:
     cy = rng.uniform(inner[1] + h / 2, inner[3] - h / 2 + 1e-6)
     c = min(w, h) * 0.2
     l, t, r, b = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-    outline = np.array([[l + c, t], [r - c, t], [r, t + c], [r, b - c], [r - c, b], [l + c, b], [l, b - c], [l, t + c]])
+    outline = np.array(
+        [[l + c, t], [r - c, t], [r, t + c], [r, b - c], [r - c, b], [l + c, b], [l, b - c], [l, t + c]]
+    )
     cv2.fillPoly(board.copper, [_fixed(outline)], 255, cv2.LINE_AA, shift=2)
 
 
@@ -729,7 +765,9 @@ _TILE_DRAWERS: dict[str, Callable[[np.random.Generator, _Board, _Rect], None]] =
 }
 
 
-def _pick_trace_point(rng: np.random.Generator, board: _Board, end_clearance: float) -> tuple[_Trace, np.ndarray] | None:
+def _pick_trace_point(
+    rng: np.random.Generator, board: _Board, end_clearance: float
+) -> tuple[_Trace, np.ndarray] | None:
     """A trace and a point on its axis away from its pads; None if the board has no traces."""
     usable = _usable_traces(board, end_clearance)
     if not usable:
@@ -744,7 +782,7 @@ def _usable_traces(board: _Board, end_clearance: float | None = None) -> list[_T
     return [t for t in board.traces if t.length > 2 * clearance + 2]
 
 
-def _fallback_blob(rng: np.random.Generator, board: _Board, value: int) -> np.ndarray:
+def _fallback_blob(board: _Board, value: int) -> np.ndarray:
     """A last resort for a layout without the feature a defect needs: a small blob of copper or
     substrate where the distance map has the most room, so the defect is still drawn."""
     copper = board.copper.copy()
@@ -758,9 +796,9 @@ def _fallback_blob(rng: np.random.Generator, board: _Board, value: int) -> np.nd
 def _draw_open(rng: np.random.Generator, board: _Board) -> np.ndarray:
     picked = _pick_trace_point(rng, board, _TRACE_END_CLEARANCE * board.pitch)
     if picked is None:
-        return _fallback_blob(rng, board, 0)
+        return _fallback_blob(board, 0)
     trace, at = picked
-    gap = max(3.0, rng.uniform(4.0, 9.0) * board.scale)
+    gap = max(3.0, rng.uniform(5.0, 11.0) * board.scale)
     # The cut is a little wider than the trace but narrower than the space to the next lane.
     half_across = trace.width / 2 + (board.pitch - trace.width) * 0.3
     skew = rng.uniform(-0.3, 0.3)
@@ -779,7 +817,7 @@ def _draw_open(rng: np.random.Generator, board: _Board) -> np.ndarray:
 def _draw_short(rng: np.random.Generator, board: _Board) -> np.ndarray:
     spans = [span for span in map(lambda pair: _side_by_side(board, pair), board.neighbours) if span]
     if not spans:
-        return _fallback_blob(rng, board, 255)
+        return _fallback_blob(board, 255)
     a, b, lo, hi = spans[int(rng.integers(len(spans)))]
     d = a.direction
     start = a.p0 + rng.uniform(lo, hi) * d
@@ -789,7 +827,7 @@ def _draw_short(rng: np.random.Generator, board: _Board) -> np.ndarray:
     mid = (start + end) / 2 + d * rng.uniform(-0.15, 0.15) * board.pitch
     thickness = max(2.0, rng.uniform(2.5, 5.0) * board.scale)
     copper = board.copper.copy()
-    cv2.polylines(copper, [_fixed(np.array([start, mid, end]))], False, 255, _thick(thickness), cv2.LINE_AA, shift=2)
+    _polyline(copper, np.array([start, mid, end]), _thick(thickness))
     return copper
 
 
@@ -806,16 +844,18 @@ def _side_by_side(board: _Board, pair: tuple[int, int]) -> tuple[_Trace, _Trace,
 def _draw_mousebite(rng: np.random.Generator, board: _Board) -> np.ndarray:
     picked = _pick_trace_point(rng, board, _TRACE_END_CLEARANCE * board.pitch)
     if picked is None:
-        return _fallback_blob(rng, board, 0)
+        return _fallback_blob(board, 0)
     trace, at = picked
     side = 1.0 if rng.random() < 0.5 else -1.0
-    radius = min(trace.width * 0.42, max(1.5, rng.uniform(2.0, 3.2) * board.scale))
-    count = int(rng.integers(2, 5))
+    radius = min(trace.width * 0.45, max(1.5, rng.uniform(2.5, 3.8) * board.scale))
+    count = int(rng.integers(3, 6))
+    spacing = radius * rng.uniform(1.3, 1.8)
     copper = board.copper.copy()
     edge = at + side * trace.normal * trace.width / 2
+    # A row of overlapping round bites, as left by a breakaway tab or by under-etching.
     for i in range(count):
-        offset = (i - (count - 1) / 2) * radius * rng.uniform(1.5, 2.0)
-        depth = rng.uniform(0.0, 0.4) * radius
+        offset = (i - (count - 1) / 2) * spacing
+        depth = rng.uniform(0.0, 0.35) * radius
         _circle(copper, edge + trace.direction * offset - side * trace.normal * depth, radius, 0)
     return copper
 
@@ -823,16 +863,17 @@ def _draw_mousebite(rng: np.random.Generator, board: _Board) -> np.ndarray:
 def _draw_spur(rng: np.random.Generator, board: _Board) -> np.ndarray:
     picked = _pick_trace_point(rng, board, _TRACE_END_CLEARANCE * board.pitch)
     if picked is None:
-        return _fallback_blob(rng, board, 255)
+        return _fallback_blob(board, 255)
     trace, at = picked
     side = 1.0 if rng.random() < 0.5 else -1.0
     space = board.pitch - trace.width
-    length = min(space * 0.55, max(3.0, rng.uniform(5.0, 10.0) * board.scale))
-    base = max(2.0, rng.uniform(3.0, 6.0) * board.scale)
-    lean = rng.uniform(-0.6, 0.6) * length
+    # Reaches well into the gap but stops short of the next lane (that would be a short).
+    length = max(3.0, space * rng.uniform(0.4, 0.65))
+    base = max(2.0, rng.uniform(3.5, 6.5) * board.scale)
+    lean = rng.uniform(-0.4, 0.4) * length
     edge = at + side * trace.normal * (trace.width / 2 - 1)
     tip = edge + side * trace.normal * length + trace.direction * lean
-    tip_half = rng.uniform(0.15, 0.4) * base
+    tip_half = rng.uniform(0.05, 0.25) * base
     polygon = np.array([
         edge - trace.direction * base / 2,
         edge + trace.direction * base / 2,
@@ -849,7 +890,7 @@ def _draw_spurious_copper(rng: np.random.Generator, board: _Board) -> np.ndarray
     clearance = max(2.0, 4.0 * board.scale)
     at = _room(rng, board.copper == 0, radius + clearance)
     if at is None:
-        return _fallback_blob(rng, board, 255)
+        return _fallback_blob(board, 255)
     copper = board.copper.copy()
     aspect = rng.uniform(0.5, 1.0)
     _fill_poly(copper, _irregular_polygon(rng, at, (radius, radius * aspect), rng.uniform(0, math.pi), 0.3))
@@ -857,10 +898,10 @@ def _draw_spurious_copper(rng: np.random.Generator, board: _Board) -> np.ndarray
 
 
 def _draw_pin_hole(rng: np.random.Generator, board: _Board) -> np.ndarray:
-    radius = max(1.5, rng.uniform(2.0, 3.5) * board.scale)
+    radius = max(1.5, rng.uniform(2.2, 3.8) * board.scale)
     at = _room(rng, board.copper > 0, radius + max(1.5, 2.0 * board.scale))
     if at is None:
-        return _fallback_blob(rng, board, 0)
+        return _fallback_blob(board, 0)
     copper = board.copper.copy()
     _circle(copper, at, radius, 0)
     return copper
