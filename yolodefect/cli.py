@@ -421,3 +421,49 @@ def compare(
             print_json(result.to_dict())
         else:
             render_compare(result, err_console)
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="A .pt checkpoint from `train`.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset: calibration images from train, validation on val.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Post-training INT8 quantization, validated against FP32.")] = False,
+    format: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime, CPU), openvino (extra [openvino]) or engine (TensorRT, NVIDIA GPU).")] = "onnx",
+    imgsz: Annotated[Optional[int], typer.Option(help="Export size, a multiple of 32. Default: the training size.")] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic input shape (static by default).")] = False,
+    calib: Annotated[int, typer.Option(help="Calibration images, stratified by class, backgrounds included.")] = 300,
+    calibration: Annotated[Optional[str], typer.Option(help="ONNX Runtime calibration: minmax (default), percentile or entropy.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
+    max_drop: Annotated[float, typer.Option(help="Largest mAP50 loss in points that still ships the INT8 model.")] = 1.0,
+    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = 50,
+    threads: Annotated[int, typer.Option(help="CPU threads for both models' latency.")] = 2,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: next to the model).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Validation device (engine: the GPU).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Export a model (ONNX, OpenVINO, TensorRT), optionally INT8, and validate it against FP32 before use.
+
+    Both models are scored by the same evaluator on DATA's val split and timed at batch 1 on this machine. An INT8 model that loses more than --max-drop mAP50 points is kept aside as *.rejected.* and the command exits 1; one that passes is written with a model card (.card.json, .card.md) that `watch` shows.
+
+    [bold]Examples[/bold]
+
+      yolodefect export runs/train/weights/best.pt --data neu-yolo --int8
+
+      yolodefect export best.pt --data neu-yolo --int8 --format openvino --max-drop 0.5
+    """
+    from yolodefect.export import ExportOptions
+    from yolodefect.export import export as run_export
+    from yolodefect.render import render_export
+
+    with user_errors(_debug(ctx)):
+        options = ExportOptions(int8=int8, format=format, imgsz=imgsz, dynamic=dynamic, calib=calib, seed=seed,
+                                max_drop=max_drop, latency_runs=latency_runs, threads=threads, out_dir=out,
+                                calibration=calibration, device=device, progress=not json_output)
+        result = run_export(model, data, options)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_export(result, err_console)
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)

@@ -196,3 +196,20 @@ def render_compare(result, console: Console) -> None:
         console.print(f"[yellow]{note}[/yellow]", highlight=False)
     for name, path in result.files.items():
         console.print(f"  {name}: {path}", highlight=False)
+
+
+def render_export(result, console: Console) -> None:
+    console.print(result.headline(), highlight=False)
+    header, rows = result.table()
+    table = Table(title_justify="left")
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*map(str, row))
+    console.print(table)
+    colour = "green" if result.gate.passed else "red"
+    console.print(f"[{colour}]{result.gate.message}[/{colour}]", highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/yellow]", highlight=False)
+    for name, path in result.files().items():
+        console.print(f"  {name}: {path}", highlight=False)

@@ -1,0 +1,121 @@
+"""Everything checked before an export starts: the checkpoint, the dataset, the image size, the runtime.
+
+Each problem is one clear exception, raised before minutes of export and calibration work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolodefect.data.yolo_dataset import DataConfig, label_path_for, load_data_config, read_label_lines
+from yolodefect.errors import DatasetError, FormatError, UsageError
+from yolodefect.exporting.formats import FormatSpec
+from yolodefect.exporting.options import ExportOptions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMGSZ = 640
+THRESHOLDS_FILE = "thresholds.yaml"
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A loaded, checked PyTorch checkpoint."""
+
+    path: Path
+    sha256: str
+    class_names: list[str]
+    train_imgsz: int | None
+    stride: int
+    architecture: str
+
+
+def _requirements(spec: FormatSpec) -> None:
+    missing = [module for module in spec.modules if importlib.util.find_spec(module.split(".")[0]) is None]
+    if spec.needs_cuda:
+        import torch
+
+        if not torch.cuda.is_available() or missing:
+            why = "no CUDA GPU is visible" if not torch.cuda.is_available() else f"{', '.join(missing)} is not installed"
+            raise UsageError(f"--format {spec.format.value} ({spec.name}) needs an NVIDIA GPU and tensorrt ({why}); "
+                             "on a CPU use --format onnx or --format openvino")
+    if missing:
+        extra = f"pip install 'yolodefect[{spec.extra}]'" if spec.extra else f"pip install {' '.join(missing)}"
+        raise UsageError(f"--format {spec.format.value} needs {', '.join(missing)}, which is not installed: {extra}")
+
+
+def load_source_model(path: Path) -> SourceModel:
+    """Load a detection checkpoint; UsageError when missing or not a .pt, FormatError when unreadable."""
+    from yolodefect.stream.detector import file_sha256
+
+    if not path.exists():
+        raise UsageError(f"model {path} does not exist (give the PyTorch checkpoint, e.g. runs/train/weights/best.pt)")
+    if path.is_dir() or path.suffix.lower() != ".pt":
+        raise UsageError(f"model {path} is not a PyTorch checkpoint: export starts from the .pt file that training "
+                         "wrote (e.g. runs/train/weights/best.pt), not from an export")
+    from ultralytics import YOLO
+
+    try:
+        yolo = YOLO(str(path))
+    except Exception as error:  # Ultralytics raises many types for damaged files (pickle, zip, KeyError, ...)
+        raise FormatError(path, f"not a readable Ultralytics checkpoint ({type(error).__name__}: {error}); "
+                                "is the file complete? copy it again or point to another best.pt") from None
+    task = getattr(yolo, "task", None)
+    if task != "detect":
+        raise UsageError(f"model {path} is a {task!r} model; yolodefect exports detection models only")
+    names = yolo.names
+    class_names = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+    train_imgsz = yolo.overrides.get("imgsz")
+    if isinstance(train_imgsz, (list, tuple)):
+        train_imgsz = int(max(train_imgsz))
+    stride = int(max(getattr(yolo.model, "stride", [32])))
+    architecture = str(yolo.overrides.get("model") or getattr(yolo.model, "yaml", {}).get("yaml_file") or "unknown")
+    return SourceModel(path, file_sha256(path), class_names, int(train_imgsz) if train_imgsz else None, stride,
+                       architecture)
+
+
+def resolve_imgsz(requested: int | None, model: SourceModel) -> int:
+    imgsz = requested or model.train_imgsz or DEFAULT_IMGSZ
+    if imgsz % model.stride:
+        lower = max(model.stride, imgsz // model.stride * model.stride)
+        raise UsageError(f"--imgsz {imgsz} is not a multiple of the model's stride {model.stride}: "
+                         f"use {lower} or {lower + model.stride}")
+    return imgsz
+
+
+def load_dataset(data: Path, model: SourceModel, *, calibrate: bool) -> DataConfig:
+    """The dataset, with a val split holding images (and a train split when INT8 calibration needs it)."""
+    config = load_data_config(data)
+    needed = ["val", "train"] if calibrate else ["val"]
+    for split in needed:
+        why = "to validate the export" if split == "val" else "for INT8 calibration images"
+        if split not in config.split_dirs:
+            raise DatasetError(f"{data} has no {split} split; export needs it {why}")
+        if not config.images(split):
+            raise DatasetError(f"{data}: the {split} folder {config.split_dirs[split]} holds no images; "
+                               f"export needs them {why}")
+    if not any(read_label_lines(label_path_for(image)) for image in config.images("val")):
+        raise DatasetError(f"{data}: no image of the val split has a labelled box, so mAP cannot be measured and "
+                           "the export cannot be validated; label the val images (or point to the right labels folder)")
+    if list(config.class_names) != model.class_names:
+        raise UsageError(f"the classes of {model.path.name} do not match {data}: model {model.class_names}, "
+                         f"dataset {config.class_names}; export with the dataset the model was trained on")
+    return config
+
+
+def thresholds_file(model: Path) -> Path | None:
+    """The model's thresholds.yaml (written by ``yolodefect eval --target-recall``) when it sits next to it."""
+    path = model.parent / THRESHOLDS_FILE
+    return path if path.is_file() else None
+
+
+def check_inputs(model: Path, data: Path, options: ExportOptions, spec: FormatSpec) -> tuple[SourceModel, DataConfig, int]:
+    """Runtime requirements first (cheapest), then the checkpoint, the image size and the dataset."""
+    _requirements(spec)
+    source = load_source_model(Path(model))
+    imgsz = resolve_imgsz(options.imgsz, source)
+    config = load_dataset(Path(data), source, calibrate=options.int8)
+    return source, config, imgsz
