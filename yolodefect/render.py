@@ -103,7 +103,7 @@ def render_metrics(metrics: EvalMetrics, console: Console, *, title: str) -> Non
     console.print(f"  escape rate [bold]{_rate(d.escape_rate)}[/bold] ({d.escapes} of {d.defective} defective parts accepted), "
                   f"false-reject rate [bold]{_rate(d.false_reject_rate)}[/bold] ({d.false_rejects} of {d.good} good parts rejected)",
                   highlight=False)
-    for note in (*metrics.notes, *d.notes):
+    for note in dict.fromkeys((*metrics.notes, *d.notes)):  # the same note can come from two stages
         console.print(f"  [yellow]{note}[/yellow]", highlight=False)
     console.print(f"  mAP by {metrics.implementation}, P/R/F1 and confusion matrix at IoU {metrics.match_iou}", highlight=False)
 
@@ -116,8 +116,10 @@ def render_eval(result: EvalResult, console: Console) -> None:
         reached = "reached" if t.target_reached else "[red]NOT reached[/red]"
         console.print(f"  target part recall {t.target_recall:.2%} {reached}: recall {_rate(t.recall)}, "
                       f"escape {_rate(t.escape_rate)}, false-reject {_rate(t.false_reject_rate)}", highlight=False)
-    for note in result.notes:
-        console.print(f"  [yellow]{note}[/yellow]", highlight=False)
+    shown = {*result.metrics.notes, *result.metrics.decisions.notes}
+    for note in dict.fromkeys(result.notes):
+        if note not in shown:
+            console.print(f"  [yellow]{note}[/yellow]", highlight=False)
     for name, path in result.files.items():
         console.print(f"  {name}: {path}", highlight=False)
 
