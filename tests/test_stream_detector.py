@@ -133,6 +133,15 @@ def test_tracker_follows_a_small_fast_defect(min_box_px: float, keeps_one_id: bo
     assert (len(confirmed) == 1 and ids[-1] != UNTRACKED) is keeps_one_id
 
 
+@pytest.mark.parametrize(("reject_conf", "tracked"), [(None, False), (0.3, False), (0.12, True)])
+def test_a_defect_above_its_reject_threshold_can_start_a_track(reject_conf, tracked: bool) -> None:
+    """ByteTrack starts no track under 0.25; a 0.15 defect must still be tracked when 0.12 rejects."""
+    tracker = DefectTracker("bytetrack.yaml", reject_conf=reject_conf)
+    ids = [int(tracker.update(Detections(moving(4.0 * f, side=40.0), np.array([0.15]), np.array([0]))).tracker_id[0])
+           for f in range(6)]
+    assert (ids[-1] != UNTRACKED) is tracked
+
+
 def test_tracker_keeps_every_detection_and_handles_empty_frames() -> None:
     tracker = DefectTracker()
     empty = tracker.update(Detections.empty())

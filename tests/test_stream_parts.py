@@ -123,6 +123,17 @@ def test_merged_part_is_forgotten_and_a_later_part_rejects() -> None:
     assert run(decider, frames) == [(0, 1, [1]), (11, 2, [2])]
 
 
+def test_a_lost_tracks_old_box_does_not_swallow_the_next_part() -> None:
+    """A part's defect track is lost at x=0; the next part reaches x=0 later: it must reject on its own."""
+    decider = TrackPartDecider(min_frames=1, part_merge_px=50, forget_after_frames=90, merge_stale_frames=5)
+    frames = [[(1, box(0))], [(1, box(0)), (2, box(300))]] + [[(2, box(300 + 10 * i))] for i in range(10)] \
+        + [[(3, box(5))]]
+    assert run(decider, frames) == [(0, 1, [1]), (1, 2, [2]), (12, 3, [3])]
+    # Within the stale window, a defect next to a lost track's box still belongs to that part.
+    decider = TrackPartDecider(min_frames=1, part_merge_px=50, merge_stale_frames=5)
+    assert run(decider, [[(1, box(0))], [], [], [(2, box(5))]]) == [(0, 1, [1])]
+
+
 def test_missing_tracker_ids_is_an_error() -> None:
     plain = Detections(np.array([box(0)]), np.array([0.9]), np.array([0]))
     with pytest.raises(UsageError, match="tracker ids"):

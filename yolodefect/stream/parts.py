@@ -69,6 +69,7 @@ class _Part:
     part_id: int
     last_tick: int
     boxes: dict[int, np.ndarray] = field(default_factory=dict)  # track id -> last box
+    seen: dict[int, int] = field(default_factory=dict)  # track id -> tick of that box
 
 
 def box_gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,7 +88,7 @@ class TrackPartDecider:
     """
 
     def __init__(self, min_frames: int = 3, *, part_merge_px: float | None = None, forget_after_frames: int = 90,
-                 max_tracks: int = 10_000):
+                 max_tracks: int = 10_000, merge_stale_frames: int = 5):
         if min_frames < 1:
             raise UsageError(f"min_frames must be >= 1, got {min_frames}")
         if part_merge_px is not None and part_merge_px < 0:
@@ -96,6 +97,9 @@ class TrackPartDecider:
             raise UsageError("forget_after_frames and max_tracks must be >= 1")
         self.min_frames = min_frames
         self.part_merge_px = part_merge_px
+        # A lost track's last box says where its part *was*: on a moving line, another part may be
+        # there a second later. Only boxes seen this recently can pull a new defect into a part.
+        self.merge_stale_frames = merge_stale_frames
         self.forget_after_frames = forget_after_frames
         self.max_tracks = max_tracks
         self._tick = 0
@@ -132,6 +136,7 @@ class TrackPartDecider:
                 part = self._parts.get(state.part)
                 if part is not None:
                     part.boxes[tid] = defects.xyxy[i]
+                    part.seen[tid] = tick
                     part.last_tick = tick
                     self._parts.move_to_end(part.part_id)
             elif state.streak >= self.min_frames:
@@ -142,7 +147,7 @@ class TrackPartDecider:
             tid = int(defects.tracker_id[i])
             if self._tracks[tid].part is not None:
                 continue  # joined a part created earlier in this loop
-            part = self._part_near(defects.xyxy[i])
+            part = self._part_near(defects.xyxy[i], tick)
             if part is not None:
                 self._join(part, tid, defects.xyxy[i], tick)
                 continue
@@ -165,13 +170,15 @@ class TrackPartDecider:
     def _join(self, part: _Part, tid: int, box: np.ndarray, tick: int) -> None:
         self._tracks[tid].part = part.part_id
         part.boxes[tid] = box
+        part.seen[tid] = tick
         part.last_tick = tick
 
-    def _part_near(self, box: np.ndarray) -> _Part | None:
+    def _part_near(self, box: np.ndarray, tick: int) -> _Part | None:
         if self.part_merge_px is None:
             return None
         for part in reversed(self._parts.values()):  # most recent first: the part now in view
-            if any(box_gap(box, other) <= self.part_merge_px for other in part.boxes.values()):
+            if any(box_gap(box, other) <= self.part_merge_px for tid, other in part.boxes.items()
+                   if part.seen.get(tid, tick) >= tick - self.merge_stale_frames):
                 return part
         return None
 
@@ -185,6 +192,7 @@ class TrackPartDecider:
             part = self._parts.get(state.part) if state.part is not None else None
             if part is not None:
                 part.boxes.pop(tid, None)
+                part.seen.pop(tid, None)
         while self._parts:
             part = next(iter(self._parts.values()))
             if part.last_tick > horizon and part.boxes and len(self._parts) <= self.max_tracks:

@@ -60,7 +60,7 @@ class DefectTracker:
     your own); every detection comes back, in its original order.
     """
 
-    def __init__(self, config: str = "bytetrack.yaml", *, min_box_px: float = 32.0):
+    def __init__(self, config: str = "bytetrack.yaml", *, min_box_px: float = 32.0, reject_conf: float | None = None):
         from ultralytics.trackers.track import TRACKER_MAP
         from ultralytics.utils import YAML, IterableSimpleNamespace
         from ultralytics.utils.checks import check_yaml
@@ -74,6 +74,16 @@ class DefectTracker:
         if getattr(cfg, "with_reid", False):
             # ReID needs Ultralytics' predictor internals or a downloaded model; neither fits a station.
             raise UsageError(f"tracker config {config!r} enables with_reid; set with_reid: False")
+        if reject_conf is not None and reject_conf < min(cfg.track_high_thresh, cfg.new_track_thresh):
+            # A defect that passes its reject threshold must be able to start a track, or the part
+            # escapes silently: ByteTrack ignores detections under new_track_thresh (0.25 by default).
+            logger.info("tracker thresholds lowered to the lowest reject threshold %.3f (were high %.2f, new %.2f); "
+                        "score fusion off",
+                        reject_conf, cfg.track_high_thresh, cfg.new_track_thresh)
+            cfg.track_high_thresh = cfg.new_track_thresh = float(reject_conf)
+            cfg.track_low_thresh = min(float(cfg.track_low_thresh), float(reject_conf) / 2)
+            # fuse_score multiplies IoU by the score: at 0.15 no match would ever pass match_thresh.
+            cfg.fuse_score = False
         self._tracker = TRACKER_MAP[cfg.tracker_type](args=cfg)
         self.min_box_px = min_box_px
 
