@@ -294,6 +294,7 @@ def watch(
     roi: Annotated[Optional[str], typer.Option(help="Region of interest polygon 'x,y x,y x,y ...' in frame pixels.")] = None,
     tile: Annotated[Optional[int], typer.Option(help=_help_of("tile"))] = None,
     min_frames: Annotated[Optional[int], typer.Option(help=_help_of("min_frames"))] = None,
+    part_merge_px: Annotated[Optional[float], typer.Option(help=_help_of("part_merge_px"))] = None,
     emit_pass: Annotated[Optional[bool], typer.Option("--emit-pass/--no-emit-pass", help=_help_of("emit_pass"))] = None,
     sink: Annotated[Optional[list[str]], typer.Option("--sink", help=_help_of("sinks"))] = None,
     mqtt: Annotated[Optional[str], typer.Option(help="Shorthand for --sink mqtt://host:port/topic (QoS 1).")] = None,
@@ -339,7 +340,7 @@ def watch(
         overrides = {
             "source": str(camera) if camera is not None else source, "model": model, "mode": mode, "imgsz": imgsz,
             "device": device, "thresholds": thresholds, "conf": conf, "reject_classes": tuple(reject) if reject else None,
-            "min_area": min_area, "roi": roi, "tile": tile, "min_frames": min_frames, "emit_pass": emit_pass,
+            "min_area": min_area, "roi": roi, "tile": tile, "min_frames": min_frames, "part_merge_px": part_merge_px, "emit_pass": emit_pass,
             "sinks": tuple(sinks) if sinks else None, "outbox": outbox, "evidence_dir": evidence, "save": save,
             "show": show, "fps_cap": fps, "loop": loop, "follow": follow, "fail_safe": fail_safe,
             "max_latency_ms": max_latency_ms, "max_frames": max_frames,
@@ -369,6 +370,42 @@ def watch(
             print_json(summary.to_dict())
         else:
             render_watch_summary(summary, err_console)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes (created).")] = Path("yolodefect-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and video: about a minute instead of a few.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and video.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if an earlier demo wrote it.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the whole line on generated data, offline: data, check, fine-tune, eval, INT8 export, video, watch.
+
+    Uses the shipped demonstration model (weights/yolodefect-demo.pt, trained on synthetic parts) and writes everything into OUT.
+
+    [bold]Examples[/bold]
+
+      yolodefect demo
+
+      yolodefect demo /tmp/demo --quick
+    """
+    from yolodefect.demo import DemoOptions, run_demo
+    from yolodefect.render import render_demo
+
+    with user_errors(_debug(ctx)):
+        def announce(title: str, explanation: str) -> None:
+            if not json_output:
+                err_console.print(f"\n[bold cyan]{title}[/bold cyan]  {explanation}", highlight=False)
+
+        with progress_bar(not json_output) as progress:
+            result = run_demo(DemoOptions(out=out, quick=quick, seed=seed, force=force), on_step=announce,
+                              progress=progress)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_demo(result, err_console)
 
 
 @app.command()

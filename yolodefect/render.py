@@ -215,3 +215,30 @@ def render_export(result, console: Console) -> None:
         console.print(f"[yellow]{note}[/yellow]", highlight=False)
     for name, path in result.files().items():
         console.print(f"  {name}: {path}", highlight=False)
+
+
+def render_demo(result, console: Console) -> None:
+    table = Table(title="yolodefect demo", title_justify="left")
+    table.add_column("step")
+    table.add_column("s", justify="right")
+    table.add_column("outcome")
+    for step in result.steps:
+        table.add_row(step["title"], f"{step['seconds']:.0f}", step["outcome"])
+    console.print(table)
+    defective, rejected = result.defective_parts, result.rejected_parts
+    verdict = "[green]every defective part rejected once, no good part rejected[/green]" \
+        if not result.missed_parts and not result.false_rejects else \
+        f"[yellow]missed {result.missed_parts or 'none'}, false rejects {result.false_rejects or 'none'}[/yellow]"
+    console.print(f"Defective parts in the video: {defective}; rejected by the station: {rejected}: {verdict}",
+                  highlight=False)
+    console.print(f"Everything is in [bold]{result.out}[/bold] ({result.seconds:.0f} s):", highlight=False)
+    for name, path in result.files.items():
+        console.print(f"  {name:16} {path}", highlight=False)
+    console.print("Next, on your own images:\n"
+                  "  yolodefect convert my_labels/ my_data --format auto\n"
+                  "  yolodefect train my_data --model path/to/checkpoint.pt\n"
+                  "  yolodefect eval runs/train/weights/best.pt my_data --target-recall 0.99\n"
+                  "  yolodefect export runs/train/weights/best.pt --data my_data --int8\n"
+                  "  yolodefect watch --camera 0 --model runs/train/weights/best_int8.onnx "
+                  "--thresholds runs/train/weights/eval-best-val/thresholds.yaml --mqtt mqtt://broker:1883/line1/rejects",
+                  highlight=False)

@@ -128,7 +128,7 @@ def _iterate_samples(
     # The plan (which images are background, which classes go where) uses its own stream so the
     # pixels of sample i never depend on how many samples came before it.
     plan_rng = np.random.default_rng([seed, 0])
-    dealer = _ClassDealer(CLASS_NAMES[kind], plan_rng)
+    dealer = ClassDealer(CLASS_NAMES[kind], plan_rng)
     for index in range(count):
         if _is_background(index, background_fraction):
             defects: list[str] = []
@@ -139,7 +139,7 @@ def _iterate_samples(
         yield SyntheticSample(name=f"{kind}_{index:05d}", image=image, boxes=boxes)
 
 
-class _ClassDealer:
+class ClassDealer:
     """Deals class names from shuffled full rounds, so class counts stay balanced."""
 
     def __init__(self, names: Sequence[str], rng: np.random.Generator):

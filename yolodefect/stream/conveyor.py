@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from yolodefect.data.records import Box
-from yolodefect.data.synth import CLASS_NAMES, render_part
+from yolodefect.data.synth import CLASS_NAMES, ClassDealer, render_part
 from yolodefect.errors import UsageError, YoloDefectError
 
 
@@ -141,13 +141,15 @@ def write_conveyor_video(
     fps: float = 30.0,
     gap_px: int = 160,
     max_defects_per_part: int = 2,
+    balanced_classes: bool = False,
 ) -> ConveyorTruth:
     """Write a conveyor video (``.mp4`` with mp4v, or ``.avi`` with MJPG) and return its ground truth.
 
     Parts enter on the left one after another, ``gap_px`` apart, and move ``speed_px_per_frame``
     to the right each frame; the video ends when the last part has left. ``defective`` is a set of
     part indices or a fraction of the parts (chosen with ``seed``); each defective part gets 1 to
-    ``max_defects_per_part`` defects of random classes.
+    ``max_defects_per_part`` defects of random classes (``balanced_classes``: dealt from shuffled
+    full rounds of the classes, so a short video still shows every class).
     """
     if kind not in CLASS_NAMES:
         raise UsageError(f"unknown kind {kind!r}; expected one of {', '.join(CLASS_NAMES)}")
@@ -164,6 +166,7 @@ def write_conveyor_video(
     top = (height - part_h) // 2
     frames = math.ceil((width + part_w + (parts - 1) * pitch) / speed_px_per_frame) + 1
 
+    dealer = ClassDealer(names, np.random.default_rng([seed, 2]))
     images: list[np.ndarray] = []
     records: list[ConveyorPart] = []
     for index in range(parts):
@@ -171,6 +174,8 @@ def write_conveyor_video(
         if index in chosen:
             count = int(rng.integers(1, max_defects_per_part + 1))
             classes = [str(names[int(k)]) for k in rng.integers(0, len(names), size=count)]
+            if balanced_classes:
+                classes = dealer.deal(count)
         gray, boxes = render_part(kind, np.random.default_rng([seed, 1, index]), (part_w, part_h), classes)
         images.append(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
         # Any pixel visible: left edge > -part_w and < width.

@@ -47,7 +47,8 @@ class WatchOptions:
     max_frames: int | None = field(default=None, metadata=_help("Stop after this many frames."))
     stall_timeout_s: float = field(default=5.0, metadata=_help("Live sources: reconnect after this long without a frame."))
     # -- model
-    model: Path | None = field(default=None, metadata=_help("Detection model: .pt, .onnx or an OpenVINO folder."))
+    model: Path | None = field(default=None, metadata=_help(
+        "Detection model: .pt, .onnx or an OpenVINO folder (default: the shipped demo model, on 320 px tiles)."))
     imgsz: int | None = field(default=None, metadata=_help("Inference size in pixels (default: the model's own)."))
     device: str = field(default="cpu", metadata=_help("Inference device: cpu, 0, cuda:0, mps ..."))
     half: bool = field(default=False, metadata=_help("FP16 inference (GPU only)."))

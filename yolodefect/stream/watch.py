@@ -38,6 +38,7 @@ import numpy as np
 
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
+from yolodefect.shipped import with_shipped_model
 from yolodefect.stream.delivery import Dispatcher
 from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector, model_info_for
 from yolodefect.stream.drawing import Overlay, draw_frame
@@ -153,7 +154,7 @@ class _Station:
         self.stop = stop
         self.board = board
         # Built up front: importing Ultralytics' trackers takes seconds, which must not land on the first part.
-        self.tracker = DefectTracker(options.tracker) if track_mode else None
+        self.tracker = DefectTracker(options.tracker, reject_conf=rules.min_threshold()) if track_mode else None
         self.decider: ImagePartDecider | TrackPartDecider = (
             TrackPartDecider(options.min_frames, part_merge_px=options.part_merge_px,
                              forget_after_frames=_FORGET_AFTER_FRAMES)
@@ -367,8 +368,6 @@ class _SignalHandlers:
 
 
 def _make_detector(options: WatchOptions, rules: RejectRules, track_mode: bool) -> Detector:
-    if options.model is None:
-        raise UsageError("no model: give --model (or 'model:' in the station config), e.g. --model best.pt")
     floor = min(rules.min_threshold(), _TRACK_CONF_FLOOR) if track_mode else rules.min_threshold()
     detector: Detector = UltralyticsDetector(options.model, imgsz=options.imgsz, device=options.device,
                                              conf_floor=floor, half=options.half)
@@ -400,6 +399,10 @@ def watch(
     if options.source is None:
         raise UsageError("no source: give --source (or 'source:' in the station config), e.g. a camera index, "
                          "rtsp:// URL, video file or image folder")
+    if detector is None and options.model is None:
+        options = with_shipped_model(options)
+        logger.info("no model given: running the shipped demonstration model %s (trained on synthetic parts; "
+                    "give --model for your own)", options.model)
     stop = stop_event if stop_event is not None else threading.Event()
     rules = build_rules(options)
     source_options = SourceOptions(fps_cap=options.fps_cap, loop=options.loop, follow=options.follow,

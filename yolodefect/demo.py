@@ -1,0 +1,246 @@
+"""``yolodefect demo``: the whole line on generated data, offline, in a few minutes on a CPU.
+
+Each step calls the same library function as the command it stands for, so the demo shows what
+the commands do rather than a special path: synthesize (station frames) -> check -> train (a short
+fine-tune of the shipped model) -> eval (thresholds for a target recall) -> export (INT8, gated
+against FP32) -> a conveyor video with known defective parts -> watch (events to a JSONL file,
+evidence JPEGs) -> a summary comparing the rejects with the parts that really were defective.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yolodefect.data.station_dataset import StationOptions
+from yolodefect.errors import UsageError, YoloDefectError
+from yolodefect.shipped import SHIPPED_MODEL_NAME, SHIPPED_TILE, require_shipped_model
+
+DEMO_KIND = "steel"
+TILE = SHIPPED_TILE  # the shipped model learned at this scale; the station runs it on tiles of this size
+PART_MERGE_PX = 200.0  # defects this close to a rejected part's belong to that part (one event)
+
+StepCallback = Callable[[str, str], None]  # (title, explanation)
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path = Path("yolodefect-demo")
+    quick: bool = False
+    seed: int = 0
+    force: bool = False
+
+    @property
+    def station(self) -> StationOptions:
+        # Fine-tuning data: new parts, the same station; kept small so the step takes seconds.
+        parts = (6, 3, 0) if self.quick else (12, 4, 0)
+        # Both kinds, so the classes are the shipped model's own and fine-tuning keeps its head.
+        return StationOptions(parts=parts, defective=0.8, frame_step=8, seed=1000 + self.seed)
+
+    @property
+    def epochs(self) -> int:
+        return 1 if self.quick else 3
+
+    @property
+    def video_parts(self) -> int:
+        return 5 if self.quick else 12
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    steps: list[dict[str, Any]]  # title, seconds, outcome
+    video: Path
+    defective_parts: list[int]  # ground truth of the video
+    rejected_parts: list[int]  # parts the station rejected, from the events
+    events: Path
+    evidence: Path
+    model: Path  # the model the station ran
+    deployable: bool  # did the INT8 model pass its gate
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def missed_parts(self) -> list[int]:
+        return sorted(set(self.defective_parts) - set(self.rejected_parts))
+
+    @property
+    def false_rejects(self) -> list[int]:
+        return sorted(set(self.rejected_parts) - set(self.defective_parts))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(missed_parts=self.missed_parts, false_rejects=self.false_rejects)
+        return json.loads(json.dumps(data, default=str))
+
+
+def part_of_event(truth, event: dict[str, Any]) -> int | None:
+    """The conveyor part under the event's first defect (None: on the belt between parts)."""
+    if not event.get("defects"):
+        return None
+    x1, _, x2, _ = event["defects"][0]["bbox_xyxy"]
+    centre = (x1 + x2) / 2
+    for part in truth.parts:
+        left = truth.part_left(part.index, event["frame_index"])
+        if left <= centre <= left + truth.part_size[0]:
+            return part.index
+    return None
+
+
+class _Steps:
+    def __init__(self, on_step: StepCallback | None):
+        self.on_step = on_step or (lambda title, explanation: None)
+        self.done: list[dict[str, Any]] = []
+
+    def run(self, title: str, explanation: str, work: Callable[[], Any], outcome: Callable[[Any], str]) -> Any:
+        self.on_step(title, explanation)
+        started = time.perf_counter()
+        value = work()
+        self.done.append({"title": title, "seconds": round(time.perf_counter() - started, 1), "outcome": outcome(value)})
+        return value
+
+
+MARKER = ".yolodefect-demo"  # marks a folder the demo may replace with --force
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; give a folder for the demo's output")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
+        if not (out / MARKER).exists():
+            raise UsageError(f"{out} was not written by 'yolodefect demo'; not replacing it (choose another folder)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by yolodefect demo; --force may replace this folder\n", encoding="utf-8")
+
+
+def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | None = None,
+             progress: ProgressCallback | None = None) -> DemoResult:
+    """Run every step into ``options.out`` and return what happened (also written to demo.json)."""
+    from yolodefect.data.check import check_dataset
+    from yolodefect.data.station_dataset import synthesize_station
+    from yolodefect.evaluate import evaluate
+    from yolodefect.export import ExportOptions, export
+    from yolodefect.stream.conveyor import write_conveyor_video
+    from yolodefect.stream.options import WatchOptions
+    from yolodefect.stream.watch import watch
+    from yolodefect.train import TrainOptions, train
+
+    shipped = require_shipped_model()
+    out = Path(options.out)
+    _prepare_output(out, options.force)
+    started = time.perf_counter()
+    steps = _Steps(on_step)
+    dataset = out / "dataset"
+
+    steps.run("1. Generate a sample dataset",
+              "Conveyor videos of synthetic steel and PCB parts, frames cropped and labelled: stands in for your own "
+              "labelled images (yolodefect convert reads VOC, COCO, LabelMe, DeepPCB, masks).",
+              lambda: synthesize_station(dataset, options.station, progress),
+              lambda r: f"{sum(s.images for s in r.splits.values())} images, "
+                        f"{sum(s.boxes for s in r.splits.values())} defect boxes in {dataset}")
+    data = dataset / "data.yaml"
+
+    def check_step():
+        report = check_dataset(data)
+        if report.has_errors:
+            raise YoloDefectError(f"check found errors in {data}: {report.errors[0].message}")
+        return report
+
+    steps.run("2. Check it", "Corrupt images, bad labels, duplicates across splits, class balance, box sizes.",
+              check_step, lambda r: f"{len(r.errors)} errors, {len(r.warnings)} warnings")
+
+    def train_step():
+        train_options = TrainOptions(model=str(shipped), epochs=options.epochs, imgsz=TILE, project=out / "runs",
+                                     name="finetune", exist_ok=True, seed=options.seed, plots=False, run_check=False,
+                                     patience=options.epochs,
+                                     overrides={"optimizer": "AdamW", "lr0": 0.0005, "warmup_epochs": 0,
+                                                "close_mosaic": 0, "verbose": False})
+        return train(data, train_options)
+
+    trained = steps.run(
+        "3. Fine-tune the shipped model",
+        f"Transfer learning from weights/{SHIPPED_MODEL_NAME} for {options.epochs} epoch(s) on the sample; "
+        "on your data, train for longer (yolodefect train).",
+        train_step, lambda r: f"val mAP50 {r.evaluation.metrics.map50:.3f}, best model {r.best_model}")
+
+    eval_dir = out / "eval"
+    evaluated = steps.run(
+        "4. Evaluate and choose thresholds",
+        "Per-class AP, and the per-class confidence thresholds that catch 99% of defective parts on val "
+        "(thresholds.yaml, read by watch).",
+        lambda: evaluate(trained.best_model, data, split="val", target_recall=0.99, out_dir=eval_dir,
+                         progress=False, plots=not options.quick),
+        lambda r: f"mAP50 {r.metrics.map50:.3f}, escape rate {_percent(r.metrics.decisions.escape_rate)}, "
+                  f"false-reject rate {_percent(r.metrics.decisions.false_reject_rate)}")
+    thresholds = eval_dir / "thresholds.yaml"
+
+    export_options = ExportOptions(int8=True, calib=32 if options.quick else 100, latency_runs=5 if options.quick else 20,
+                                   warmup=2, out_dir=out / "export", max_drop=1.0, progress=False)
+    exported = steps.run(
+        "5. Export INT8 and validate it",
+        "ONNX FP32 and INT8 (calibrated on train images), both scored on val: the INT8 model ships only "
+        "if it loses at most 1 mAP50 point.",
+        lambda: export(trained.best_model, data, export_options),
+        lambda r: f"{'deployable' if r.deployable else 'REJECTED by the gate'}: {r.model_path.name}, "
+                  f"mAP50 {r.reference.metrics.map50:.3f} -> {r.candidate.metrics.map50:.3f}, "
+                  f"{r.reference.latency.median_ms:.1f} -> {r.candidate.latency.median_ms:.1f} ms")
+    # A rejected INT8 model must not run the line: fall back to the validated FP32 export.
+    station_model = exported.model_path if exported.deployable else (exported.fp32_path or trained.best_model)
+
+    video = out / "conveyor.mp4"
+    truth = steps.run(
+        "6. Record a conveyor video",
+        f"{options.video_parts} new parts pass the camera; the video's ground truth (which parts are defective) "
+        "is written next to it.",
+        lambda: write_conveyor_video(video, kind=DEMO_KIND, parts=options.video_parts, defective=0.5,
+                                     seed=2000 + options.seed, part_size=options.station.part_size,
+                                     speed_px_per_frame=16),
+        lambda t: f"{t.frames} frames, defective parts {sorted(t.defective_parts)}")
+    (out / "conveyor.truth.json").write_text(json.dumps(truth.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    events_path, evidence = out / "events.jsonl", out / "evidence"
+    watch_options = WatchOptions(source=str(video), model=station_model, thresholds=thresholds, tile=TILE,
+                                 part_merge_px=PART_MERGE_PX, sinks=(str(events_path),), outbox=out / "outbox.sqlite",
+                                 evidence_dir=evidence, save=None if options.quick else out / "annotated.mp4")
+    summary = steps.run(
+        "7. Watch the line",
+        "Detect on every frame, track each defect, and emit exactly one reject event per defective part "
+        "(JSON Lines here; MQTT, webhooks, OPC UA on the line), with raw and annotated evidence JPEGs.",
+        lambda: watch(watch_options),
+        lambda s: f"{s.stats.frames} frames at {s.stats.fps:.0f} fps, {s.stats.rejects} reject events")
+
+    events = [json.loads(line) for line in events_path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if events_path.exists() else []
+    rejected = sorted({p for e in events if e["decision"] == "reject" and (p := part_of_event(truth, e)) is not None})
+    files = {"dataset": str(data), "model": str(trained.best_model), "thresholds": str(thresholds),
+             "int8_model": str(exported.model_path), "model_card": str(exported.card_md), "video": str(video),
+             "events": str(events_path), "evidence": str(evidence)}
+    if watch_options.save is not None:
+        files["annotated_video"] = str(watch_options.save)
+    result = DemoResult(out=out, steps=steps.done, video=video, defective_parts=sorted(truth.defective_parts),
+                        rejected_parts=rejected, events=events_path, evidence=evidence, model=Path(station_model),
+                        deployable=exported.deployable, seconds=round(time.perf_counter() - started, 1), files=files)
+    _write_json_atomically(out / "demo.json", result.to_dict())
+    del evaluated, summary
+    return result
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    Path(handle.name).replace(path)
