@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = train(data, TrainOptions(model=str(stage1), epochs=args.epochs2, imgsz=IMGSZ, project=args.work / "runs",
                                        name="stage2", exist_ok=True, seed=SEED, plots=False,
                                        overrides={"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 0}))
-    result = evaluate(trained.best_model, data, split="val", target_recall=0.99, out_dir=args.work / "eval",
+    result = evaluate(trained.best_model, data, split="val", target_recall=0.99, per_class_thresholds=True,
+                      out_dir=args.work / "eval",
                       plots=False)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                            for c in metrics.per_class},
                         "escape_rate": metrics.decisions.escape_rate,
                         "false_reject_rate": metrics.decisions.false_reject_rate},
-        "thresholds": f"{NAME}.thresholds.yaml (target part recall 0.99 on val)",
+        "thresholds": f"{NAME}.thresholds.yaml (per class, target part recall 0.99 on val)",
         "machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
     }
     (args.out / f"{NAME}.card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from yolodefect import __version__
-from yolodefect.console import configure_logging, err_console, print_json, progress_bar, user_errors
+from yolodefect.console import (configure_logging, err_console, print_json, progress_bar, stdout_reserved,
+                                ultralytics_logs_to_stderr, user_errors)
 
 app = typer.Typer(
     name="yolodefect",
@@ -223,7 +224,8 @@ def train(
         plan = plan_training(data, options)
         if not json_output:
             render_presets(plan.presets, err_console)
-        result = run_training(plan)
+        with stdout_reserved(json_output):
+            result = run_training(plan)
         if json_output:
             print_json(result.to_dict())
         else:
@@ -261,9 +263,10 @@ def eval_command(
 
     with user_errors(_debug(ctx)):
         out_dir = out or model.parent / f"eval-{model.stem}-{split}"
-        result = evaluate(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
-                          target_recall=target_recall, per_class_thresholds=per_class, reject_classes=reject,
-                          out_dir=out_dir, device=device, progress=not json_output)
+        with stdout_reserved(json_output):
+            result = evaluate(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
+                              target_recall=target_recall, per_class_thresholds=per_class, reject_classes=reject,
+                              out_dir=out_dir, device=device, progress=not json_output)
         if json_output:
             print_json(result.to_dict())
         else:
@@ -357,7 +360,8 @@ def watch(
                 render_model_card(stats.model_card, err_console)
 
         if json_output or stdout_events:
-            # Events (or the JSON summary) own stdout: keep the panel off it.
+            # Events (or the JSON summary) own stdout: keep the panel and Ultralytics' log lines off it.
+            ultralytics_logs_to_stderr()
             summary = run_watch(options, install_signal_handlers=True, on_stats=show_card)
         else:
             with Live(console=err_console, refresh_per_second=4, transient=True) as live:
@@ -399,7 +403,7 @@ def demo(
             if not json_output:
                 err_console.print(f"\n[bold cyan]{title}[/bold cyan]  {explanation}", highlight=False)
 
-        with progress_bar(not json_output) as progress:
+        with progress_bar(not json_output) as progress, stdout_reserved(json_output):
             result = run_demo(DemoOptions(out=out, quick=quick, seed=seed, force=force), on_step=announce,
                               progress=progress)
         if json_output:
@@ -453,7 +457,8 @@ def compare(
             ssd_imgsz=ssd_imgsz, ssd_backbone_weights=ssd_backbone_weights, ssd_lr=ssd_lr, batch=batch, device=device,
             split=split, seed=seed, latency_runs=latency_runs, threads=threads, progress=not json_output,
         )
-        result = run_compare(data, options)
+        with stdout_reserved(json_output):
+            result = run_compare(data, options)
         if json_output:
             print_json(result.to_dict())
         else:
@@ -497,7 +502,8 @@ def export(
         options = ExportOptions(int8=int8, format=format, imgsz=imgsz, dynamic=dynamic, calib=calib, seed=seed,
                                 max_drop=max_drop, latency_runs=latency_runs, threads=threads, out_dir=out,
                                 calibration=calibration, device=device, progress=not json_output)
-        result = run_export(model, data, options)
+        with stdout_reserved(json_output):
+            result = run_export(model, data, options)
         if json_output:
             print_json(result.to_dict())
         else:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,27 @@ def configure_logging(debug: bool) -> None:
     if not debug:
         # Ultralytics logs every step at INFO; our own messages are enough by default.
         logging.getLogger("ultralytics").setLevel(logging.WARNING)
+
+
+def ultralytics_logs_to_stderr(stdout=None) -> None:
+    """Point Ultralytics' log handler (it writes to stdout) at stderr, so stdout carries only data."""
+    from ultralytics.utils import LOGGER
+
+    for handler in LOGGER.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (stdout, sys.stdout, sys.__stdout__):
+            handler.setStream(sys.stderr)
+
+
+@contextlib.contextmanager
+def stdout_reserved(enabled: bool) -> Iterator[None]:
+    """With --json, stdout is for the JSON alone: Ultralytics' logs and progress bars go to stderr meanwhile."""
+    if not enabled:
+        yield
+        return
+    real = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        ultralytics_logs_to_stderr(real)
+        yield
 
 
 @contextlib.contextmanager

@@ -176,9 +176,10 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
     eval_dir = out / "eval"
     evaluated = steps.run(
         "4. Evaluate and choose thresholds",
-        "Per-class AP, and the per-class confidence thresholds that catch 99% of defective parts on val "
+        "Per-class AP, and per-class confidence thresholds that catch 99% of defective parts on val "
         "(thresholds.yaml, read by watch).",
-        lambda: evaluate(trained.best_model, data, split="val", target_recall=0.99, out_dir=eval_dir,
+        lambda: evaluate(trained.best_model, data, split="val", target_recall=0.99, per_class_thresholds=True,
+                         out_dir=eval_dir,
                          progress=False, plots=not options.quick),
         lambda r: f"mAP50 {r.metrics.map50:.3f}, escape rate {_percent(r.metrics.decisions.escape_rate)}, "
                   f"false-reject rate {_percent(r.metrics.decisions.false_reject_rate)}")

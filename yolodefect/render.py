@@ -237,7 +237,7 @@ def render_demo(result, console: Console) -> None:
     console.print("Next, on your own images:\n"
                   "  yolodefect convert my_labels/ my_data --format auto\n"
                   "  yolodefect train my_data --model path/to/checkpoint.pt\n"
-                  "  yolodefect eval runs/train/weights/best.pt my_data --target-recall 0.99\n"
+                  "  yolodefect eval runs/train/weights/best.pt my_data --target-recall 0.99 --per-class\n"
                   "  yolodefect export runs/train/weights/best.pt --data my_data --int8\n"
                   "  yolodefect watch --camera 0 --model runs/train/weights/best_int8.onnx "
                   "--thresholds runs/train/weights/eval-best-val/thresholds.yaml --mqtt mqtt://broker:1883/line1/rejects",

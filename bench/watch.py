@@ -1,0 +1,485 @@
+"""The station loop's overhead: ``watch`` against the bare model loop, for PyTorch, ONNX FP32 and ONNX INT8.
+
+    python bench/watch.py [--model best.pt] [--data data.yaml] [--frames 10000] [--fps-frames 1000]
+                          [--rounds 3] [--imgsz N] [--name watch]
+
+Targets (same model, same video): watch's end-to-end frames per second (decode + inference +
+tracking + rules + drawing + events) >= 95% of the bare loop's; p95 event latency (capture to event
+written) within 10 ms of the p95 model latency; resident memory flat (growth <= --memory-limit-mb
+after warm-up) over a --frames run.
+
+* Video: a synthetic steel conveyor (``write_conveyor_video``, 640x360 by default), looped.
+* Model: --model, or (default) YOLO11n from yolo11n.yaml trained here for --train-epochs on labelled frames
+  of another conveyor video (a synthetic steel dataset in the video's own domain, so the model rejects
+  parts and there are events to time). --data (the INT8 calibration and export-check set) defaults to it.
+* Backends: the .pt, then best.onnx (FP32) and best_int8.onnx from ``yolodefect.export`` (INT8, gate
+  disabled with max_drop=100: a benchmark measures, it does not ship).
+* Bare loop: ``cv2.VideoCapture`` on the same video, the same detector object on each frame, nothing else.
+* Pipeline: ``watch()`` with a JSONL file sink and an outbox in a temp folder, evidence on, track mode,
+  save and show off (so drawing happens where the station draws headless: the annotated evidence image
+  of each frame that emits a reject/error event).
+* Throughput: per run, frames per second between the detector calls of frame --warmup and the last frame
+  (the same clock in both loops, so start-up and shutdown count in neither); bare and pipeline runs of
+  --fps-frames alternate --rounds times and the medians are compared.
+* Latency: p95 of the detector call (bare loop, all rounds) against p95 of the events' ``latency_ms``
+  (every pipeline run of the backend, the memory run included).
+* Memory: RSS every 100 frames of a --frames pipeline run; growth from frame --memory-warmup to the end.
+
+Writes bench/results/NAME.json with the machine line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line, median, write_result  # noqa: E402
+
+TARGET_FPS_RATIO = 0.95
+TARGET_LATENCY_MARGIN_MS = 10.0
+DEFAULT_MEMORY_LIMIT_MB = 5.0
+RSS_EVERY = 100  # frames between RSS samples in the memory run
+LOW_CONF = 0.01  # rules threshold when the model rejects nothing at --conf
+BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8")
+KIND = "steel"
+VIDEO_SEED = 7  # the benchmark video; the training frames come from seeds 101 (train) and 102 (val)
+
+
+# --- the model and data (default: trained here) -----------------------------------------------------
+
+
+def write_conveyor(path: Path, **kwargs):
+    """A conveyor video as .mp4 (mp4v), or .avi (MJPG) where this OpenCV has no mp4 encoder."""
+    from yolodefect.errors import YoloDefectError
+    from yolodefect.stream.conveyor import write_conveyor_video
+
+    try:
+        return write_conveyor_video(path.with_suffix(".mp4"), **kwargs)
+    except YoloDefectError:
+        return write_conveyor_video(path.with_suffix(".avi"), **kwargs)
+
+
+def conveyor_dataset(root: Path, frame_size: tuple[int, int], step: int = 3) -> Path:
+    """A YOLO dataset of labelled conveyor frames (train: 24 parts, val: 6 parts); returns data.yaml."""
+    import cv2
+
+    from yolodefect.data.synth import CLASS_NAMES
+
+    names = CLASS_NAMES[KIND]
+    for split, seed, parts in (("train", 101, 24), ("val", 102, 6)):
+        truth = write_conveyor(root / f"{split}_video", kind=KIND, parts=parts, defective=0.6, seed=seed,
+                               frame_size=frame_size)
+        images, labels = root / "images" / split, root / "labels" / split
+        images.mkdir(parents=True)
+        labels.mkdir(parents=True)
+        capture = cv2.VideoCapture(str(truth.path))
+        width, height = truth.frame_size
+        for index in range(truth.frames):
+            ok, image = capture.read()
+            if not ok:
+                break
+            if index % step:
+                continue
+            lines = []
+            for defect in truth.visible_defects(index, min_visible=0.5):
+                x1, y1, x2, y2 = defect.xyxy
+                lines.append(f"{defect.class_id} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                             f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
+            name = f"{split}_{index:05d}"
+            cv2.imwrite(str(images / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            (labels / f"{name}.txt").write_text("\n".join(lines), encoding="utf-8")
+        capture.release()
+        truth.path.unlink()
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n"
+                    + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)), encoding="utf-8")
+    return data
+
+
+def train_tiny(data: Path, work: Path, imgsz: int, epochs: int) -> Path:
+    """YOLO11n from yolo11n.yaml (no download), trained on ``data``; returns best.pt."""
+    from ultralytics import YOLO
+
+    YOLO("yolo11n.yaml").train(data=str(data), imgsz=imgsz, epochs=epochs, batch=16, workers=0, device="cpu",
+                               optimizer="AdamW", lr0=0.004, plots=False, val=True, amp=False, seed=0,
+                               project=str(work / "train"), name="tiny", exist_ok=True,
+                               verbose=False)
+    return work / "train" / "tiny" / "weights" / "best.pt"
+
+
+def export_models(model: Path, data: Path, out_dir: Path, imgsz: int | None, calib: int) -> tuple[Path, Path, dict]:
+    """best.onnx (FP32) and best_int8.onnx through ``yolodefect.export``, the gate disabled."""
+    from yolodefect.export import ExportOptions, export
+
+    options = ExportOptions(int8=True, imgsz=imgsz, calib=calib, max_drop=100.0, latency_runs=5, warmup=1,
+                            out_dir=out_dir, progress=False)
+    started = time.perf_counter()
+    result = export(model, data, options)
+    facts = {"seconds": round(time.perf_counter() - started, 1), "imgsz": result.imgsz,
+             "map50_fp32": round(result.reference.metrics.map50, 4),
+             "map50_int8": round(result.candidate.metrics.map50, 4),
+             "quantization": result.quantization, "notes": list(result.notes)}
+    assert result.fp32_path is not None
+    return result.fp32_path, result.model_path, facts
+
+
+# --- measurement -----------------------------------------------------------------------------------
+
+
+class TimedDetector:
+    """The detector under test, with a timestamp and duration per call (and RSS samples when asked).
+
+    Both loops call it once per frame, so the time between two calls is one full frame cycle of that
+    loop; the wrapper costs the same (two clock reads) in both.
+    """
+
+    def __init__(self, detector, rss_every: int | None = None):
+        import psutil
+
+        self.detector = detector
+        for attribute in ("class_names", "model_info", "card"):
+            if hasattr(detector, attribute):
+                setattr(self, attribute, getattr(detector, attribute))
+        self._process = psutil.Process()
+        self.rss_every = rss_every
+        self.starts: list[float] = []
+        self.durations_ms: list[float] = []
+        self.rss: list[tuple[int, int]] = []  # (frame, bytes)
+
+    def __call__(self, image):
+        index = len(self.starts)
+        if self.rss_every and index % self.rss_every == 0:
+            self.rss.append((index, self._process.memory_info().rss))
+        started = time.perf_counter()
+        self.starts.append(started)
+        detections = self.detector(image)
+        self.durations_ms.append((time.perf_counter() - started) * 1000.0)
+        return detections
+
+    def fps(self, warmup: int) -> float:
+        """Frame cycles per second from the call of frame ``warmup`` to the last call."""
+        cycles = len(self.starts) - 1 - warmup
+        if cycles < 1:
+            return float("nan")
+        return cycles / (self.starts[-1] - self.starts[warmup])
+
+    def median_cycle_fps(self, warmup: int) -> float:
+        """1 / the median frame cycle (less sensitive to stalls than :meth:`fps`; reported, not judged)."""
+        cycles = np.diff(self.starts[warmup:])
+        return float(1.0 / np.median(cycles)) if len(cycles) else float("nan")
+
+
+def p95(values) -> float | None:
+    return round(float(np.percentile(values, 95)), 2) if len(values) else None
+
+
+def bare_loop(detector, video: Path, frames: int, warmup: int) -> dict:
+    """Decode + inference only: read the video (looping) and call the detector on every frame."""
+    import cv2
+
+    timed = TimedDetector(detector)
+    decode_ms: list[float] = []
+    capture = cv2.VideoCapture(str(video))
+    gc.collect()
+    try:
+        while len(timed.starts) < frames + warmup:
+            started = time.perf_counter()
+            ok, image = capture.read()
+            if not ok:
+                capture.release()
+                capture = cv2.VideoCapture(str(video))
+                continue
+            decode_ms.append((time.perf_counter() - started) * 1000.0)
+            timed(image)
+    finally:
+        capture.release()
+    model_ms = timed.durations_ms[warmup:]
+    return {"frames": frames, "fps": round(timed.fps(warmup), 2), "median_cycle_fps": round(timed.median_cycle_fps(warmup), 2),
+            "model_ms_samples": model_ms,
+            "model_median_ms": round(median(model_ms), 2), "model_p95_ms": p95(model_ms),
+            "decode_median_ms": round(median(decode_ms[warmup:]), 2)}
+
+
+@dataclass
+class PipelineSettings:
+    video: Path
+    conf: float
+    save_video: bool = False
+
+
+def watch_options(settings: PipelineSettings, model: Path, imgsz: int | None, folder: Path, frames: int):
+    from yolodefect.stream.options import WatchOptions
+
+    return WatchOptions(source=str(settings.video), loop=True, max_frames=frames, model=model, imgsz=imgsz,
+                        conf=settings.conf, sinks=(str(folder / "events.jsonl"),), outbox=folder / "outbox.sqlite",
+                        evidence_dir=folder / "evidence", save=folder / "annotated.avi" if settings.save_video else None,
+                        show=False)
+
+
+def make_detector(options):
+    """The detector exactly as ``watch`` builds it for these options (track mode: floor min(conf, 0.1))."""
+    from yolodefect.stream.watch import _make_detector, build_rules
+
+    return _make_detector(options, build_rules(options), track_mode=True)
+
+
+def pipeline_run(detector, settings: PipelineSettings, model: Path, imgsz: int | None, frames: int, warmup: int,
+                 rss_every: int | None = None) -> dict:
+    """One ``watch()`` run of ``frames`` frames; fps on the detector's clock, events read back from the JSONL file."""
+    from yolodefect.stream.watch import watch
+
+    timed = TimedDetector(detector, rss_every=rss_every)
+    with tempfile.TemporaryDirectory(prefix="bench-watch-run-") as scratch:
+        folder = Path(scratch)
+        options = watch_options(settings, model, imgsz, folder, frames)
+        gc.collect()
+        started = time.perf_counter()
+        summary = watch(options, detector=timed)
+        wall_s = time.perf_counter() - started
+        events_path = folder / "events.jsonl"
+        events = ([json.loads(line) for line in events_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                  if events_path.exists() else [])
+    stats = summary.stats
+    decisions: dict[str, int] = {}
+    for event in events:
+        decisions[event["decision"]] = decisions.get(event["decision"], 0) + 1
+    model_ms = timed.durations_ms[warmup:]
+    return {
+        "frames": stats.frames, "fps": round(timed.fps(warmup), 2), "median_cycle_fps": round(timed.median_cycle_fps(warmup), 2),
+        "wall_fps_incl_startup": round(stats.frames / wall_s, 2),
+        "wall_s": round(wall_s, 1), "stopped_by": summary.stopped_by, "flushed": summary.flushed,
+        "events": len(events), "decisions": decisions,
+        "event_latency_ms_samples": [float(e["latency_ms"]) for e in events],
+        "model_ms_samples": model_ms, "model_p95_ms": p95(model_ms),
+        "frame_latency_p95_ms_last500": None if stats.latency_p95_ms is None else round(stats.latency_p95_ms, 2),
+        "late_frames": stats.late_frames, "failed_frames": stats.failed_frames,
+        "skipped_frames": stats.skipped_frames, "evidence_failures": stats.evidence_failures,
+        "_rss": timed.rss,
+    }
+
+
+def memory_report(samples: list[tuple[int, int]], warmup: int, limit_mb: float) -> dict:
+    mb = [(frame, rss / 2**20) for frame, rss in samples]
+    after = [(f, v) for f, v in mb if f >= warmup] or mb[-1:]
+    base = after[0][1]
+    slope = None
+    if len(after) >= 3:
+        frames_after, values_after = zip(*after)
+        slope = round(float(np.polyfit(frames_after, values_after, 1)[0]) * 1000.0, 3)
+    growth = after[-1][1] - base
+    return {
+        "samples_every_frames": RSS_EVERY, "samples": len(mb),
+        "rss_first_mb": round(mb[0][1], 1), "rss_at_warmup_mb": round(base, 1), "warmup_frame": after[0][0],
+        "rss_last_mb": round(mb[-1][1], 1), "rss_max_mb": round(max(v for _, v in mb), 1),
+        "rss_max_after_warmup_mb": round(max(v for _, v in after), 1),
+        "growth_after_warmup_mb": round(growth, 2), "slope_mb_per_1000_frames": slope,
+        "limit_mb": limit_mb, "passed": growth <= limit_mb,
+        "series_mb": [[f, round(v, 2)] for f, v in mb],
+    }
+
+
+def strip_samples(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.endswith("_samples") and not k.startswith("_")}
+
+
+def probe_events(model: Path, settings: PipelineSettings, imgsz: int | None, frames: int) -> int:
+    """Events a short PyTorch watch run gives at ``settings.conf``; also warms up imports and the tracker."""
+    with tempfile.TemporaryDirectory(prefix="bench-watch-probe-") as scratch:
+        detector = make_detector(watch_options(settings, model, imgsz, Path(scratch), frames))
+    return pipeline_run(detector, settings, model, imgsz, frames, warmup=min(10, frames // 2))["events"]
+
+
+def run_backend(label: str, path: Path, settings: PipelineSettings, args) -> dict:
+    print(f"\n{label}: {path.name}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-watch-det-") as scratch:
+        detector = make_detector(watch_options(settings, path, args.imgsz, Path(scratch), args.frames))
+    # Warm the model (first calls build Ultralytics' predictor) and the tracker import before any timing.
+    bare_loop(detector, settings.video, 10, 0)
+
+    bares, pipes = [], []
+    for round_index in range(args.rounds):
+        bare = bare_loop(detector, settings.video, args.fps_frames, args.warmup)
+        pipe = pipeline_run(detector, settings, path, args.imgsz, args.fps_frames, args.warmup)
+        bares.append(bare)
+        pipes.append(pipe)
+        print(f"  round {round_index + 1}: bare {bare['fps']:.2f} fps, watch {pipe['fps']:.2f} fps "
+              f"(x{pipe['fps'] / bare['fps']:.3f}), {pipe['events']} events", flush=True)
+
+    memory_run = None
+    if args.frames > 0:
+        memory_run = pipeline_run(detector, settings, path, args.imgsz, args.frames, args.warmup, rss_every=RSS_EVERY)
+        print(f"  memory run: {memory_run['frames']} frames at {memory_run['fps']:.2f} fps, {memory_run['events']} events",
+              flush=True)
+
+    bare_fps = median([b["fps"] for b in bares])
+    pipe_fps = median([p["fps"] for p in pipes])
+    model_ms = [v for b in bares for v in b["model_ms_samples"]]
+    runs = pipes + ([memory_run] if memory_run else [])
+    event_ms = [v for p in runs for v in p["event_latency_ms_samples"]]
+    pipeline_model_ms = [v for p in runs for v in p["model_ms_samples"]]
+    model_p95 = p95(model_ms)
+    event_p95 = p95(event_ms)
+    ratio = pipe_fps / bare_fps
+    memory = memory_report(memory_run["_rss"], args.memory_warmup, args.memory_limit_mb) if memory_run else None
+    latency_margin = None if event_p95 is None else round(event_p95 - model_p95, 2)
+    model_info = getattr(detector, "model_info", None)
+    result = {
+        "backend": label, "model": str(path), "precision": model_info.precision if model_info else None,
+        "imgsz": getattr(detector, "imgsz", None), "conf_floor": getattr(detector, "conf_floor", None),
+        "bare": {"fps_median": round(bare_fps, 2), "fps_rounds": [b["fps"] for b in bares],
+                 "median_cycle_fps_rounds": [b["median_cycle_fps"] for b in bares],
+                 "model_median_ms": round(median(model_ms), 2), "model_p95_ms": model_p95,
+                 "decode_median_ms": round(median([b["decode_median_ms"] for b in bares]), 2)},
+        "pipeline": {"fps_median": round(pipe_fps, 2), "fps_rounds": [p["fps"] for p in pipes],
+                     "model_p95_ms_in_pipeline": p95(pipeline_model_ms),
+                     "events": len(event_ms), "event_latency_median_ms": round(median(event_ms), 2) if event_ms else None,
+                     "event_latency_p95_ms": event_p95, "event_latency_max_ms": round(max(event_ms), 2) if event_ms else None,
+                     "rounds": [strip_samples(p) for p in pipes]},
+        "memory_run": strip_samples(memory_run) if memory_run else None,
+        "memory": memory,
+        "targets": {
+            "fps_ratio": {"value": round(ratio, 4), "target": f">= {TARGET_FPS_RATIO}", "passed": ratio >= TARGET_FPS_RATIO},
+            "latency": {"event_p95_ms": event_p95, "model_p95_ms": model_p95, "margin_ms": latency_margin,
+                        "target": f"event p95 <= model p95 + {TARGET_LATENCY_MARGIN_MS} ms",
+                        "passed": None if latency_margin is None else latency_margin <= TARGET_LATENCY_MARGIN_MS},
+            "memory": {"growth_mb": memory["growth_after_warmup_mb"] if memory else None,
+                       "target": f"<= {args.memory_limit_mb} MB from frame {args.memory_warmup} to frame {args.frames}",
+                       "passed": memory["passed"] if memory else None},
+        },
+    }
+    del detector
+    gc.collect()
+    return result
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'backend':10s} {'bare fps':>9s} {'watch fps':>9s} {'ratio':>6s} {'p95 model':>9s} {'p95 event':>9s} "
+          f"{'margin':>7s} {'events':>6s} {'RSS MB':>13s} {'growth':>7s}  pass (fps/latency/memory)")
+    for r in results:
+        t = r["targets"]
+        memory = r["memory"]
+        rss = f"{memory['rss_at_warmup_mb']:.0f}->{memory['rss_last_mb']:.0f}" if memory else "-"
+        growth = f"{memory['growth_after_warmup_mb']:+.1f}" if memory else "-"
+        event = "-" if t["latency"]["event_p95_ms"] is None else f"{t['latency']['event_p95_ms']:.1f}"
+        margin = "-" if t["latency"]["margin_ms"] is None else f"{t['latency']['margin_ms']:+.1f}"
+        verdicts = "/".join({True: "pass", False: "FAIL", None: "n/a"}[t[k]["passed"]] for k in ("fps_ratio", "latency", "memory"))
+        print(f"{r['backend']:10s} {r['bare']['fps_median']:9.2f} {r['pipeline']['fps_median']:9.2f} "
+              f"{t['fps_ratio']['value']:6.3f} {r['bare']['model_p95_ms']:9.1f} {event:>9s} {margin:>7s} "
+              f"{r['pipeline']['events']:6d} {rss:>13s} {growth:>7s}  {verdicts}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help=".pt checkpoint (default: train YOLO11n here)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data.yaml for the INT8 export (calibration: train, check: val); default: the conveyor dataset")
+    parser.add_argument("--frames", type=int, default=10000, help="frames of the memory run (0: skip it)")
+    parser.add_argument("--fps-frames", type=int, default=1000, help="frames of each throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/watch throughput runs per backend")
+    parser.add_argument("--warmup", type=int, default=50, help="frames left out at the start of each run")
+    parser.add_argument("--memory-warmup", type=int, default=1000, help="memory growth is counted from this frame")
+    parser.add_argument("--memory-limit-mb", type=float, default=DEFAULT_MEMORY_LIMIT_MB)
+    parser.add_argument("--imgsz", type=int, default=None, help="inference size (default: the model's own)")
+    parser.add_argument("--train-imgsz", type=int, default=320, help="imgsz of the model trained when --model is not given")
+    parser.add_argument("--train-epochs", type=int, default=10)
+    parser.add_argument("--frame-size", default="640x360", help="video frame size WxH")
+    parser.add_argument("--parts", type=int, default=12, help="parts per pass of the video (it loops)")
+    parser.add_argument("--conf", type=float, default=0.25,
+                        help=f"reject threshold; lowered to {LOW_CONF} when a probe run gives no events")
+    parser.add_argument("--calib", type=int, default=100, help="INT8 calibration images")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--save-video", action="store_true", help="also write the annotated video (draws every frame)")
+    parser.add_argument("--name", default="watch", help="result file bench/results/NAME.json")
+    args = parser.parse_args()
+    if args.fps_frames <= args.warmup + 1 or args.frames < 0 or args.rounds < 1:
+        parser.error("need --fps-frames > --warmup + 1, --frames >= 0 and --rounds >= 1")
+    width, height = (int(v) for v in args.frame_size.lower().split("x"))
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+
+    info = machine_info()
+    print(machine_line(info), flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-watch-") as scratch:
+        work = Path(scratch)
+        origin: dict = {}
+        data = args.data
+        if data is None:
+            data = conveyor_dataset(work / "dataset", (width, height))
+            origin["data"] = ("labelled frames of synthetic steel conveyor videos (write_conveyor_video seeds 101/102, "
+                              f"every 3rd frame, {width}x{height})")
+        model = args.model
+        if model is None:
+            t0 = time.perf_counter()
+            model = train_tiny(data, work, args.train_imgsz, args.train_epochs)
+            origin["model"] = (f"YOLO11n from yolo11n.yaml trained here: {args.train_epochs} epochs at "
+                               f"{args.train_imgsz} px on the conveyor dataset (AdamW lr0 0.004, batch 16)")
+            origin["train_seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"trained {model} in {origin['train_seconds']} s", flush=True)
+
+        truth = write_conveyor(work / "line", kind=KIND, parts=args.parts, defective=0.5, seed=VIDEO_SEED,
+                               frame_size=(width, height))
+        settings = PipelineSettings(video=truth.path, conf=args.conf, save_video=args.save_video)
+        probe_frames = min(truth.frames, max(args.fps_frames, 100))
+        events = probe_events(model, settings, args.imgsz, probe_frames)
+        conf_note = f"conf {args.conf}: the probe run ({probe_frames} frames, PyTorch) gave {events} events"
+        if events == 0:
+            settings.conf = LOW_CONF
+            events = probe_events(model, settings, args.imgsz, probe_frames)
+            conf_note += (f"; the model rejects nothing there, so every run uses conf {LOW_CONF} "
+                          f"(probe again: {events} events)")
+        print(conf_note, flush=True)
+
+        paths: dict[str, Path] = {"pytorch": model}
+        export_facts = None
+        if {"onnx-fp32", "onnx-int8"} & set(args.backends):
+            fp32, int8, export_facts = export_models(model, data, work / "export", args.imgsz, args.calib)
+            paths.update({"onnx-fp32": fp32, "onnx-int8": int8})
+        results = [run_backend(name, paths[name], settings, args) for name in args.backends]
+        seconds = round(time.perf_counter() - started, 1)
+
+    print()
+    print(machine_line(info))
+    print_table(results)
+    payload = {
+        "benchmark": "watch",
+        "question": (f"watch fps >= {TARGET_FPS_RATIO:.0%} of the bare model loop's; p95 event latency <= p95 model "
+                     f"latency + {TARGET_LATENCY_MARGIN_MS:.0f} ms; RSS growth <= {args.memory_limit_mb} MB over "
+                     f"{args.frames} frames"),
+        "machine": info, "machine_line": machine_line(info),
+        "model": str(args.model) if args.model else "trained here (see origin)", "data": str(args.data or "conveyor dataset"),
+        "origin": origin, "export": export_facts,
+        "video": {"kind": KIND, "frame_size": [width, height], "frames_per_pass": truth.frames, "parts": args.parts,
+                  "defective_parts": sorted(truth.defective_parts), "seed": VIDEO_SEED, "looped": True,
+                  "container": truth.path.suffix},
+        "settings": {"frames": args.frames, "fps_frames": args.fps_frames, "rounds": args.rounds, "warmup": args.warmup,
+                     "memory_warmup": args.memory_warmup, "imgsz": args.imgsz, "conf": settings.conf,
+                     "conf_note": conf_note, "save_video": args.save_video, "mode": "track (bytetrack.yaml)",
+                     "evidence": True, "sinks": "JSONL file", "show": False},
+        "protocol": ("per backend: one UltralyticsDetector built as watch builds it, warmed up, then --rounds x "
+                     "(bare loop of --fps-frames, watch of --fps-frames), then a watch of --frames with RSS every "
+                     f"{RSS_EVERY} frames. fps = frame cycles / seconds between the detector calls of frame --warmup "
+                     "and of the last frame (same clock in both loops). Model latency = the detector call in the bare "
+                     "loop; event latency = the events' latency_ms (capture, i.e. when the pipeline took the frame, "
+                     "to the event handed to the outbox, evidence included)."),
+        "results": results,
+        "passed": all(t["passed"] is True for r in results for t in r["targets"].values()),  # n/a is not a pass
+        "seconds": seconds,
+    }
+    path = write_result(args.name, payload)
+    print(f"\nwrote {path} ({seconds:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
