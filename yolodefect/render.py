@@ -170,10 +170,16 @@ def render_model_card(card: dict | None, console: Console) -> None:
         return
     metrics = card.get("metrics", {})
     shown = {key: card.get(key) for key in ("precision", "backend", "imgsz", "deployable") if key in card}
+    backend = shown.get("backend")
+    if isinstance(backend, dict):  # an export card: name the runtime, not every version
+        shown["backend"] = backend.get("runtime") or backend.get("format") or "?"
+    if card.get("purpose"):
+        shown = {"name": card.get("name"), **shown}
     console.print(f"Model card: {', '.join(f'{k} {v}' for k, v in shown.items())}"
                   + (f"; {metrics}" if metrics and not isinstance(metrics, dict) else ""), highlight=False)
-    if card.get("note"):
-        console.print(f"  {card['note']}", highlight=False)
+    for key in ("note", "purpose"):
+        if card.get(key):
+            console.print(f"  {card[key]}", highlight=False)
 
 
 def render_watch_summary(summary: WatchSummary, console: Console) -> None:

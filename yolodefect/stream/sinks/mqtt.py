@@ -71,6 +71,7 @@ class MqttSink:
         self.timeout_s = timeout_s
         self.name = name or f"{parts.scheme}://{self.host}:{self.port}/{topic}"
 
+        self._closing = False
         self._connected = threading.Event()
         self._last_error = "not connected yet"
         self._client = mqtt.Client(
@@ -101,7 +102,7 @@ class MqttSink:
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing:
             logger.warning("MQTT %s disconnected (%s); reconnecting in the background", self.name, reason_code)
         self._connected.clear()
         self._last_error = f"disconnected: {reason_code}"
@@ -120,5 +121,6 @@ class MqttSink:
             raise SinkError(f"MQTT broker {self.host}:{self.port} did not acknowledge within {self.timeout_s} s")
 
     def close(self) -> None:
+        self._closing = True  # our own disconnect is not an outage
         self._client.disconnect()
         self._client.loop_stop()
