@@ -20,11 +20,11 @@ from typing import Any
 
 from yolodefect.data.station_dataset import StationOptions
 from yolodefect.errors import UsageError, YoloDefectError
-from yolodefect.shipped import SHIPPED_MODEL_NAME, SHIPPED_TILE, require_shipped_model
+from yolodefect.shipped import SHIPPED_MODEL_NAME, SHIPPED_PART_MERGE_PX, SHIPPED_TILE, require_shipped_model
 
 DEMO_KIND = "steel"
 TILE = SHIPPED_TILE  # the shipped model learned at this scale; the station runs it on tiles of this size
-PART_MERGE_PX = 200.0  # defects this close to a rejected part's belong to that part (one event)
+PART_MERGE_PX = SHIPPED_PART_MERGE_PX  # defects this close to a rejected part's belong to that part (one event)
 
 StepCallback = Callable[[str, str], None]  # (title, explanation)
 ProgressCallback = Callable[[str, int, int], None]

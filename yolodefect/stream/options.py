@@ -48,7 +48,8 @@ class WatchOptions:
     stall_timeout_s: float = field(default=5.0, metadata=_help("Live sources: reconnect after this long without a frame."))
     # -- model
     model: Path | None = field(default=None, metadata=_help(
-        "Detection model: .pt, .onnx or an OpenVINO folder (default: the shipped demo model, on 320 px tiles)."))
+        "Detection model: .pt, .onnx or an OpenVINO folder (default: the shipped demo model, on 320 px tiles, "
+        "part merging 200 px)."))
     imgsz: int | None = field(default=None, metadata=_help("Inference size in pixels (default: the model's own)."))
     device: str = field(default="cpu", metadata=_help("Inference device: cpu, 0, cuda:0, mps ..."))
     half: bool = field(default=False, metadata=_help("FP16 inference (GPU only)."))
