@@ -162,10 +162,13 @@ def test_watch_camera_without_model_runs_the_shipped_model(tmp_path: Path) -> No
 
     def camera(target):
         assert target == 0
-        cameras.append(VideoAsCamera(video.path, fps=10))
+        # 5 fps: a rate the station keeps up with on 2 loaded cores. At 10 fps it drops every other
+        # frame, the belt moves a defect 32 px between processed frames, and ByteTrack may not
+        # follow it (noted on the issue as a limitation).
+        cameras.append(VideoAsCamera(video.path, fps=5))
         return cameras[-1]
 
-    timer = threading.Timer(video.frames / 10 + 3.0, stop.set)  # the video's length, then stop like Ctrl-C
+    timer = threading.Timer(video.frames / 5 + 3.0, stop.set)  # the video's length, then stop like Ctrl-C
     timer.start()
     try:
         summary = watch(WatchOptions(source="0", sinks=(str(tmp_path / "events.jsonl"),),

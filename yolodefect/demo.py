@@ -174,7 +174,7 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
         train_step, lambda r: f"val mAP50 {r.evaluation.metrics.map50:.3f}, best model {r.best_model}")
 
     eval_dir = out / "eval"
-    evaluated = steps.run(
+    steps.run(
         "4. Evaluate and choose thresholds",
         "Per-class AP, and per-class confidence thresholds that catch 99% of defective parts on val "
         "(thresholds.yaml, read by watch).",
@@ -213,7 +213,7 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
     watch_options = WatchOptions(source=str(video), model=station_model, thresholds=thresholds, tile=TILE,
                                  part_merge_px=PART_MERGE_PX, sinks=(str(events_path),), outbox=out / "outbox.sqlite",
                                  evidence_dir=evidence, save=None if options.quick else out / "annotated.mp4")
-    summary = steps.run(
+    steps.run(
         "7. Watch the line",
         "Detect on every frame, track each defect, and emit exactly one reject event per defective part "
         "(JSON Lines here; MQTT, webhooks, OPC UA on the line), with raw and annotated evidence JPEGs.",
@@ -232,7 +232,6 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
                         rejected_parts=rejected, events=events_path, evidence=evidence, model=Path(station_model),
                         deployable=exported.deployable, seconds=round(time.perf_counter() - started, 1), files=files)
     _write_json_atomically(out / "demo.json", result.to_dict())
-    del evaluated, summary
     return result
 
 

@@ -12,7 +12,6 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from yolodefect.errors import YoloDefectError
+from yolodefect.exporting.latency import onnxruntime_session, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +45,6 @@ class LatencyStats:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
         return data
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads, restoring the caller's setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def time_calls(call: Callable[[], object], *, runtime: str, warmup: int, runs: int, threads: int,
@@ -88,20 +77,9 @@ def pytorch_latency(network: nn.Module, input_shape: tuple[int, ...], *, warmup:
                           input_shape=input_shape)
 
 
-def onnx_session(onnx_path: Path, *, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-
 def onnx_latency(onnx_path: Path, input_shape: tuple[int, ...], *, warmup: int, runs: int,
                  threads: int) -> LatencyStats:
-    session = onnx_session(onnx_path, threads=threads)
+    session = onnxruntime_session(onnx_path, threads)
     feed = {session.get_inputs()[0].name: example_input(input_shape).numpy()}
     return time_calls(lambda: session.run(None, feed), runtime="onnxruntime", warmup=warmup, runs=runs,
                       threads=threads, input_shape=input_shape)
@@ -128,7 +106,7 @@ def onnx_max_abs_diff(network: nn.Module, onnx_path: Path, input_shape: tuple[in
     with torch.inference_mode():
         expected = network.eval()(example)
     tensors = [expected] if isinstance(expected, torch.Tensor) else [t for t in _flatten(expected)]
-    session = onnx_session(onnx_path, threads=threads)
+    session = onnxruntime_session(onnx_path, threads)
     outputs = session.run(None, {session.get_inputs()[0].name: example.numpy()})
     diffs = [float(np.abs(out - ref.numpy()).max())
              for out, ref in zip(outputs, tensors) if out.shape == tuple(ref.shape)]

@@ -95,6 +95,25 @@ def read_model_info(model_path: Path | str, *, loaded: Any = None) -> ModelInfo:
     return ModelInfo(path, kind, _names_list(metadata.get("names")), imgsz, fixed_shape=fixed_shape)
 
 
+def load_detection_model(model_path: Path | str, imgsz: int | tuple[int, int] | None = None):
+    """``ultralytics.YOLO`` for any backend, its :class:`ModelInfo`, and the image size to run it at.
+
+    ``imgsz`` defaults to the size the model was trained or exported at (else 640); a fixed-shape
+    export always runs at its own size.
+    """
+    from ultralytics import YOLO
+
+    if not Path(model_path).exists():
+        raise UsageError(f"model {model_path} does not exist (give a .pt, .onnx, .engine file or an OpenVINO folder)")
+    model = YOLO(str(model_path), task="detect")
+    info = read_model_info(model_path, loaded=model)
+    if info.fixed_shape and imgsz is not None and _imgsz(imgsz) != info.imgsz:
+        # Ultralytics silently runs a fixed-shape export at its own size; say so and report that size.
+        logger.warning("%s was exported for imgsz %s; ignoring imgsz %s", model_path, info.imgsz, imgsz)
+        imgsz = None
+    return model, info, imgsz or info.imgsz or DEFAULT_IMGSZ
+
+
 class UltralyticsPredictor:
     """A :data:`Predictor` for anything ``ultralytics.YOLO`` loads: .pt, .onnx, OpenVINO folder, .engine.
 
@@ -117,19 +136,7 @@ class UltralyticsPredictor:
         max_det: int = MAX_DETECTIONS,
         progress: bool = True,
     ):
-        from ultralytics import YOLO
-
-        if not Path(model_path).exists():
-            raise UsageError(
-                f"model {model_path} does not exist (give a .pt, .onnx, .engine file or an OpenVINO folder)"
-            )
-        self._model = YOLO(str(model_path), task="detect")
-        self.info = read_model_info(model_path, loaded=self._model)
-        if self.info.fixed_shape and imgsz is not None and _imgsz(imgsz) != self.info.imgsz:
-            # Ultralytics silently runs a fixed-shape export at its own size; say so and report that size.
-            logger.warning("%s was exported for imgsz %s; ignoring imgsz %s", model_path, self.info.imgsz, imgsz)
-            imgsz = None
-        self.imgsz = imgsz or self.info.imgsz or DEFAULT_IMGSZ
+        self._model, self.info, self.imgsz = load_detection_model(model_path, imgsz)
         self.device = device
         self.batch = batch
         self.conf = conf

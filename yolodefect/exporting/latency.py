@@ -106,7 +106,7 @@ def openvino_runner(label: str, folder: Path, imgsz: int, threads: int, image: n
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
@@ -132,7 +132,7 @@ def torch_runner(label: str, checkpoint: Path, imgsz: int, threads: int, image: 
     # torch.set_num_threads is process-wide and slow to change: set it once around the timing, not per call.
     return Runner(label, f"torch {torch.__version__} CPU", run,
                   settings=f"Ultralytics AutoBackend (fused, channels_last), inference_mode, {threads} threads",
-                  context=lambda: _torch_threads(threads))
+                  context=lambda: torch_threads(threads))
 
 
 def ultralytics_runner(label: str, path: Path, imgsz: int, device: str, image: np.ndarray | None = None) -> Runner:

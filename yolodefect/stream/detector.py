@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 Detector = Callable[[np.ndarray], Detections]
 """BGR uint8 (H, W, 3) image in, detections in that image's pixels out."""
 
-DEFAULT_IMGSZ = 640
-
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a weights file, or of an export folder's files (names and bytes, sorted) for OpenVINO."""
@@ -99,18 +97,12 @@ class UltralyticsDetector:
         tracking: bool = False,
         tracker: str = "bytetrack.yaml",
     ):
-        from ultralytics import YOLO
-
-        from yolodefect.evaluation.predictors import read_model_info
+        from yolodefect.evaluation.predictors import load_detection_model
 
         path = Path(model_path)
-        if not path.exists():
-            raise UsageError(f"model {path} does not exist (give a .pt, .onnx file or an OpenVINO folder)")
         if not 0.0 <= conf_floor <= 1.0:
             raise UsageError(f"conf_floor must lie in [0, 1], got {conf_floor}")
-        self.model = YOLO(str(path), task="detect")
-        info = read_model_info(path, loaded=self.model)
-        self.imgsz = imgsz or info.imgsz or DEFAULT_IMGSZ
+        self.model, info, self.imgsz = load_detection_model(path, imgsz)
         self.class_names: dict[int, str] = (
             dict(enumerate(info.class_names)) if info.class_names else {int(k): str(v) for k, v in self.model.names.items()}
         )
