@@ -81,13 +81,27 @@ def test_video_file_every_frame_in_order(tmp_path: Path) -> None:
     assert source.stats.snapshot() == {"frames": 40, "dropped": 0, "skipped": 0, "reconnects": 0}
 
 
-def test_video_file_slow_consumer_drops_nothing(tmp_path: Path) -> None:
-    source = open_source(str(write_video(tmp_path / "v.mp4", 24)), SourceOptions(queue_size=2))
-    numbers = []
+def test_video_file_is_decoded_on_the_consumers_thread_and_drops_nothing(tmp_path: Path) -> None:
+    # A read-ahead thread would take a core from the model's thread pool (see file_sources).
+    source = open_source(str(write_video(tmp_path / "v.mp4", 24)))
+    numbers, readers = [], set()
     for frame in source:
-        time.sleep(0.01)  # slower than the reader: it must wait, not drop
+        readers |= {t.name for t in threading.enumerate() if t.name.startswith("read-")}
+        time.sleep(0.01)  # a slow consumer: nothing may be skipped
         numbers.append(read_number(frame.image))
     assert numbers == list(range(24))
+    assert readers == set()
+
+
+def test_stdin_slow_consumer_drops_nothing(tmp_path: Path) -> None:
+    paths = [write_image(tmp_path / f"{i:02d}.png", i * 10) for i in range(12)]
+    stream = io.StringIO("".join(f"{p}\n" for p in paths))
+    source = StdinPathsSource(SourceOptions(queue_size=2), stream=stream)
+    hints = []
+    for frame in source:
+        time.sleep(0.01)  # slower than the reader thread: it must wait on the full queue, not drop
+        hints.append(frame.part_hint)
+    assert hints == [p.name for p in paths]
 
 
 def test_video_file_loop(tmp_path: Path) -> None:

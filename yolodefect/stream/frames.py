@@ -79,7 +79,7 @@ class SourceOptions:
     reconnect_max_s: float = 30.0
     poll_interval_s: float = 0.25  # hot folder: how often to list it
     settle_s: float = 0.5  # hot folder: a file must keep the same size and mtime this long before reading
-    queue_size: int = 8  # every-frame sources: frames read ahead
+    queue_size: int = 8  # hot folder and stdin: images read ahead
 
     def __post_init__(self) -> None:
         if self.fps_cap is not None and self.fps_cap <= 0:
