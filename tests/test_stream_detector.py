@@ -133,6 +133,20 @@ def test_tracker_follows_a_small_fast_defect(min_box_px: float, keeps_one_id: bo
     assert (len(confirmed) == 1 and ids[-1] != UNTRACKED) is keeps_one_id
 
 
+@pytest.mark.parametrize(("frames_elapsed", "keeps_one_id"), [(2, True), (1, False)])
+def test_tracker_follows_a_defect_across_dropped_frames(frames_elapsed: int, keeps_one_id: bool) -> None:
+    """The camera outpaces the station and every other frame is dropped: the 8 px defect (16 px a frame) jumps 32 px per update."""
+    tracker = DefectTracker("bytetrack.yaml", min_box_px=32.0)
+    ids = []
+    for update in range(12):
+        detections = Detections(moving(32.0 * update), np.array([0.9]), np.array([0]))
+        tracked = tracker.update(detections, frames_elapsed=frames_elapsed)
+        np.testing.assert_array_equal(tracked.xyxy, detections.xyxy)
+        ids.append(int(tracked.tracker_id[0]))
+    confirmed = {i for i in ids if i != UNTRACKED}
+    assert (len(confirmed) == 1 and ids[-1] != UNTRACKED) is keeps_one_id
+
+
 @pytest.mark.parametrize(("reject_conf", "tracked"), [(None, False), (0.3, False), (0.12, True)])
 def test_a_defect_above_its_reject_threshold_can_start_a_track(reject_conf, tracked: bool) -> None:
     """ByteTrack starts no track under 0.25; a 0.15 defect must still be tracked when 0.12 rejects."""

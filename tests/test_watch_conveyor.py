@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,65 @@ def test_down_sink_does_not_block_detection(conveyor: ConveyorTruth, tmp_path: P
     assert not summary.flushed
     assert summary.undelivered == {"webhook:http://127.0.0.1:9/hook": 3}  # kept for the next run
     assert outbox_rows(tmp_path / "outbox.sqlite") == 3
+
+
+class LockstepCamera:
+    """A live camera twice as fast as the station, deterministically: each detector call lets it grab
+    exactly two more frames, so the station sees every other frame (the one in between is dropped).
+
+    One white 8 px defect crosses the 320 px view at 16 px per camera frame, then a gap, then another.
+    """
+
+    SPEED_PX = 16
+    PASSES = ((0, 20), (30, 50))  # camera frames during which a defect is in view
+
+    def __init__(self) -> None:
+        self.grabbed = 0
+        self.permits = threading.Semaphore(1)
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        self.permits.acquire(timeout=1.0)  # a timeout so the reader can leave at shutdown
+        image = np.zeros((64, 320, 3), np.uint8)
+        for start, end in self.PASSES:
+            if start <= self.grabbed < end:
+                x = self.SPEED_PX * (self.grabbed - start)
+                image[28:36, x:x + 8] = 255
+        self.grabbed += 1
+        return True, image
+
+    def release(self) -> None:
+        pass
+
+    def get(self, prop_id: int) -> float:
+        return 0.0
+
+
+def test_camera_faster_than_the_station_still_rejects_each_defect_once(tmp_path: Path) -> None:
+    """Dropped frames double how far a defect moves between two tracker updates (32 px for an 8 px box)."""
+    camera = LockstepCamera()
+
+    def white_square(image: np.ndarray) -> Detections:
+        wanted = camera.grabbed + 2
+        camera.permits.release(2)
+        deadline = time.monotonic() + 2.0
+        while camera.grabbed < wanted and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.02)  # the reader puts the frame it grabbed last into the latest-frame slot
+        ys, xs = np.nonzero(image[:, :, 0] > 127)
+        if len(xs) == 0:
+            return Detections.empty()
+        return Detections(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float32),
+                          np.array([0.9]), np.array([0]))
+
+    options = WatchOptions(source="0", sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
+                           max_frames=30, min_frames=3)
+    summary = watch(options, detector=white_square, class_names=["scratch"], capture_factory=lambda target: camera)
+    assert summary.stats.frames == 30 and summary.stats.dropped_frames >= 25
+    events_file = tmp_path / "events.jsonl"
+    events = read_events(events_file) if events_file.exists() else []  # no file: both defects escaped
+    assert [e["decision"] for e in events] == ["reject", "reject"]
+    first_pass_end = LockstepCamera.PASSES[0][1]
+    assert events[0]["frame_index"] < first_pass_end <= LockstepCamera.PASSES[1][0] <= events[1]["frame_index"]

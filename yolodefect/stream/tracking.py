@@ -6,7 +6,9 @@ Ultralytics runs its trackers inside ``model.track``; here the same tracker clas
 Small defects on a fast conveyor move further between frames than their own size, and ByteTrack
 associates by IoU (a new track must overlap its next detection by IoU >= 0.3 before its motion is
 known). Boxes smaller than ``min_box_px`` are therefore grown around their centre *for association
-only*; the boxes handed on are always the detector's own.
+only*; the boxes handed on are always the detector's own. When a live camera outpaces the station,
+the frames it dropped multiply the distance moved between two updates, so the growth is scaled by
+the camera frames elapsed (up to :data:`MAX_GROWTH_FRAMES`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from yolodefect.errors import UsageError
 logger = logging.getLogger(__name__)
 
 UNTRACKED = -1  # tracker_id of a detection not (yet) part of a confirmed track
+# Beyond a few dropped frames the motion is anyone's guess; larger boxes would only pair up strangers.
+MAX_GROWTH_FRAMES = 4
 
 
 class _BoxesView:
@@ -87,9 +91,11 @@ class DefectTracker:
         self._tracker = TRACKER_MAP[cfg.tracker_type](args=cfg)
         self.min_box_px = min_box_px
 
-    def update(self, detections: Detections, image: np.ndarray | None = None) -> Detections:
+    def update(self, detections: Detections, image: np.ndarray | None = None, frames_elapsed: int = 1) -> Detections:
+        """``frames_elapsed``: camera frames since the previous update (more than 1 when frames were dropped)."""
         n = len(detections)
-        view = _BoxesView(grow_boxes(detections.xyxy, self.min_box_px), detections.confidence,
+        growth = min(max(int(frames_elapsed), 1), MAX_GROWTH_FRAMES)
+        view = _BoxesView(grow_boxes(detections.xyxy, self.min_box_px * growth), detections.confidence,
                           detections.class_id.astype(np.float32))
         tracks = self._tracker.update(view, image)
         ids = np.full(n, UNTRACKED, dtype=np.int64)
