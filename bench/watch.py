@@ -1,7 +1,11 @@
 """The station loop's overhead: ``watch`` against the bare model loop, for PyTorch, ONNX FP32 and ONNX INT8.
 
-    python bench/watch.py [--model best.pt] [--data data.yaml] [--frames 10000] [--fps-frames 1000]
-                          [--rounds 3] [--imgsz N] [--name watch]
+    python bench/watch.py [--model best.pt] [--data data.yaml] [--frames 10000] [--fps-frames 300]
+                          [--rounds 15] [--imgsz N] [--name watch]
+
+The committed result: --model weights/yolodefect-demo.pt --data <station dataset data.yaml> --imgsz 640
+(the station dataset: ``yolodefect.data.station_dataset.synthesize_station``, as the demo model's
+training script makes it).
 
 Targets (same model, same video): watch's end-to-end frames per second (decode + inference +
 tracking + rules + drawing + events) >= 95% of the bare loop's; p95 event latency (capture to event
@@ -419,8 +423,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="data.yaml for the INT8 export (calibration: train, check: val); default: the conveyor dataset")
     parser.add_argument("--frames", type=int, default=10000, help="frames of the memory run (0: skip it)")
-    parser.add_argument("--fps-frames", type=int, default=1000, help="frames of each throughput run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/watch throughput runs per backend")
+    parser.add_argument("--fps-frames", type=int, default=300, help="frames of each throughput run")
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="alternating bare/watch throughput runs per backend (15: on a shared 2-core VM one "
+                             "round's ratio varies by about +-5 %%)")
     parser.add_argument("--warmup", type=int, default=50, help="frames left out at the start of each run")
     parser.add_argument("--memory-warmup", type=int, default=1000, help="memory growth is counted from this frame")
     parser.add_argument("--memory-limit-mb", type=float, default=DEFAULT_MEMORY_LIMIT_MB)
