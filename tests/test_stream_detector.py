@@ -137,10 +137,11 @@ def test_tracker_follows_a_small_fast_defect(min_box_px: float, keeps_one_id: bo
 def test_tracker_follows_a_defect_across_dropped_frames(frames_elapsed: int, keeps_one_id: bool) -> None:
     """The camera outpaces the station and every other frame is dropped: the 8 px defect (16 px a frame) jumps 32 px per update."""
     tracker = DefectTracker("bytetrack.yaml", min_box_px=32.0)
+    tracker.update(Detections.empty(), frame_index=0)  # the belt before the defect arrives
     ids = []
     for update in range(12):
         detections = Detections(moving(32.0 * update), np.array([0.9]), np.array([0]))
-        tracked = tracker.update(detections, frames_elapsed=frames_elapsed)
+        tracked = tracker.update(detections, frame_index=(update + 1) * frames_elapsed)
         np.testing.assert_array_equal(tracked.xyxy, detections.xyxy)
         ids.append(int(tracked.tracker_id[0]))
     confirmed = {i for i in ids if i != UNTRACKED}

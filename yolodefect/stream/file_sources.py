@@ -109,14 +109,6 @@ def _bounded_reader(produce: Iterator[_Raw], stop: threading.Event, done: thread
         thread.join(timeout=2.0)
 
 
-def _inline_reader(produce: Iterator[_Raw], done: threading.Event) -> Iterator[_Raw]:
-    """``produce`` run on the consumer's thread; ``done`` is set when the consumer leaves."""
-    try:
-        yield from produce
-    finally:
-        done.set()
-
-
 class _EveryFrameSource(FrameSource):
     # False: decode on the consumer's thread (pure CPU work, see the module docstring).
     read_ahead: bool = True
@@ -130,8 +122,10 @@ class _EveryFrameSource(FrameSource):
 
     def _frames(self) -> Iterator[Frame]:
         self._done = threading.Event()  # one per iteration
+        # Inline, leaving the loop closes the generator, which releases the capture; ``_done`` only
+        # matters to a reader thread.
         raws = (_bounded_reader(self._produce(), self._stop, self._done, self.options.queue_size, self.name)
-                if self.read_ahead else _inline_reader(self._produce(), self._done))
+                if self.read_ahead else self._produce())
         for raw in raws:
             # Stamped when the pipeline takes the frame: a file has no capture time, and stamping at
             # read-ahead would count queue wait as latency.

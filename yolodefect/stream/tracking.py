@@ -90,11 +90,18 @@ class DefectTracker:
             cfg.fuse_score = False
         self._tracker = TRACKER_MAP[cfg.tracker_type](args=cfg)
         self.min_box_px = min_box_px
+        self._last_frame_index: int | None = None
 
-    def update(self, detections: Detections, image: np.ndarray | None = None, frames_elapsed: int = 1) -> Detections:
-        """``frames_elapsed``: camera frames since the previous update (more than 1 when frames were dropped)."""
+    def update(self, detections: Detections, image: np.ndarray | None = None,
+               frame_index: int | None = None) -> Detections:
+        """``frame_index``: the source's frame number. A live source numbers every camera frame, dropped
+        ones included, so a gap since the previous update means the parts moved further."""
         n = len(detections)
-        growth = min(max(int(frames_elapsed), 1), MAX_GROWTH_FRAMES)
+        growth = 1
+        if frame_index is not None:
+            if self._last_frame_index is not None and frame_index > self._last_frame_index:
+                growth = min(frame_index - self._last_frame_index, MAX_GROWTH_FRAMES)
+            self._last_frame_index = frame_index
         view = _BoxesView(grow_boxes(detections.xyxy, self.min_box_px * growth), detections.confidence,
                           detections.class_id.astype(np.float32))
         tracks = self._tracker.update(view, image)
@@ -106,3 +113,4 @@ class DefectTracker:
 
     def reset(self) -> None:
         self._tracker.reset()
+        self._last_frame_index = None

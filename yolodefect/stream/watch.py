@@ -155,7 +155,6 @@ class _Station:
         self.board = board
         # Built up front: importing Ultralytics' trackers takes seconds, which must not land on the first part.
         self.tracker = DefectTracker(options.tracker, reject_conf=rules.min_threshold()) if track_mode else None
-        self.last_index: int | None = None  # frame index of the last tracker update
         self.decider: ImagePartDecider | TrackPartDecider = (
             TrackPartDecider(options.min_frames, part_merge_px=options.part_merge_px,
                              forget_after_frames=_FORGET_AFTER_FRAMES)
@@ -182,10 +181,7 @@ class _Station:
                          int((~finite).sum()))
             detections = detections.filter(finite)
         if self.tracker is not None and detections.tracker_id is None:
-            # A live source numbers every camera frame, dropped ones included: a gap means the parts moved further.
-            elapsed = frame.index - self.last_index if self.last_index is not None and frame.index > self.last_index else 1
-            self.last_index = frame.index
-            detections = self.tracker.update(detections, frame.image, frames_elapsed=elapsed)
+            detections = self.tracker.update(detections, frame.image, frame_index=frame.index)
         counted = self.rules.mask(detections, self.names)
         decisions = self.decider.update(frame, detections.filter(counted))
         return _FrameResult(detections, counted, decisions)
