@@ -171,6 +171,41 @@ def test_grow_boxes() -> None:
     np.testing.assert_allclose(grown, [[4, 7, 20, 23], [0, 0, 50, 50]])
 
 
+@pytest.mark.parametrize("config", ["bytetrack.yaml", "botsort.yaml"])
+def test_skipping_idle_frames_gives_the_same_tracks_as_ultralytics_update(config: str, monkeypatch) -> None:
+    """Frames with nothing detected and nothing tracked skip Ultralytics' update: ids, track ages and
+    the frame counter must be what the full update gives, across tracks appearing, being lost and expiring."""
+    frames: list[Detections] = []
+    for part, start in enumerate((0, 70)):  # two defects, 70 empty frames apart: the first track expires (30)
+        frames += [Detections.empty()] * 5
+        frames += [Detections(moving(8.0 * f + 40 * part, side=20.0), np.array([0.9]), np.array([part]))
+                   for f in range(10)]
+        frames += [Detections.empty()] * 55
+
+    def run(skip_idle: bool) -> tuple[list[list[int]], int, int, int]:
+        tracker = DefectTracker(config)
+        if not skip_idle:
+            monkeypatch.setattr(tracker, "_is_idle", lambda: False)
+        calls = []
+        ultralytics_update = tracker._tracker.update
+        monkeypatch.setattr(tracker._tracker, "update", lambda *a, **k: calls.append(1) or ultralytics_update(*a, **k))
+        ids = [tracker.update(d, frame_index=i).tracker_id.tolist() for i, d in enumerate(frames)]
+        state = tracker._tracker
+        return ids, state.frame_id, len(state.tracked_stracks) + len(state.lost_stracks), len(calls)
+
+    skipped, full = run(skip_idle=True), run(skip_idle=False)
+    assert skipped[:3] == full[:3]
+    assert len({i for ids in skipped[0] for i in ids if i != UNTRACKED}) == 2  # both defects were tracked
+    assert skipped[1] == len(frames) and skipped[2] == 0  # every frame counted, both tracks expired
+    assert full[3] == len(frames)
+    if config == "bytetrack.yaml":
+        # Skipped: the 5 empty frames before each defect, and the empty frames once its lost track is
+        # dropped from the pool (Ultralytics drops it 32 frames after its last detection: 55 - 32 = 23).
+        assert skipped[3] == len(frames) - 2 * (5 + 23)
+    else:  # BoT-SORT's camera-motion model must see every frame
+        assert skipped[3] == len(frames)
+
+
 def test_tracker_config_errors() -> None:
     with pytest.raises(UsageError, match="not found"):
         DefectTracker("no_such_tracker.yaml")
