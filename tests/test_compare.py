@@ -25,7 +25,7 @@ from yolodefect.compare.ssd_predictor import CachedPredictor, SSDPredictor
 from yolodefect.compare.ssd_train import CosineSchedule, SSDTrainOptions, train_one_epoch, train_ssd
 from yolodefect.data.synth_dataset import SynthOptions, synthesize
 from yolodefect.detections import Detections
-from yolodefect.errors import DatasetError, UsageError
+from yolodefect.errors import DatasetError, UsageError, YoloDefectError
 from yolodefect.evaluation.evaluator import evaluate_detections
 from yolodefect.evaluation.ground_truth import GroundTruth
 
@@ -307,3 +307,22 @@ def test_ssd_time_budget_stops_training(steel, tmp_path):
     result = train_ssd(steel, tmp_path / "ssd", options)
     assert result.epochs_trained == 1 and result.best_model.is_file()
     assert json.loads((tmp_path / "ssd" / "done.json").read_text())["args"]["time_budget_min"] == 0.001
+
+
+def test_latency_times_each_run_after_the_warm_up() -> None:
+    import time
+
+    from yolodefect.compare.latency import time_calls
+
+    calls: list[float] = []
+
+    def call() -> None:
+        calls.append(time.perf_counter())
+        time.sleep(0.004 if len(calls) > 2 else 0.2)  # slow warm-up calls must not count
+
+    stats = time_calls(call, runtime="pytorch", warmup=2, runs=7, threads=1, input_shape=(1, 3, 32, 32))
+    assert len(calls) == 9 and stats.runs == 7 and stats.warmup == 2
+    assert 4.0 <= stats.min_ms <= stats.median_ms <= stats.p95_ms < 150.0
+    assert stats.to_dict()["input_shape"] == [1, 3, 32, 32]
+    with pytest.raises(YoloDefectError, match="at least 1 run"):
+        time_calls(call, runtime="pytorch", warmup=0, runs=0, threads=1, input_shape=(1,))

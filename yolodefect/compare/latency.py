@@ -9,7 +9,6 @@ of threads for both runtimes, warm-up calls first, then the median and 95th perc
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from yolodefect.errors import YoloDefectError
-from yolodefect.exporting.latency import onnxruntime_session, torch_threads
+from yolodefect.exporting.latency import Runner, measure, onnxruntime_session, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +48,16 @@ class LatencyStats:
 
 def time_calls(call: Callable[[], object], *, runtime: str, warmup: int, runs: int, threads: int,
                input_shape: tuple[int, ...]) -> LatencyStats:
-    """Call ``call`` ``warmup`` times untimed, then ``runs`` times timed one by one."""
+    """Call ``call`` ``warmup`` times untimed, then ``runs`` times timed one by one.
+
+    Timed by the export validator's :func:`~yolodefect.exporting.latency.measure`, so compare and export
+    quote latencies computed by one rule.
+    """
     if runs < 1:
         raise YoloDefectError(f"latency runs {runs}: time at least 1 run")
-    for _ in range(warmup):
-        call()
-    times = np.empty(runs)
-    for index in range(runs):
-        started = time.perf_counter()
-        call()
-        times[index] = (time.perf_counter() - started) * 1000
-    return LatencyStats(runtime, round(float(np.median(times)), 3), round(float(np.percentile(times, 95)), 3),
-                        round(float(times.mean()), 3), round(float(times.min()), 3), runs, warmup, threads,
-                        tuple(input_shape))
+    latency = measure([Runner(runtime, runtime, call)], runs=runs, warmup=warmup, threads=threads)[runtime]
+    return LatencyStats(runtime, latency.median_ms, latency.p95_ms, latency.mean_ms, latency.min_ms, runs, warmup,
+                        threads, tuple(input_shape))
 
 
 def example_input(input_shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
