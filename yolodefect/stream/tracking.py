@@ -90,6 +90,9 @@ class DefectTracker:
             cfg.fuse_score = False
         self._tracker = TRACKER_MAP[cfg.tracker_type](args=cfg)
         self.min_box_px = min_box_px
+        # BoT-SORT's global motion compensation (GMC) keeps the previous frame: it must see every one.
+        gmc = getattr(self._tracker, "gmc", None)
+        self._idle_frames_skippable = gmc is None or gmc.method is None
         self._last_frame_index: int | None = None
 
     def update(self, detections: Detections, image: np.ndarray | None = None,
@@ -102,25 +105,21 @@ class DefectTracker:
             if self._last_frame_index is not None and frame_index > self._last_frame_index:
                 growth = min(frame_index - self._last_frame_index, MAX_GROWTH_FRAMES)
             self._last_frame_index = frame_index
+        ids = np.full(n, UNTRACKED, dtype=np.int64)
         if n == 0 and self._is_idle():
             self._advance_idle_frame()
-            return Detections(detections.xyxy, detections.confidence, detections.class_id,
-                              tracker_id=np.full(0, UNTRACKED, dtype=np.int64))
-        view = _BoxesView(grow_boxes(detections.xyxy, self.min_box_px * growth), detections.confidence,
-                          detections.class_id.astype(np.float32))
-        tracks = self._tracker.update(view, image)
-        ids = np.full(n, UNTRACKED, dtype=np.int64)
-        if len(tracks):
-            # Rows are [x1, y1, x2, y2, track_id, score, cls, det_index].
-            ids[tracks[:, 7].astype(np.int64)] = tracks[:, 4].astype(np.int64)
+        else:
+            view = _BoxesView(grow_boxes(detections.xyxy, self.min_box_px * growth), detections.confidence,
+                              detections.class_id.astype(np.float32))
+            tracks = self._tracker.update(view, image)
+            if len(tracks):
+                # Rows are [x1, y1, x2, y2, track_id, score, cls, det_index].
+                ids[tracks[:, 7].astype(np.int64)] = tracks[:, 4].astype(np.int64)
         return Detections(detections.xyxy, detections.confidence, detections.class_id, tracker_id=ids)
 
     def _is_idle(self) -> bool:
-        """No track alive and no camera-motion model that must see every frame (BoT-SORT's GMC)."""
-        tracker = self._tracker
-        gmc = getattr(tracker, "gmc", None)
-        return (not tracker.tracked_stracks and not tracker.lost_stracks
-                and (gmc is None or gmc.method is None))
+        """No track alive, and no camera-motion model that must see every frame."""
+        return self._idle_frames_skippable and not self._tracker.tracked_stracks and not self._tracker.lost_stracks
 
     def _advance_idle_frame(self) -> None:
         # Most frames on a line show good parts: nothing detected, nothing tracked. Ultralytics'
