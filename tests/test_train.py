@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from yolodefect.cli import app
@@ -15,7 +16,8 @@ from yolodefect.data.records import Box, ImageRecord, SourceDataset
 from yolodefect.data.convert import ConvertOptions, build_dataset
 from yolodefect.data.synth_dataset import SynthOptions, synthesize
 from yolodefect.errors import UsageError, YoloDefectError
-from yolodefect.train import TrainOptions, defect_presets, load_model, plan_training, train
+from yolodefect.train import (TrainOptions, defect_presets, load_model, nominal_batch_preset, plan_training, train,
+                              weight_updates)
 
 TINY = dict(epochs=1, imgsz=64, batch=8, workers=0, device="cpu", plots=False, patience=5)
 
@@ -38,6 +40,25 @@ def test_presets_for_grayscale_defects_on_cpu(steel):
     assert presets["batch"] == 16
     assert presets["imgsz"] == check_dataset(steel).imgsz.suggested_imgsz
     assert "cls_pw" not in presets  # balanced classes: no re-weighting
+
+
+def test_small_sets_update_the_weights_every_batch(steel):
+    presets = {p.key: p for p in defect_presets(TrainOptions(epochs=30), check_dataset(steel), steel / "data.yaml", "cpu")}
+    train_images = check_dataset(steel).splits["train"].images
+    assert presets["nbs"].value == presets["batch"].value == 16
+    assert f"{train_images} train images x 30 epochs" in presets["nbs"].reason
+    assert presets_by_key(TrainOptions(nbs=64), steel)["nbs"] == 64  # --nbs wins
+
+
+def test_weight_updates_follow_ultralytics_accumulation():
+    # NEU-DET's train split at batch 16: 91 batches per epoch, Ultralytics steps every round(64 / 16) = 4 of them.
+    assert weight_updates(1442, 30, 16, 64) == 91 * 30 // 4 == 682
+    assert weight_updates(1442, 30, 16, 16) == 91 * 30
+    assert weight_updates(1442, 30, 128, 64) == 12 * 30  # a batch above nbs never accumulates
+    # A run with many updates keeps Ultralytics' nominal batch of 64.
+    assert nominal_batch_preset(TrainOptions(epochs=300), 16, 5000) is None
+    assert nominal_batch_preset(TrainOptions(epochs=300), 64, 500) is None
+    assert nominal_batch_preset(TrainOptions(epochs=300), 16, 500).value == 16
 
 
 def test_class_weights_turn_on_for_imbalanced_data(tmp_path):
@@ -110,7 +131,9 @@ def test_train_two_epochs_writes_best_model_metrics_and_eval(steel, tmp_path):
     saved = json.loads((result.run_dir / "metrics.json").read_text())
     assert saved["evaluation"]["metrics"]["class_names"] == ["scratch", "pit", "inclusion", "patch"]
     assert saved["evaluation"]["metrics"]["images"] == check_dataset(steel).splits["val"].images
-    assert {p["key"] for p in saved["presets"]} >= {"flipud", "hsv_h", "patience", "batch"}
+    assert {p["key"] for p in saved["presets"]} >= {"flipud", "hsv_h", "patience", "batch", "nbs"}
+    ultralytics_args = yaml.safe_load((result.run_dir / "args.yaml").read_text())
+    assert ultralytics_args["nbs"] == ultralytics_args["batch"] == 8  # Ultralytics stepped every batch
     assert "from scratch" in result.transfer_note
 
 

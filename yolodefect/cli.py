@@ -189,6 +189,7 @@ def train(
     freeze: Annotated[Optional[int], typer.Option(help="Freeze the first N layers (transfer learning with little data).")] = None,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without val improvement.")] = 30,
     flipud: Annotated[Optional[float], typer.Option(help="Vertical flip probability. Default 0.5: defects have no 'up'.")] = None,
+    nbs: Annotated[Optional[int], typer.Option(help="Images per weight update (Ultralytics' nominal batch). Default: the batch size when accumulating to Ultralytics' 64 would give fewer than 10,000 updates (small defect sets), else 64.")] = None,
     grayscale: Annotated[Optional[bool], typer.Option("--grayscale/--color", help="Turn hue/saturation augmentation off for grayscale data. Default: detected.")] = None,
     name: Annotated[str, typer.Option(help="Run name: results go to PROJECT/NAME.")] = "train",
     project: Annotated[Path, typer.Option(help="Folder for runs.")] = Path("runs"),
@@ -217,7 +218,7 @@ def train(
     with user_errors(_debug(ctx)):
         options = TrainOptions(
             model=model, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, device=device,
-            class_weights=class_weights, freeze=freeze, patience=patience, flipud=flipud, grayscale=grayscale,
+            class_weights=class_weights, freeze=freeze, patience=patience, flipud=flipud, nbs=nbs, grayscale=grayscale,
             resume=resume, project=project, name=name, exist_ok=exist_ok, seed=seed, run_check=not no_check,
             overrides=_parse_overrides(set_),
         )

@@ -162,7 +162,7 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
     def train_step():
         train_options = TrainOptions(model=str(shipped), epochs=options.epochs, imgsz=TILE, project=out / "runs",
                                      name="finetune", exist_ok=True, seed=options.seed, plots=False, run_check=False,
-                                     patience=options.epochs,
+                                     patience=options.epochs, nbs=64,  # the recipe below was tuned at nbs 64
                                      overrides={"optimizer": "AdamW", "lr0": 0.0005, "warmup_epochs": 0,
                                                 "close_mosaic": 0, "verbose": False})
         return train(data, train_options)

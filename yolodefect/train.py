@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "yolo26n.pt"  # chosen by bench/model_choice.py: as fast or faster on CPU, NMS-free
 IMBALANCE_THRESHOLD = 3.0  # max/min instances per class above which classes are re-weighted
 DEFAULT_CLASS_WEIGHT_POWER = 0.5  # square-root inverse frequency: helps rare classes without starving common ones
+ULTRALYTICS_NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients are accumulated over this many images per weight update
+FEW_UPDATES = 10_000  # Ultralytics' own line between a short run (AdamW) and a long one (SGD)
 OFFLINE_HELP = (
     "could not download {model} (this machine seems to be offline). Two ways forward: "
     "--model path/to/checkpoint.pt (any Ultralytics checkpoint, even one trained on other classes), "
@@ -49,6 +52,7 @@ class TrainOptions:
     freeze: int | None = None
     patience: int = 30
     flipud: float | None = None  # None: 0.5, defects have no "up"
+    nbs: int | None = None  # None: the batch when a run at nbs 64 makes few weight updates, else Ultralytics' 64
     grayscale: bool | None = None  # None: detected from the images
     resume: bool = False
     project: Path = Path("runs")
@@ -112,6 +116,38 @@ def is_grayscale_dataset(data: Path, sample: int = 20, seed: int = 0) -> bool:
     return True
 
 
+def weight_updates(train_images: int, epochs: int, batch: int, nbs: int) -> int:
+    """How many optimizer steps Ultralytics makes: one per ``round(nbs / batch)`` batches, counted across epochs."""
+    accumulate = max(round(nbs / batch), 1)
+    return math.ceil(train_images / batch) * epochs // accumulate
+
+
+def nominal_batch_preset(options: TrainOptions, batch: int, train_images: int) -> Preset | None:
+    """Update the weights every batch when Ultralytics' accumulation to 64 images would leave a small set few updates.
+
+    Defect datasets are small (hundreds to a few thousand images): at batch 16 Ultralytics steps the optimizer
+    every 4th batch, so 1,400 images x 30 epochs is only ~680 updates. Stepping every batch gives 4x the updates
+    for the same compute; weight decay is scaled by Ultralytics to the same value per image.
+    """
+    if options.nbs is not None:
+        return Preset("nbs", options.nbs, "given by --nbs")
+    if batch >= ULTRALYTICS_NOMINAL_BATCH or train_images <= 0:
+        return None
+    nominal = weight_updates(train_images, options.epochs, batch, ULTRALYTICS_NOMINAL_BATCH)
+    if nominal >= FEW_UPDATES:
+        return None
+    every_batch = weight_updates(train_images, options.epochs, batch, batch)
+    return Preset("nbs", batch, f"{train_images} train images x {options.epochs} epochs is only {nominal:,} weight "
+                                f"updates when accumulating to {ULTRALYTICS_NOMINAL_BATCH} images: update every batch "
+                                f"({every_batch:,})")
+
+
+def train_image_count(report: CheckReport | None, data: Path) -> int:
+    if report is not None and "train" in report.splits:
+        return report.splits["train"].images
+    return len(load_data_config(data).images("train"))
+
+
 def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path, device: str) -> list[Preset]:
     """The arguments we set on top of Ultralytics' defaults, each with the reason."""
     presets = []
@@ -141,12 +177,18 @@ def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path
         presets.append(Preset("freeze", options.freeze, "given by --freeze: keeps pretrained features with little data"))
     presets.append(Preset("patience", options.patience, "early stop when val mAP stops improving"))
     if device == "cpu":
-        presets.append(Preset("batch", options.batch or 16, "CPU: a fixed batch (AutoBatch needs a GPU)"))
+        batch = options.batch or 16
+        presets.append(Preset("batch", batch, "CPU: a fixed batch (AutoBatch needs a GPU)"))
         # No workers preset: on CPU Ultralytics loads data in the main process whatever is asked.
     else:
-        presets.append(Preset("batch", options.batch or -1, "GPU: AutoBatch fits the batch to memory"))
+        batch = options.batch or -1
+        presets.append(Preset("batch", batch, "GPU: AutoBatch fits the batch to memory"))
         presets.append(Preset("workers", options.workers if options.workers is not None else min(8, os.cpu_count() or 2),
                               "GPU: up to 8 data loaders"))
+    if batch > 0 or options.nbs is not None:  # AutoBatch's size is only known once training starts
+        nominal = nominal_batch_preset(options, batch, train_image_count(report, data))
+        if nominal is not None:
+            presets.append(nominal)
     return presets
 
 
