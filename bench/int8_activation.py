@@ -40,10 +40,11 @@ def build_checkpoint(activation: str | None, work: Path) -> Path:
 
 
 def calibration_images(data: Path | None, work: Path, count: int = 32) -> list[Path]:
-    if data is not None:
+    if data is not None:  # the same stratified, seeded choice as `yolodefect export --int8`
         from yolodefect.data.yolo_dataset import load_data_config
+        from yolodefect.exporting.calibration import select_calibration_images
 
-        return load_data_config(data).images("train")[:count]
+        return select_calibration_images(load_data_config(data), count, seed=0).images
     import cv2
     import numpy as np
 
@@ -75,7 +76,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="int8-activation-") as scratch:
         images = calibration_images(args.data, Path(scratch))
         for imgsz in args.imgsz:
-            runners, files = [], {}
+            runners = []
             for name, activation in ACTIVATIONS.items():
                 work = Path(scratch) / f"{name}-{imgsz}"
                 work.mkdir()
@@ -83,7 +84,6 @@ def main() -> int:
                 fp32, int8 = work / "fp32.onnx", work / "int8.onnx"
                 export_onnx_fp32(checkpoint, fp32, work, imgsz=imgsz, dynamic=False)
                 quantize_onnx(fp32, int8, images, imgsz)
-                files[name] = (fp32, int8)
                 runners += [onnxruntime_runner(f"{name} FP32", fp32, imgsz, args.threads),
                             onnxruntime_runner(f"{name} INT8", int8, imgsz, args.threads)]
             latencies = measure(runners, runs=args.runs, warmup=args.warmup, threads=args.threads)

@@ -31,8 +31,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "yolo26n.pt"  # chosen by bench/model_choice.py: as fast or faster on CPU, NMS-free
 IMBALANCE_THRESHOLD = 3.0  # max/min instances per class above which classes are re-weighted
 DEFAULT_CLASS_WEIGHT_POWER = 0.5  # square-root inverse frequency: helps rare classes without starving common ones
-ULTRALYTICS_NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients are accumulated over this many images per weight update
-FEW_UPDATES = 10_000  # Ultralytics' own line between a short run (AdamW) and a long one (SGD)
+FEW_UPDATES = 10_000  # Ultralytics' own line between a short run (AdamW) and a long one (SGD), inline in its trainer
 OFFLINE_HELP = (
     "could not download {model} (this machine seems to be offline). Two ways forward: "
     "--model path/to/checkpoint.pt (any Ultralytics checkpoint, even one trained on other classes), "
@@ -123,22 +122,27 @@ def weight_updates(train_images: int, epochs: int, batch: int, nbs: int) -> int:
 
 
 def nominal_batch_preset(options: TrainOptions, batch: int, train_images: int) -> Preset | None:
-    """Update the weights every batch when Ultralytics' accumulation to 64 images would leave a small set few updates.
+    """Update the weights every batch when Ultralytics' accumulation to ``nbs`` images would leave a small set few
+    updates.
 
     Defect datasets are small (hundreds to a few thousand images): at batch 16 Ultralytics steps the optimizer
     every 4th batch, so 1,400 images x 30 epochs is only ~680 updates. Stepping every batch gives 4x the updates
-    for the same compute; weight decay is scaled by Ultralytics to the same value per image.
+    for the same compute; weight decay is scaled by Ultralytics to the same value per image. ``batch`` -1
+    (AutoBatch) is only sized once training starts, so it keeps Ultralytics' default.
     """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
     if options.nbs is not None:
         return Preset("nbs", options.nbs, "given by --nbs")
-    if batch >= ULTRALYTICS_NOMINAL_BATCH or train_images <= 0:
+    default_nbs = DEFAULT_CFG_DICT["nbs"]
+    if not 0 < batch < default_nbs or train_images <= 0:
         return None
-    nominal = weight_updates(train_images, options.epochs, batch, ULTRALYTICS_NOMINAL_BATCH)
+    nominal = weight_updates(train_images, options.epochs, batch, default_nbs)
     if nominal >= FEW_UPDATES:
         return None
     every_batch = weight_updates(train_images, options.epochs, batch, batch)
     return Preset("nbs", batch, f"{train_images} train images x {options.epochs} epochs is only {nominal:,} weight "
-                                f"updates when accumulating to {ULTRALYTICS_NOMINAL_BATCH} images: update every batch "
+                                f"updates when accumulating to {default_nbs} images: update every batch "
                                 f"({every_batch:,})")
 
 
@@ -185,10 +189,9 @@ def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path
         presets.append(Preset("batch", batch, "GPU: AutoBatch fits the batch to memory"))
         presets.append(Preset("workers", options.workers if options.workers is not None else min(8, os.cpu_count() or 2),
                               "GPU: up to 8 data loaders"))
-    if batch > 0 or options.nbs is not None:  # AutoBatch's size is only known once training starts
-        nominal = nominal_batch_preset(options, batch, train_image_count(report, data))
-        if nominal is not None:
-            presets.append(nominal)
+    nominal = nominal_batch_preset(options, batch, train_image_count(report, data))
+    if nominal is not None:
+        presets.append(nominal)
     return presets
 
 

@@ -26,7 +26,7 @@ What was measured (YOLO11n, batch 1, 2 threads, AMD EPYC with AVX-512 VNNI; benc
 Net, median batch-1 latency vs FP32 ONNX Runtime: 1.24-1.55x at 256 px, 1.38-1.78x at 640 px depending on
 the VM's load that day (Ultralytics' path: 0.47-0.58x), mAP50 within noise of FP32. The 2x target is not
 reached with stock ONNX Runtime kernels because of the int8 SiLU cost above: the same network with ReLU
-(folded into the int8 convolution) gets 1.97x / 2.15x from this same path (bench/int8_activation.py).
+(folded into the int8 convolution) gets about 2x (1.91-2.15x) from this same path (bench/int8_activation.py).
 """
 
 from __future__ import annotations
