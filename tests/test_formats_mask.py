@@ -136,7 +136,12 @@ def test_per_class_folders(tmp_path: Path) -> None:
         ("scratch", (5.0, 10.0, 50.0, 12.0)),
     ]
     assert records["b.png"].is_background
-    assert not dataset.warnings and not dataset.skipped
+    # A blank mask in a class folder is a labelling mistake until proven otherwise: named and counted.
+    assert [(note.path, note.kind) for note in dataset.warnings] == [
+        (str(tmp_path / "ground_truth" / "hole" / "b.png"), "blank_masks")
+    ]
+    assert "blank mask in the class folder hole/" in dataset.warnings[0].message
+    assert not dataset.skipped
 
 
 def test_min_area_drops_small_blobs_with_one_warning(tmp_path: Path) -> None:

@@ -72,9 +72,9 @@ def user_errors(debug: bool) -> Iterator[None]:
             raise
         err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as error:  # Ctrl-C, or a Terminated (SIGTERM) that carries its own exit code
+        err_console.print(f"[yellow]{str(error) or 'interrupted'}[/yellow]")
+        raise typer.Exit(getattr(error, "exit_code", 130)) from None
     except Exception as error:  # a bug of ours or of a dependency: still no traceback unless asked
         if debug:
             raise

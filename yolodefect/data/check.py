@@ -21,7 +21,6 @@ at the suggested imgsz magnifies the boxes to ``min_box_px``.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import time
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
+from yolodefect.data.image_file import TRUNCATED_JPEG, verify_image_bytes
 from yolodefect.data.yolo_dataset import DataConfig, label_path_for, load_data_config
-from yolodefect.errors import UsageError
+from yolodefect.errors import FormatError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,6 @@ IMGSZ_CANDIDATES = tuple(range(320, 1280 + 1, STRIDE))
 QUANTILES = (
     ("min", 0.0), ("p10", 0.1), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("p90", 0.9), ("max", 1.0),
 )
-JPEG_END = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -322,26 +320,24 @@ def _scan_image(image_path: Path, class_count: int) -> _ImageScan:
 
 
 def _verify_image(image_path: Path, content: bytes) -> tuple[tuple[int, int] | None, list[Problem]]:
-    """Displayed size (EXIF orientation applied) and what Ultralytics' check_image would reject."""
+    """Displayed size (EXIF orientation applied) and what Ultralytics' check_image would reject.
+
+    Whole or not is :func:`~yolodefect.data.image_file.verify_image_bytes`, the verdict ``convert`` gives.
+    """
     try:
-        with Image.open(io.BytesIO(content)) as image:
-            image.verify()
-        # verify() leaves the image unusable and must come first, so reopen (header only) for the size
-        with Image.open(io.BytesIO(content)) as image:
-            image_format = image.format or ""
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files (OSError, SyntaxError...)
-        return None, [_error(image_path, f"unreadable image: {error}")]
-    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees
-        width, height = height, width
+        facts = verify_image_bytes(image_path, content)
+    except FormatError as error:
+        consequence = (": Ultralytics would re-save it in place, grey where data is missing"
+                       if error.detail == TRUNCATED_JPEG else "")
+        return None, [_error(image_path, error.detail + consequence)]
+    width, height = facts.size_wh
     problems = []
-    if image_format in ("JPEG", "MPO") and not content.endswith(JPEG_END):
+    if facts.jpeg_trailing_bytes:
         problems.append(
-            _error(
+            _warning(
                 image_path,
-                "truncated JPEG (no end-of-image marker): Ultralytics would re-save it in place, "
-                "grey where data is missing",
+                f"JPEG ends with {facts.jpeg_trailer_words} after its end-of-image marker: the image is "
+                "complete, but Ultralytics re-encodes it on first load (convert writes it without them)",
             )
         )
     if min(width, height) < MIN_IMAGE_SIDE:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections import Counter
@@ -13,21 +12,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from yolodefect import __version__
 from yolodefect.data.classes import ClassMap, build_class_map
 from yolodefect.data.formats import read_source
 from yolodefect.data.formats.base import BadFilePolicy, ReadOptions
+from yolodefect.data.image_file import verify_image_bytes
 from yolodefect.data.records import SPLITS, Box, ImageRecord, Note, SourceDataset
 from yolodefect.data.split import SplitItem, assign_splits, parse_fractions
+from yolodefect.data.staging import sigterm_as_interrupt, staged_output
 from yolodefect.data.tiling import boxes_in_window, tile_windows
 from yolodefect.data.writer import (
     OutputImage,
     Transfer,
     check_output_folder,
     prepare_split_folders,
-    staged_output,
     write_data_yaml,
     write_item,
 )
@@ -92,10 +91,16 @@ class ConversionResult:
     def boxes_written(self) -> int:
         return sum(s.boxes for s in self.splits.values())
 
+    @property
+    def warning_counts(self) -> dict[str, int]:
+        """How many warnings of each counted kind ("clipped_boxes", "blank_masks"...), by kind."""
+        return dict(sorted(Counter(note.kind for note in self.warnings if note.kind).items()))
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["images_written"] = self.images_written
         data["boxes_written"] = self.boxes_written
+        data["warning_counts"] = self.warning_counts
         return data
 
 
@@ -104,59 +109,75 @@ class ImageFacts:
     sha1: str
     size_wh: tuple[int, int]
     needs_reorientation: bool
+    jpeg_trailing_bytes: int = 0  # bytes after the JPEG's end-of-image marker, left out when written
+    jpeg_trailer_words: str = ""  # those bytes in words ("300 NUL bytes")
 
 
 def inspect_image(path: Path) -> ImageFacts:
     """Content hash, displayed size and EXIF orientation; truncated or unreadable images raise.
 
-    Truncated JPEGs are refused rather than repaired: Ultralytics repairs them by rewriting the
-    file in place, which through a link would modify the user's source dataset.
+    Truncated JPEGs are refused rather than repaired: Ultralytics "repairs" them by re-saving the
+    file, grey where data is missing, and some versions write that through a link into the user's
+    source dataset. The verdict is :func:`~yolodefect.data.image_file.verify_image_bytes`, the one
+    ``check`` gives too.
     """
     try:
         data = path.read_bytes()
     except OSError as error:
         raise FormatError(path, f"cannot read image: {error.strerror}") from None
-    if not data:
-        raise FormatError(path, "empty image file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()  # must come first: PIL refuses verify() after other reads
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-            image_format = image.format
-    except Exception as error:  # PIL raises many types for corrupt files
-        raise FormatError(path, f"corrupt or unsupported image: {error}") from None
-    if image_format == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise FormatError(path, "truncated JPEG (no end-of-image marker): re-export it or pass --skip-bad")
-    rotated = orientation in (5, 6, 7, 8)
-    return ImageFacts(hashlib.sha1(data).hexdigest(), (height, width) if rotated else (width, height),
-                      orientation not in (1, None))
+        facts = verify_image_bytes(path, data)
+    except FormatError as error:
+        raise FormatError(path, f"{error.detail}: re-export it or pass --skip-bad") from None
+    return ImageFacts(hashlib.sha1(data).hexdigest(), facts.size_wh, facts.needs_reorientation,
+                      facts.jpeg_trailing_bytes, facts.jpeg_trailer_words)
 
 
-def _clip_boxes(record: ImageRecord, size_wh: tuple[int, int], class_map: ClassMap,
-                warnings: list[Note]) -> tuple[Box, ...]:
+# Corners up to half a pixel outside the image are exporter rounding (COCO floats, polygon points
+# on the edge): clipped without a warning, which would flood a large dataset and hide real ones.
+BORDER_TOLERANCE_PX = 0.5
+
+
+def _clean_boxes(record: ImageRecord, size_wh: tuple[int, int], class_map: ClassMap,
+                 policy: BadFilePolicy) -> tuple[Box, ...]:
+    """The record's boxes in output classes, inside the image; every box changed or dropped is a counted warning."""
     width, height = size_wh
+    where = record.annotation_path or record.image_path
     kept: list[Box] = []
     seen: set[tuple[str, tuple]] = set()
     for box in record.boxes:
         target = class_map(box.class_name)
         if target is None:
             continue
+        described = _describe_box(record, box)
         if (target, box.xyxy) in seen:
-            warnings.append(Note(str(record.annotation_path or record.image_path),
-                                 f"box {box.class_name} {box.xyxy} is listed twice: kept once"))
+            policy.warn(where, f"{described} is listed twice: kept once", kind="repeated_boxes")
             continue
         seen.add((target, box.xyxy))
         x0, y0, x1, y1 = box.xyxy
         clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
                    min(max(x1, 0.0), width), min(max(y1, 0.0), height))
         if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
-            warnings.append(Note(str(record.annotation_path or record.image_path),
-                                 f"box {box.class_name} {box.xyxy} has no area inside the {width}x{height} image: dropped"))
+            policy.warn(where, f"{described} has no area inside the {width}x{height} image: dropped",
+                        kind="empty_boxes")
             continue
+        if max(abs(given - inside) for given, inside in zip(box.xyxy, clipped)) > BORDER_TOLERANCE_PX:
+            policy.warn(where, f"{described} crosses the border of the {width}x{height} image: "
+                               f"clipped to {_format_xyxy(clipped)}", kind="clipped_boxes")
         kept.append(Box(target, clipped))
     return tuple(kept)
+
+
+def _describe_box(record: ImageRecord, box: Box) -> str:
+    """"box scratch (x0, y0, x1, y1)", naming the image when the annotation file labels several (COCO)."""
+    text = f"box {box.class_name} {_format_xyxy(box.xyxy)}"
+    if record.annotation_path is not None and record.annotation_path.stem != record.image_path.stem:
+        text += f" of {record.image_path.name}"
+    return text
+
+
+def _format_xyxy(xyxy: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{value:g}" for value in xyxy) + ")"
 
 
 def _unique_names(records: Sequence[ImageRecord]) -> list[str]:
@@ -197,7 +218,7 @@ def _carve_val_from_train(splits: list[str], items: list[SplitItem], fractions: 
 
 def _plan_outputs(records, facts, boxes, splits, names, options: ConvertOptions) -> list[OutputImage]:
     if options.tile is None:
-        return [OutputImage(r.image_path, s, n, b, f.size_wh, None, f.needs_reorientation)
+        return [OutputImage(r.image_path, s, n, b, f.size_wh, None, f.needs_reorientation, f.jpeg_trailing_bytes)
                 for r, f, b, s, n in zip(records, facts, boxes, splits, names)]
     rng = np.random.default_rng(options.seed)
     planned = []
@@ -229,15 +250,17 @@ def _summarise(outputs: Sequence[OutputImage]) -> dict[str, SplitSummary]:
     return summaries
 
 
+@sigterm_as_interrupt()
 def convert(src: Path, out: Path, options: ConvertOptions = ConvertOptions(),
             progress: ProgressCallback | None = None) -> ConversionResult:
     """Read ``src`` in ``options.format``, clean and split it, and write a YOLO dataset to ``out``.
 
-    ``src`` is never modified; ``out`` appears complete or not at all.
+    ``src`` is never modified; ``out`` appears complete or not at all, also when the run is stopped
+    by Ctrl-C or SIGTERM (which raises :class:`~yolodefect.data.staging.Terminated`).
     """
     started = time.perf_counter()
     src, out = Path(src), Path(out)
-    fractions = parse_fractions(options.split)
+    parse_fractions(options.split)  # validate before any work
     if options.tile is not None:
         tile_windows(options.tile, options.tile, tile=options.tile, overlap=options.overlap)  # validate early
     check_output_folder(out, force=options.force, sources=[src])
@@ -246,6 +269,7 @@ def convert(src: Path, out: Path, options: ConvertOptions = ConvertOptions(),
     return build_dataset(source, out, options, progress, source_label=str(src), started=started)
 
 
+@sigterm_as_interrupt()
 def build_dataset(source: SourceDataset, out: Path, options: ConvertOptions, progress: ProgressCallback | None = None,
                   *, source_label: str, started: float | None = None) -> ConversionResult:
     """Clean, split and write records already read (by a format reader or the synthetic generator)."""
@@ -262,8 +286,11 @@ def build_dataset(source: SourceDataset, out: Path, options: ConvertOptions, pro
         if record.declared_size_wh and tuple(record.declared_size_wh) != fact.size_wh:
             policy.warn(record.annotation_path or record.image_path,
                         f"annotation says {record.declared_size_wh[0]}x{record.declared_size_wh[1]} but the image is "
-                        f"{fact.size_wh[0]}x{fact.size_wh[1]}: using the image's size")
-        boxes.append(_clip_boxes(record, fact.size_wh, class_map, policy.warnings))
+                        f"{fact.size_wh[0]}x{fact.size_wh[1]}: using the image's size", kind="size_mismatches")
+        if fact.jpeg_trailing_bytes:
+            policy.warn(record.image_path, f"JPEG ends with {fact.jpeg_trailer_words} after its end-of-image "
+                        "marker: the image is complete, written as a copy without them", kind="jpeg_trailing_bytes")
+        boxes.append(_clean_boxes(record, fact.size_wh, class_map, policy))
 
     keep = _decide_split_mode(source, options.keep_split)
     items = [SplitItem(f.sha1, frozenset(b.class_name for b in bx), r.split, str(r.image_path))
@@ -305,7 +332,8 @@ def _inspect_all(records: list[ImageRecord], policy: BadFilePolicy,
             return error
 
     kept_records, kept_facts = [], []
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    pool = ThreadPoolExecutor(max_workers=8)
+    try:
         for done, (record, outcome) in enumerate(zip(records, pool.map(attempt, records)), start=1):
             if isinstance(outcome, FormatError):
                 policy.bad(outcome.path, outcome.detail)
@@ -314,4 +342,7 @@ def _inspect_all(records: list[ImageRecord], policy: BadFilePolicy,
                 kept_facts.append(outcome)
             if done % 100 == 0 or done == len(records):
                 report("inspect", done, len(records))
+    finally:
+        # On an error or Ctrl-C/SIGTERM, stop now rather than after inspecting every remaining image.
+        pool.shutdown(wait=True, cancel_futures=True)
     return kept_records, kept_facts

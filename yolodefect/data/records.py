@@ -60,10 +60,15 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Note:
-    """A file that was skipped or needs the user's attention, with the reason."""
+    """A file that was skipped or needs the user's attention, with the reason.
+
+    ``kind`` names the kind of a warning that is counted (``conversion.json`` "warning_counts"),
+    such as "clipped_boxes" or "blank_masks"; empty for the ones that are not.
+    """
 
     path: str
     message: str
+    kind: str = ""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 
 from yolodefect.data.convert import ConversionResult, ConvertOptions, ProgressCallback, build_dataset
 from yolodefect.data.records import Box, ImageRecord, SourceDataset
+from yolodefect.data.staging import sigterm_as_interrupt
 from yolodefect.data.synth import CLASS_NAMES, SYNTH_KINDS
 from yolodefect.data.writer import check_output_folder
 from yolodefect.errors import UsageError
@@ -110,6 +111,7 @@ def _crops_of_video(truth: ConveyorTruth, split: str, folder: Path, options: Sta
     return records
 
 
+@sigterm_as_interrupt()  # SIGTERM cleans up the render folder as Ctrl-C does
 def synthesize_station(out: Path, options: StationOptions = StationOptions(),
                        progress: ProgressCallback | None = None) -> ConversionResult:
     """Render one conveyor video per kind and split, crop its frames, and write a YOLO dataset."""

@@ -11,6 +11,7 @@ import cv2
 
 from yolodefect.data.convert import ConversionResult, ConvertOptions, ProgressCallback, build_dataset
 from yolodefect.data.records import ImageRecord, SourceDataset
+from yolodefect.data.staging import sigterm_as_interrupt
 from yolodefect.data.synth import CLASS_NAMES, SYNTH_KINDS, generate_samples
 from yolodefect.data.writer import check_output_folder
 from yolodefect.errors import UsageError
@@ -28,6 +29,7 @@ class SynthOptions:
     force: bool = False
 
 
+@sigterm_as_interrupt()  # SIGTERM cleans up the render folder as Ctrl-C does
 def synthesize(out: Path, options: SynthOptions = SynthOptions(),
                progress: ProgressCallback | None = None) -> ConversionResult:
     """Render ``options.images`` parts, then split and write them like any converted source."""

@@ -1,12 +1,10 @@
-"""Writing a YOLO detection dataset: atomically, into a staging folder renamed at the end."""
+"""Writing a YOLO detection dataset's files (into the staging folder of :mod:`yolodefect.data.staging`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +30,7 @@ class OutputImage:
     size_wh: tuple[int, int]  # of the written image (the tile's size for a tile)
     window: TileWindow | None = None
     needs_reorientation: bool = False
+    jpeg_trailing_bytes: int = 0  # bytes after the source JPEG's end-of-image marker (padding, a trailer), left out
 
 
 def yolo_label_lines(boxes: Sequence[Box], size_wh: tuple[int, int], class_ids: dict[str, int]) -> list[str]:
@@ -47,8 +46,17 @@ def yolo_label_lines(boxes: Sequence[Box], size_wh: tuple[int, int], class_ids: 
 
 
 def check_output_folder(out: Path, *, force: bool, sources: Sequence[Path] = ()) -> None:
-    """Refuse to write where it would destroy data: a non-empty OUT, or OUT inside a source."""
+    """Refuse to write where it would destroy data: a non-empty OUT, OUT overlapping a source, or
+    OUT holding the current folder (OUT is replaced whole, and the current folder cannot be renamed)."""
     resolved = out.resolve()
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted: nothing can hold it
+        cwd = None
+    if cwd is not None and cwd.is_relative_to(resolved):
+        where = "the current folder" if cwd == resolved else "a folder holding the current folder"
+        raise UsageError(f"output {out} is {where}: OUT is written as a whole (and replaced with --force), "
+                         "so name a new folder for it, such as dataset-yolo")
     for source in sources:
         source = source.resolve()
         if resolved == source or resolved.is_relative_to(source) or source.is_relative_to(resolved):
@@ -57,29 +65,6 @@ def check_output_folder(out: Path, *, force: bool, sources: Sequence[Path] = ())
         raise UsageError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"output {out} is not empty: choose another folder or pass --force to replace it")
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A staging folder beside ``out`` that replaces it only if the block completes.
-
-    Beside, not in /tmp, so the final rename is atomic and relative symlinks stay valid.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if out.exists():
-        previous = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-        out.rename(previous)
-    staging.rename(out)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_image(item: OutputImage, dest: Path, transfer: Transfer) -> None:
@@ -92,6 +77,11 @@ def write_image(item: OutputImage, dest: Path, transfer: Transfer) -> None:
                 image = image.crop((w.x0, w.y0, w.x1, w.y1))
             save_kwargs = {"quality": 95} if dest.suffix.lower() in (".jpg", ".jpeg") else {}
             image.save(dest, **save_kwargs)
+        return
+    if item.jpeg_trailing_bytes:
+        # A link would keep the extra bytes, and Ultralytics, which looks only at the last two bytes,
+        # would take the JPEG for truncated and re-encode it. The same bytes without it, not re-encoded.
+        dest.write_bytes(item.source_path.read_bytes()[:-item.jpeg_trailing_bytes])
         return
     if transfer == "link":
         try:

@@ -6,6 +6,7 @@ agrees on where a split's images and labels are.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def _from_yaml(yaml_path: Path) -> DataConfig:
         names = [names[key] for key in sorted(names)]
     if not isinstance(names, list) or not names:
         raise FormatError(yaml_path, "'names' must list the class names")
+    _check_class_count(data.get("nc"), len(names), yaml_path)
     root = Path(data["path"]) if data.get("path") else yaml_path.parent
     if not root.is_absolute():
         root = (yaml_path.parent / root).resolve() if not root.exists() else root.resolve()
@@ -87,6 +89,22 @@ def _from_yaml(yaml_path: Path) -> DataConfig:
     if not split_dirs:
         raise FormatError(yaml_path, "names no split folder ('train', 'val' or 'test')")
     return DataConfig(yaml_path, root, [str(name) for name in names], split_dirs)
+
+
+def _check_class_count(nc: object, name_count: int, yaml_path: Path) -> None:
+    """``nc``, when given, must be the number of names: Ultralytics refuses the file otherwise."""
+    if nc is None:
+        return
+    fix = f"set 'nc: {name_count}' (the number of names) or delete the 'nc' line"
+    try:
+        count = float(nc)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        count = math.nan
+    if isinstance(nc, bool) or not count.is_integer():
+        raise FormatError(yaml_path, f"'nc' is {nc!r}, not a whole number: {fix}")
+    if int(count) != name_count:
+        raise FormatError(yaml_path, f"'nc' is {int(count)} but 'names' lists {name_count} classes: {fix}, "
+                                     "or add the missing names")
 
 
 def _from_folder(folder: Path) -> DataConfig:

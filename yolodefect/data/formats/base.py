@@ -35,8 +35,8 @@ class BadFilePolicy:
             raise error
         self.skipped.append(Note(str(path), str(error)))
 
-    def warn(self, path: Path | str, message: str) -> None:
-        self.warnings.append(Note(str(path), message))
+    def warn(self, path: Path | str, message: str, *, kind: str = "") -> None:
+        self.warnings.append(Note(str(path), message, kind))
 
 
 def safe_join(root: Path, relative: str, annotation_path: Path) -> Path:

@@ -251,9 +251,12 @@ def parse_categories(coco_file: CocoFile) -> dict[int, str]:
     for index, category in enumerate(raw):
         where = f"categories[{index}]"
         category_id = _int_field(category, "id", path, where)
-        name = category.get("name") if isinstance(category, dict) else None
-        if not isinstance(name, str) or not name.strip():
+        if "name" not in category:
             raise FormatError(path, 'category has no "name"', where=where)
+        name = category["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise FormatError(path, f'"name" is {json.dumps(name)}, expected the class name as a non-empty string',
+                              where=where)
         name = name.strip()
         if category_id in names_by_id:
             raise FormatError(path, f"category id {category_id} is listed twice", where=where)

@@ -9,6 +9,11 @@ Layout::
 A mask matches an image by exact stem or by stem + ``_mask``/``_gt``, with any image suffix. When
 the images are split into sub-folders, a mask is looked for in the same split sub-folder of the
 mask (or class) folder first, then directly in it. An image without any mask is defect-free.
+
+A blank mask (no defect pixel) in the one-class layout marks a defect-free image, as datasets that
+ship a mask for every image do. In a class folder it says "this image has that class" and then
+shows none, which is a labelling mistake more often than not: each one is a warning naming the
+file, counted as "blank_masks", so that it does not pass silently as a good part.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class MaskFolder:
     class_name: str
     root: Path
     by_split: dict[str | None, dict[str, Path]]
+    per_class: bool = False  # one of several class sub-folders, not the one-class mask folder
 
     def find(self, stem: str, split: str | None) -> Path | None:
         places = [self.by_split.get(split, {})] if split else []
@@ -64,6 +70,7 @@ class Tally:
     dropped_components: int = 0
     masks_with_dropped: int = 0
     unmasked_images: list[Path] = field(default_factory=list)
+    blank_class_masks: list[tuple[MaskFolder, Path, int]] = field(default_factory=list)  # with brightest value
 
 
 def _child_dir(src: Path, names: tuple[str, ...]) -> Path | None:
@@ -104,12 +111,12 @@ def _masks_by_stem(folder: Path) -> dict[str, Path]:
     return {path.stem: path for path in list_images(folder)}
 
 
-def mask_folder(class_name: str, root: Path) -> MaskFolder:
+def mask_folder(class_name: str, root: Path, *, per_class: bool = False) -> MaskFolder:
     by_split: dict[str | None, dict[str, Path]] = {None: _masks_by_stem(root)}
     for split in SPLITS:
         if (root / split).is_dir():
             by_split[split] = _masks_by_stem(root / split)
-    return MaskFolder(class_name, root, by_split)
+    return MaskFolder(class_name, root, by_split, per_class)
 
 
 def mask_folders(mask_dir: Path, policy: BadFilePolicy) -> list[MaskFolder]:
@@ -126,7 +133,7 @@ def mask_folders(mask_dir: Path, policy: BadFilePolicy) -> list[MaskFolder]:
     # silently mislabel it.
     for path in list_images(mask_dir):
         policy.bad(path, f"mask has no class: {mask_dir.name}/ has per-class sub-folders, move it into one")
-    return [mask_folder(path.name, path) for path in class_dirs]
+    return [mask_folder(path.name, path, per_class=True) for path in class_dirs]
 
 
 def load_mask(path: Path) -> np.ndarray:
@@ -207,6 +214,8 @@ def boxes_from_mask(
     if dropped:
         tally.dropped_components += dropped
         tally.masks_with_dropped += 1
+    if folder.per_class and not boxes and not dropped:
+        tally.blank_class_masks.append((folder, mask_path, int(mask.max()) if mask.size else 0))
     return boxes
 
 
@@ -258,6 +267,16 @@ def _summarise(tally: Tally, options: ReadOptions, mask_dir: Path, policy: BadFi
         policy.warn(
             mask_dir,
             f"{len(tally.unmasked_images)} images have no mask and were read as defect-free (e.g. {names})",
+        )
+    for folder, path, brightest in tally.blank_class_masks:
+        faint = (f" (its brightest pixel is {brightest}: lower --mask-threshold if that is the defect)"
+                 if brightest > 1 else "")
+        policy.warn(
+            path,
+            f"blank mask in the class folder {folder.root.name}/: no pixel above {options.mask_threshold}{faint}, "
+            f"so its image is read as having no {folder.class_name!r} (defect-free if no other mask marks it); "
+            "fix or delete the mask",
+            kind="blank_masks",
         )
 
 
