@@ -27,6 +27,7 @@ from yolodefect.evaluation.thresholds import (
     read_thresholds_yaml,
     write_thresholds_yaml,
 )
+from yolodefect.inference.model_file import check_imgsz
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def evaluate(
 
     Operating thresholds come from exactly one of: ``thresholds`` (a thresholds.yaml),
     ``target_recall`` (choose them on this split), or ``conf`` (one value for all classes).
-    ``imgsz`` defaults to the size the model was trained or exported at, else 640.
+    ``imgsz`` defaults to the size the model was trained or exported at, else 640; a requested size is
+    rounded up to the model's stride and the result reports the size really used (with a note).
     ``predictor`` replaces Ultralytics inference (e.g. a torchvision SSD); ``model`` then only names
     the run. ``reject_classes`` defaults to the thresholds file's, else every class.
     """
@@ -110,6 +112,8 @@ def evaluate(
         raise UsageError("give either a thresholds file or a target recall, not both")
     if per_class_thresholds and target_recall is None:
         raise UsageError("per-class thresholds are chosen for a target recall: also give target_recall (e.g. 0.99)")
+    if imgsz is not None and predictor is None:
+        check_imgsz(imgsz)  # before reading the dataset; the stride is applied once the model is loaded
 
     config = load_data_config(data)
     class_names = config.class_names
@@ -120,15 +124,16 @@ def evaluate(
     ground_truth = load_ground_truth(config, split)
 
     used_imgsz = imgsz
+    notes: list[str] = []
     if predictor is None:
         ultralytics_predictor = UltralyticsPredictor(model, imgsz=imgsz, device=device, batch=batch, progress=progress)
-        used_imgsz = ultralytics_predictor.imgsz
+        used_imgsz = ultralytics_predictor.imgsz  # what the model really runs at, reported instead of the request
+        notes.extend(ultralytics_predictor.notes)
         predictor = ultralytics_predictor
     _check_class_names(getattr(predictor, "class_names", None), class_names, model)
     logger.info("predicting %d %s images with %s", len(ground_truth), split, model)
     predictions = predictor([truth.image_path for truth in ground_truth])
 
-    notes: list[str] = []
     chosen: Thresholds | None = None
     if loaded_thresholds is not None:
         operating, source, chosen = loaded_thresholds.conf, f"thresholds file {thresholds}", loaded_thresholds

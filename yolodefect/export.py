@@ -152,13 +152,15 @@ def export(model: Path | str, data: Path | str, options: ExportOptions = ExportO
     started = time.perf_counter()
     spec = check_options(options)
     model, data = Path(model), Path(data)
-    source, config, imgsz = check_inputs(model, data, options, spec)
-    run = _Exporter(source, data, config, imgsz, options, spec)
+    checked = check_inputs(model, data, options, spec)
+    source, imgsz = checked.source, checked.imgsz
+    run = _Exporter(source, data, checked.config, imgsz, options, spec)
+    run.notes += checked.notes  # e.g. --imgsz rounded up to the stride: the card shows the size exported
     run.out_dir.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds_file(source.path)
     threshold_source = (f"thresholds file {thresholds}" if thresholds
                         else f"conf {DEFAULT_CONF} (no thresholds.yaml next to the model)")
-    calibration = select_calibration_images(config, options.calib, seed=options.seed) if options.int8 else None
+    calibration = select_calibration_images(checked.config, options.calib, seed=options.seed) if options.int8 else None
     if calibration is not None and len(calibration.images) < options.calib:
         run.notes.append(f"only {len(calibration.images)} train images for calibration (asked for {options.calib})")
 

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,9 @@ from PIL import Image
 from yolodefect.data.check import CheckReport, check_dataset
 from yolodefect.data.yolo_dataset import load_data_config
 from yolodefect.errors import DatasetError, UsageError, YoloDefectError
+from yolodefect.inference.model_file import (CHECKPOINT, check_imgsz, check_model_file, fetch_ultralytics_weights,
+                                             is_ultralytics_weights, load_yolo, model_stride, resolve_imgsz,
+                                             weights_dir)
 
 if TYPE_CHECKING:
     from yolodefect.evaluate import EvalResult
@@ -29,11 +32,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "yolo26n.pt"  # chosen by bench/model_choice.py: as fast or faster on CPU, NMS-free
+AMP_CHECK_WEIGHTS = "yolo26n.pt"  # hard-coded in ultralytics.utils.checks.check_amp
 IMBALANCE_THRESHOLD = 3.0  # max/min instances per class above which classes are re-weighted
 DEFAULT_CLASS_WEIGHT_POWER = 0.5  # square-root inverse frequency: helps rare classes without starving common ones
 FEW_UPDATES = 10_000  # Ultralytics' own line between a short run (AdamW) and a long one (SGD), inline in its trainer
 OFFLINE_HELP = (
-    "could not download {model} (this machine seems to be offline). Two ways forward: "
+    "could not download {model} into {folder} (this machine seems to be offline). Two ways forward: "
     "--model path/to/checkpoint.pt (any Ultralytics checkpoint, even one trained on other classes), "
     "or --model {stem}.yaml to train from scratch (slower to converge)."
 )
@@ -41,7 +45,7 @@ OFFLINE_HELP = (
 
 @dataclass(frozen=True)
 class TrainOptions:
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # None: DEFAULT_MODEL from Ultralytics' weights folder (never the working folder)
     epochs: int = 100
     imgsz: int | None = None  # None: suggested by check from the box sizes
     batch: int | None = None  # None: 16 on CPU, AutoBatch on GPU
@@ -207,23 +211,78 @@ def ultralytics_arguments(options: TrainOptions, presets: list[Preset], data: Pa
     return arguments
 
 
-def load_model(model: str):
-    """An Ultralytics model, with one clear message when a named checkpoint cannot be downloaded."""
-    from ultralytics import YOLO
+def check_model_option(model: str | None) -> None:
+    """Refuse an impossible --model before anything runs: the wrong kind of file, or a missing or damaged checkpoint.
 
+    Only the file's structure is read here (nothing is unpickled); loading comes with training.
+    """
+    if model is None:
+        return
     path = Path(model)
     if path.suffix not in (".pt", ".yaml", ".yml"):
         raise UsageError(f"--model {model}: give a .pt checkpoint or a .yaml model definition")
-    if path.suffix == ".pt" and not path.exists() and (path.parent != Path(".") or os.sep in model):
-        raise DatasetError(f"model checkpoint {model} does not exist")
-    try:
-        return YOLO(model)
-    except ConnectionError:
-        raise YoloDefectError(OFFLINE_HELP.format(model=model, stem=path.stem)) from None
-    except FileNotFoundError as error:
-        if path.suffix in (".yaml", ".yml"):
+    if path.suffix != ".pt":
+        return
+    if path.exists():
+        check_model_file(path, expected=CHECKPOINT)
+    elif not is_ultralytics_weights(model):
+        raise DatasetError(f"model checkpoint {model} does not exist (nor is it one of Ultralytics' released "
+                           f"weights such as {DEFAULT_MODEL})")
+
+
+def load_model(model: str | None):
+    """The Ultralytics model for --model, announcing which checkpoint file is loaded.
+
+    Unpickling a checkpoint runs the code it holds, so a checkpoint nobody named is never taken from the working
+    folder: without --model, and for a bare name of Ultralytics' released weights (yolo11n.pt) that is not a file
+    here, the weights come from Ultralytics' weights folder, downloaded there when missing.
+    """
+    from ultralytics import YOLO
+
+    check_model_option(model)
+    name = model or DEFAULT_MODEL
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            return YOLO(name)
+        except FileNotFoundError as error:
             raise UsageError(f"--model {model}: Ultralytics knows no such model definition ({error})") from None
-        raise YoloDefectError(OFFLINE_HELP.format(model=model, stem=path.stem)) from None
+    if model is not None and path.exists():
+        logger.info("loading %s", path.resolve())
+        return load_yolo(path, expected=CHECKPOINT)
+    folder = weights_dir()
+    try:
+        weights = fetch_ultralytics_weights(name, folder)
+    except ConnectionError:
+        raise YoloDefectError(OFFLINE_HELP.format(model=name, folder=folder, stem=path.stem)) from None
+    logger.info("loading %s weights %s", "default" if model is None else "Ultralytics'", weights)
+    return load_yolo(weights, expected=CHECKPOINT)
+
+
+def amp_check_weights(device: str, arguments: dict) -> Path | None:
+    """The checkpoint Ultralytics' AMP check loads before GPU training (its own choice, not the user's), or None.
+
+    ``check_amp`` unpickles ``WEIGHTS_DIR / "yolo26n.pt"`` on CUDA devices unless ``amp=False``; it is announced so
+    that no checkpoint loads unseen.
+    """
+    from ultralytics.utils import WEIGHTS_DIR
+
+    if str(device).lower() in ("cpu", "mps") or arguments.get("amp", True) is False:
+        return None
+    return (Path(WEIGHTS_DIR) / AMP_CHECK_WEIGHTS).absolute()
+
+
+def fit_imgsz_to_model(presets: list[Preset], arguments: dict, stride: int) -> tuple[list[Preset], dict, str | None]:
+    """Presets and arguments with imgsz rounded up to the model's stride (Ultralytics would do it silently)."""
+    requested = arguments.get("imgsz")
+    if requested is None:
+        return presets, arguments, None
+    used, note = resolve_imgsz(requested, stride, option="imgsz")
+    if note is None:
+        return presets, arguments, None
+    presets = [replace(preset, value=used, reason=f"{preset.reason}; {note}") if preset.key == "imgsz" else preset
+               for preset in presets]
+    return presets, {**arguments, "imgsz": used}, note
 
 
 def transfer_note(model: str, model_names: dict | list | None, class_names: list[str]) -> str:
@@ -270,6 +329,11 @@ def plan_training(data: Path, options: TrainOptions = TrainOptions()) -> TrainPl
     if config.yaml_path is None:
         raise DatasetError(f"{data} has no data.yaml: make one with `yolodefect convert`")
     check_overrides(options.overrides)
+    check_model_option(options.model)
+    if options.imgsz is not None:
+        check_imgsz(options.imgsz)  # the stride is applied once the model is loaded
+    if "imgsz" in options.overrides:
+        check_imgsz(options.overrides["imgsz"], option="--set imgsz")
     report = check_dataset(data) if options.run_check else None
     if report is not None and report.has_errors:
         raise DatasetError(f"check found {len(report.errors)} error(s) in {data}, first: {report.errors[0]}. "
@@ -296,15 +360,22 @@ def run_training(plan: TrainPlan) -> TrainResult:
         note = f"resuming {last}"
     else:
         model = load_model(options.model)
-        note = transfer_note(options.model, getattr(model, "names", None), plan.class_names)
+        note = transfer_note(options.model or DEFAULT_MODEL, getattr(model, "names", None), plan.class_names)
     logger.info(note)
-    model.train(**plan.arguments)
+    presets, arguments, imgsz_note = fit_imgsz_to_model(plan.presets, plan.arguments, model_stride(model))
+    if imgsz_note:
+        logger.warning(imgsz_note)
+    amp_weights = amp_check_weights(plan.device, arguments)
+    if amp_weights is not None:
+        logger.info("Ultralytics' mixed-precision check loads %s before training (--set amp=False skips it)",
+                    amp_weights)
+    model.train(**arguments)
     trainer = model.trainer
     run_dir = Path(trainer.save_dir)
     best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
     evaluation = evaluate(best, plan.data_yaml, split="val", imgsz=int(trainer.args.imgsz), device=plan.device,
                           out_dir=run_dir / "eval")
-    result = TrainResult(run_dir, best, Path(trainer.last), plan.presets, plan.arguments, evaluation,
+    result = TrainResult(run_dir, best, Path(trainer.last), presets, arguments, evaluation,
                          round(time.perf_counter() - started, 1), note)
     (run_dir / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     return result

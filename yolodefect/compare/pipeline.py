@@ -26,6 +26,7 @@ from yolodefect.errors import DatasetError, UsageError, YoloDefectError
 from yolodefect.evaluate import EvalResult
 from yolodefect.evaluation.ground_truth import load_ground_truth
 from yolodefect.evaluation.predictors import Predictor
+from yolodefect.inference.model_file import check_imgsz
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def _validate(data: Path, options: CompareOptions) -> tuple[Path, str, list[str]
         raise UsageError(f"--time-budget {options.time_budget_min}: give minutes > 0")
     if Path(options.yolo).suffix not in (".pt", ".yaml", ".yml"):
         raise UsageError(f"--yolo {options.yolo}: give a .pt checkpoint or a .yaml model definition")
+    if options.yolo_imgsz is not None:
+        check_imgsz(options.yolo_imgsz, option="--yolo-imgsz")
     input_size(architecture(options.ssd), options.ssd_imgsz)
     if options.ssd_backbone_weights is not None and not Path(options.ssd_backbone_weights).is_file():
         raise UsageError(f"--ssd-backbone-weights {options.ssd_backbone_weights} does not exist")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from yolodefect.errors import UsageError
+from yolodefect.inference.model_file import check_imgsz
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def train_yolo(data: Path, run_dir: Path, settings: YoloTrainSettings) -> YoloTr
     """Train with ``yolodefect.train`` into ``run_dir`` (resuming an interrupted run), or reuse a finished one."""
     from yolodefect.train import TrainOptions, train
 
+    if settings.imgsz is not None:
+        check_imgsz(settings.imgsz, option="--yolo-imgsz")  # in compare's words; train rounds it to the stride
     marker = run_dir / DONE_MARKER
     wanted = asdict(settings)
     if marker.is_file():

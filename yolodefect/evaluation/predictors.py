@@ -7,11 +7,10 @@ so a torchvision SSD or a custom runtime plugs in without touching the metrics.
 from __future__ import annotations
 
 import ast
-import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ from yolodefect.adapters import from_ultralytics
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
 from yolodefect.evaluation.coco_metrics import MAX_DETECTIONS
-
-logger = logging.getLogger(__name__)
+from yolodefect.inference.model_file import (DEFAULT_IMGSZ, DEFAULT_STRIDE, ModelFileError, check_imgsz,
+                                             check_model_file, load_yolo, model_stride, resolve_imgsz)
 
 Predictor = Callable[[list[Path]], list[Detections]]
-
-DEFAULT_IMGSZ = 640
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,17 @@ class ModelInfo:
     class_names: list[str] | None
     imgsz: int | tuple[int, int] | None
     fixed_shape: bool = False  # an export that only accepts ``imgsz`` (not exported with dynamic=True)
+    stride: int = DEFAULT_STRIDE  # the model's largest stride: image sizes are multiples of it
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to predict: the ``ultralytics.YOLO``, what its file says, the size it runs at and why."""
+
+    yolo: Any
+    info: ModelInfo
+    imgsz: int | tuple[int, int]
+    notes: list[str] = field(default_factory=list)  # e.g. the requested size rounded up to the stride
 
 
 def _names_list(names: Any) -> list[str] | None:
@@ -65,23 +73,26 @@ def _imgsz(value: Any) -> int | tuple[int, int] | None:
 
 
 def read_model_info(model_path: Path | str, *, loaded: Any = None) -> ModelInfo:
-    """Class names and training/export image size of a .pt checkpoint or an Ultralytics export.
+    """Class names, training/export image size and stride of a .pt checkpoint or an Ultralytics export.
 
     ``loaded`` is an ``ultralytics.YOLO`` already made from ``model_path``, to avoid loading twice.
+    Raises UsageError when the file is missing and ModelFileError when it cannot be read.
     """
     path = Path(model_path)
-    if not path.exists():
-        raise UsageError(f"model {path} does not exist (give a .pt, .onnx, .engine file or an OpenVINO folder)")
     if path.suffix.lower() == ".pt":
-        from ultralytics import YOLO
-
-        model = loaded or YOLO(str(path), task="detect")
+        model = loaded or load_yolo(path, task="detect")
         # A checkpoint remembers its training arguments; imgsz is the size it learned at.
-        return ModelInfo(path, "pt", _names_list(model.names), _imgsz(model.overrides.get("imgsz")))
+        return ModelInfo(path, "pt", _names_list(model.names), _imgsz(model.overrides.get("imgsz")),
+                         stride=model_stride(model))
+    if loaded is None:
+        check_model_file(path)  # a damaged export gets the same one message as a damaged .pt
     # Exports carry Ultralytics metadata; reading it needs no runtime (OpenVINO, TensorRT) installed.
     from ultralytics.nn.backends.base import BaseBackend
 
-    metadata = BaseBackend.read_metadata(path)
+    try:
+        metadata = BaseBackend.read_metadata(path) or {}
+    except Exception as error:  # damaged metadata surfaces as YAML, Unicode or protobuf errors
+        raise ModelFileError(path, f"its Ultralytics metadata is unreadable ({type(error).__name__})") from error
     kind = "openvino" if path.is_dir() and path.name.endswith("_openvino_model") else path.suffix.lstrip(".") or "dir"
     args = metadata.get("args") or {}
     if isinstance(args, str):
@@ -92,26 +103,36 @@ def read_model_info(model_path: Path | str, *, loaded: Any = None) -> ModelInfo:
     imgsz = _imgsz(metadata.get("imgsz"))
     dynamic = bool(args.get("dynamic", False)) if isinstance(args, dict) else False
     fixed_shape = imgsz is not None and not dynamic
-    return ModelInfo(path, kind, _names_list(metadata.get("names")), imgsz, fixed_shape=fixed_shape)
+    return ModelInfo(path, kind, _names_list(metadata.get("names")), imgsz, fixed_shape=fixed_shape,
+                     stride=_stride(metadata.get("stride")))
 
 
-def load_detection_model(model_path: Path | str, imgsz: int | tuple[int, int] | None = None):
+def _stride(value: Any) -> int:
+    try:
+        return int(value) if value is not None and int(value) > 0 else DEFAULT_STRIDE
+    except (TypeError, ValueError):
+        return DEFAULT_STRIDE
+
+
+def load_detection_model(model_path: Path | str, imgsz: int | tuple[int, int] | None = None) -> LoadedModel:
     """``ultralytics.YOLO`` for any backend, its :class:`ModelInfo`, and the image size to run it at.
 
-    ``imgsz`` defaults to the size the model was trained or exported at (else 640); a fixed-shape
-    export always runs at its own size.
+    ``imgsz`` defaults to the size the model was trained or exported at (else 640); a requested size is rounded up
+    to the model's stride and a fixed-shape export always runs at its own size, each with a note saying so.
     """
-    from ultralytics import YOLO
-
-    if not Path(model_path).exists():
-        raise UsageError(f"model {model_path} does not exist (give a .pt, .onnx, .engine file or an OpenVINO folder)")
-    model = YOLO(str(model_path), task="detect")
+    if imgsz is not None:
+        check_imgsz(imgsz)  # before loading anything
+    model = load_yolo(model_path, task="detect")
     info = read_model_info(model_path, loaded=model)
-    if info.fixed_shape and imgsz is not None and _imgsz(imgsz) != info.imgsz:
+    if imgsz is None:
+        return LoadedModel(model, info, info.imgsz or DEFAULT_IMGSZ)
+    if info.fixed_shape and _imgsz(imgsz) != info.imgsz:
         # Ultralytics silently runs a fixed-shape export at its own size; say so and report that size.
-        logger.warning("%s was exported for imgsz %s; ignoring imgsz %s", model_path, info.imgsz, imgsz)
-        imgsz = None
-    return model, info, imgsz or info.imgsz or DEFAULT_IMGSZ
+        note = (f"{Path(model_path).name} was exported for imgsz {info.imgsz} (a fixed shape): running at that size, "
+                f"not {imgsz}")
+        return LoadedModel(model, info, info.imgsz, [note])
+    used, note = resolve_imgsz(imgsz, info.stride)
+    return LoadedModel(model, info, used, [note] if note else [])
 
 
 class UltralyticsPredictor:
@@ -136,7 +157,8 @@ class UltralyticsPredictor:
         max_det: int = MAX_DETECTIONS,
         progress: bool = True,
     ):
-        self._model, self.info, self.imgsz = load_detection_model(model_path, imgsz)
+        loaded = load_detection_model(model_path, imgsz)
+        self._model, self.info, self.imgsz, self.notes = loaded.yolo, loaded.info, loaded.imgsz, loaded.notes
         self.device = device
         self.batch = batch
         self.conf = conf

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from yolodefect.errors import UsageError
 from yolodefect.exporting.formats import ExportFormat, FormatSpec, format_spec
+from yolodefect.inference.model_file import check_imgsz
 
 DEFAULT_CALIBRATION_IMAGES = 300
 
@@ -31,7 +32,8 @@ DEFAULT_CALIBRATION = Calibration.MINMAX
 class ExportOptions:
     """Options of ``yolodefect export MODEL --data DATA``.
 
-    ``imgsz`` defaults to the size the model was trained at. ``calib`` images come from DATA's train
+    ``imgsz`` defaults to the size the model was trained at; it is rounded up to a multiple of the model's
+    stride (with a note in the result). ``calib`` images come from DATA's train
     split (stratified by class, background images included, drawn with ``seed``); ``max_drop`` is the
     largest mAP50 loss, in points, that still lets the INT8 model ship. ``calibration`` applies to the
     ONNX Runtime backend only (None: its default). ``out_dir`` defaults to the model's folder.
@@ -69,9 +71,10 @@ def check_options(options: ExportOptions) -> FormatSpec:
         spec = options.spec
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if options.imgsz is not None and (isinstance(options.imgsz, bool) or not isinstance(options.imgsz, int)
-                                      or options.imgsz <= 0):
-        raise UsageError(f"--imgsz must be a positive whole number of pixels, got {options.imgsz!r}")
+    if options.imgsz is not None:
+        if isinstance(options.imgsz, (tuple, list)):  # an export is square: one number
+            raise UsageError(f"--imgsz must be a positive whole number of pixels, got {options.imgsz!r}")
+        check_imgsz(options.imgsz)  # the stride is applied once the checkpoint is loaded
     for name, minimum in (("calib", 1), ("latency_runs", 1), ("threads", 1), ("warmup", 0)):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from yolodefect.data.yolo_dataset import DataConfig, label_path_for, load_data_config, read_label_lines
-from yolodefect.errors import DatasetError, FormatError, UsageError
+from yolodefect.errors import DatasetError, UsageError
 from yolodefect.exporting.formats import FormatSpec
 from yolodefect.exporting.options import ExportOptions
+from yolodefect.inference.model_file import (CHECKPOINT, DEFAULT_IMGSZ, load_yolo, missing_model, model_stride,
+                                             resolve_imgsz)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_IMGSZ = 640
 THRESHOLDS_FILE = "thresholds.yaml"
 
 
@@ -48,21 +49,15 @@ def _requirements(spec: FormatSpec) -> None:
 
 
 def load_source_model(path: Path) -> SourceModel:
-    """Load a detection checkpoint; UsageError when missing or not a .pt, FormatError when unreadable."""
+    """Load a detection checkpoint; UsageError when missing or not a .pt, ModelFileError when unreadable."""
     from yolodefect.stream.detector import file_sha256
 
     if not path.exists():
-        raise UsageError(f"model {path} does not exist (give the PyTorch checkpoint, e.g. runs/train/weights/best.pt)")
+        raise missing_model(path, "the PyTorch checkpoint, e.g. runs/train/weights/best.pt")
     if path.is_dir() or path.suffix.lower() != ".pt":
         raise UsageError(f"model {path} is not a PyTorch checkpoint: export starts from the .pt file that training "
                          "wrote (e.g. runs/train/weights/best.pt), not from an export")
-    from ultralytics import YOLO
-
-    try:
-        yolo = YOLO(str(path))
-    except Exception as error:  # Ultralytics raises many types for damaged files (pickle, zip, KeyError, ...)
-        raise FormatError(path, f"not a readable Ultralytics checkpoint ({type(error).__name__}: {error}); "
-                                "is the file complete? copy it again or point to another best.pt") from None
+    yolo = load_yolo(path, expected=CHECKPOINT)
     task = getattr(yolo, "task", None)
     if task != "detect":
         raise UsageError(f"model {path} is a {task!r} model; yolodefect exports detection models only")
@@ -71,19 +66,15 @@ def load_source_model(path: Path) -> SourceModel:
     train_imgsz = yolo.overrides.get("imgsz")
     if isinstance(train_imgsz, (list, tuple)):
         train_imgsz = int(max(train_imgsz))
-    stride = int(max(getattr(yolo.model, "stride", [32])))
     architecture = str(yolo.overrides.get("model") or getattr(yolo.model, "yaml", {}).get("yaml_file") or "unknown")
-    return SourceModel(path, file_sha256(path), class_names, int(train_imgsz) if train_imgsz else None, stride,
-                       architecture)
+    return SourceModel(path, file_sha256(path), class_names, int(train_imgsz) if train_imgsz else None,
+                       model_stride(yolo), architecture)
 
 
-def resolve_imgsz(requested: int | None, model: SourceModel) -> int:
-    imgsz = requested or model.train_imgsz or DEFAULT_IMGSZ
-    if imgsz % model.stride:
-        lower = max(model.stride, imgsz // model.stride * model.stride)
-        raise UsageError(f"--imgsz {imgsz} is not a multiple of the model's stride {model.stride}: "
-                         f"use {lower} or {lower + model.stride}")
-    return imgsz
+def export_imgsz(requested: int | None, model: SourceModel) -> tuple[int, str | None]:
+    """The export size (default: the training size) rounded up to the model's stride, and a note when rounded."""
+    imgsz, note = resolve_imgsz(requested or model.train_imgsz or DEFAULT_IMGSZ, model.stride)
+    return int(imgsz), note
 
 
 def load_dataset(data: Path, model: SourceModel, *, calibrate: bool) -> DataConfig:
@@ -112,10 +103,20 @@ def thresholds_file(model: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def check_inputs(model: Path, data: Path, options: ExportOptions, spec: FormatSpec) -> tuple[SourceModel, DataConfig, int]:
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What an export starts from, all checked: the checkpoint, the dataset and the size really exported at."""
+
+    source: SourceModel
+    config: DataConfig
+    imgsz: int
+    notes: list[str]
+
+
+def check_inputs(model: Path, data: Path, options: ExportOptions, spec: FormatSpec) -> CheckedInputs:
     """Runtime requirements first (cheapest), then the checkpoint, the image size and the dataset."""
     _requirements(spec)
     source = load_source_model(Path(model))
-    imgsz = resolve_imgsz(options.imgsz, source)
+    imgsz, note = export_imgsz(options.imgsz, source)
     config = load_dataset(Path(data), source, calibrate=options.int8)
-    return source, config, imgsz
+    return CheckedInputs(source, config, imgsz, [note] if note else [])

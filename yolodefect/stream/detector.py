@@ -18,6 +18,7 @@ import numpy as np
 from yolodefect.adapters import from_ultralytics
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
+from yolodefect.inference.model_file import missing_model
 from yolodefect.stream.events import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def model_info_for(model_path: Path | str, card: dict[str, Any] | None = None) -
     """Name, SHA-256 and precision of the weights, as every event records them."""
     path = Path(model_path)
     if not path.exists():
-        raise UsageError(f"model {path} does not exist (give a .pt, .onnx file or an OpenVINO folder)")
+        raise missing_model(path)
     card = card if card is not None else load_model_card(path)
     return ModelInfo(name=path.name, sha256=file_sha256(path), precision=_precision(path, card))
 
@@ -102,7 +103,10 @@ class UltralyticsDetector:
         path = Path(model_path)
         if not 0.0 <= conf_floor <= 1.0:
             raise UsageError(f"conf_floor must lie in [0, 1], got {conf_floor}")
-        self.model, info, self.imgsz = load_detection_model(path, imgsz)
+        loaded = load_detection_model(path, imgsz)
+        self.model, info, self.imgsz = loaded.yolo, loaded.info, loaded.imgsz
+        for note in loaded.notes:  # e.g. imgsz rounded up to the stride: the operator sees the size really used
+            logger.warning(note)
         self.class_names: dict[int, str] = (
             dict(enumerate(info.class_names)) if info.class_names else {int(k): str(v) for k, v in self.model.names.items()}
         )
