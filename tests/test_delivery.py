@@ -18,6 +18,7 @@ from yolodefect.stream.delivery import Dispatcher, DispatcherError
 from yolodefect.stream.events import ModelInfo, new_event
 from yolodefect.stream.outbox import Outbox
 from yolodefect.stream.sinks import JsonlFileSink, StdoutSink, WebhookSink, sink_from_url
+from tests.helpers import wait_until
 
 
 def make_event(i: int) -> dict[str, Any]:
@@ -44,14 +45,6 @@ def read_ids(path: Path) -> list[str]:
         return []
     return [json.loads(line)["event_id"] for line in path.read_text().splitlines()]
 
-
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import skip_unless_ci
+from tests.helpers import free_port, skip_unless_ci, wait_until
 
 from yolodefect.stream.delivery import Dispatcher
 from yolodefect.stream.events import Defect, ModelInfo, load_schema, new_event
@@ -55,19 +55,6 @@ def make_event(i: int) -> dict[str, Any]:
     ).to_dict()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 class Broker:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import skip_unless_ci
+from tests.helpers import free_port, skip_unless_ci
 
 from yolodefect.stream.delivery import Dispatcher
 from yolodefect.stream.events import Defect, ModelInfo, new_event
@@ -38,11 +37,6 @@ def make_event(decision: str, classes: tuple[str, ...] = ()) -> dict[str, Any]:
         message="camera lost" if decision == "error" else None,
     ).to_dict()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_value(node: SyncNode, expected: Any, timeout_s: float = 10) -> Any:

@@ -78,7 +78,8 @@ def test_video_file_every_frame_in_order(tmp_path: Path) -> None:
     assert [f.index for f in frames] == list(range(40))
     assert [read_number(f.image) for f in frames] == list(range(40))  # the right pictures, in order
     assert frames[0].image.shape == (48, 64, 3) and frames[0].captured_at.tzinfo is not None
-    assert source.stats.snapshot() == {"frames": 40, "dropped": 0, "skipped": 0, "reconnects": 0}
+    assert source.stats.snapshot() == {"frames": 40, "dropped": 0, "skipped": 0, "reconnects": 0, "open_attempts": 0,
+                                       "open_failures": 0, "truncated": 0, "truncation": None}
 
 
 def test_video_file_is_decoded_on_the_consumers_thread_and_drops_nothing(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_fps_cap_paces_frames(tmp_path: Path) -> None:
     assert time.monotonic() - start >= 0.15  # 9 gaps of 20 ms, with slack for timer resolution
 
 
-def test_image_folder_sorted_one_part_per_file_corrupt_skipped(tmp_path: Path) -> None:
+def test_image_folder_sorted_one_part_per_file_corrupt_carries_its_error(tmp_path: Path) -> None:
     for name, level in (("b.png", 40), ("a.png", 20), ("c.jpg", 60)):
         write_image(tmp_path / name, level)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -126,8 +127,11 @@ def test_image_folder_sorted_one_part_per_file_corrupt_skipped(tmp_path: Path) -
     source = open_source(str(tmp_path))
     assert isinstance(source, ImageFilesSource) and source.per_part
     frames = collect(source)
-    assert [f.part_hint for f in frames] == ["a.png", "b.png", "c.jpg"]
-    assert source.stats.snapshot()["skipped"] == 1
+    # The corrupt file is a part too: it must reach the station, which gives it an error decision.
+    assert [f.part_hint for f in frames] == ["a.png", "b.png", "broken.png", "c.jpg"]
+    assert [f.error is not None for f in frames] == [False, False, True, False]
+    assert frames[2].error.startswith(f"cannot decode {tmp_path / 'broken.png'}: ")
+    assert source.stats.snapshot()["skipped"] == 0
     assert frames[0].image.shape == (48, 64, 3)
 
 
@@ -151,8 +155,10 @@ def test_stdin_paths(tmp_path: Path) -> None:
     a, b = write_image(tmp_path / "a.png", 10), write_image(tmp_path / "b.png", 20)
     stream = io.StringIO(f"{a}\n\n{tmp_path / 'missing.png'}\n{b}\n")
     source = StdinPathsSource(SourceOptions(), stream=stream)
-    assert [f.part_hint for f in collect(source)] == ["a.png", "b.png"]
-    assert source.stats.snapshot()["skipped"] == 1
+    frames = collect(source)
+    assert [f.part_hint for f in frames] == ["a.png", "missing.png", "b.png"]
+    assert [f.error is not None for f in frames] == [False, True, False]
+    assert frames[1].error.startswith(f"cannot read {tmp_path / 'missing.png'}: ")
 
 
 @pytest.mark.parametrize("spec", ["does/not/exist.mp4", "nothing_matches_*.png"])
@@ -212,7 +218,7 @@ def test_watched_folder_processes_each_new_file_once_after_it_is_complete(tmp_pa
     source = open_source(str(folder), options)
     assert isinstance(source, WatchedFolderSource)
     got: list[Frame] = []
-    consumer = threading.Thread(target=lambda: got.extend(collect(source, limit=4, timeout_s=8)))
+    consumer = threading.Thread(target=lambda: got.extend(collect(source, limit=5, timeout_s=8)))
     consumer.start()
     time.sleep(0.3)
     write_image(folder / "p1.png", 30)
@@ -231,9 +237,9 @@ def test_watched_folder_processes_each_new_file_once_after_it_is_complete(tmp_pa
     consumer.join(timeout=10)
     source.stop()
     assert not consumer.is_alive()
-    assert [f.part_hint for f in got] == ["existing.png", "p1.png", "p2.png", "p3.png"]
+    assert [f.part_hint for f in got] == ["existing.png", "p1.png", "p2.png", "corrupt.png", "p3.png"]
+    assert [f.error is not None for f in got] == [False, False, False, True, False]
     assert float(got[2].image.mean()) == pytest.approx(50, abs=1)
-    assert source.stats.snapshot()["skipped"] == 1
 
 
 # -- live sources -----------------------------------------------------------------------------
@@ -356,3 +362,14 @@ def test_stop_event_ends_a_live_source_promptly() -> None:
     start = time.monotonic()
     assert collect(source, timeout_s=5) == []
     assert time.monotonic() - start < 2
+
+
+def test_a_stream_password_never_becomes_the_source_name() -> None:
+    # The source name is logged, shown in the panel and carried by every event to every sink.
+    factory = ScriptedFactory(FakeCamera(frames=3, read_s=0.002))
+    url = "rtsp://admin:s3cret-pw@127.0.0.1:8554/line1"
+    source = open_source(url, SourceOptions(), capture_factory=factory)
+    frames = collect(source, limit=2, timeout_s=10)
+    assert factory.targets[0] == url  # the camera is still opened with its credentials
+    assert "s3cret-pw" not in source.name and "admin" not in source.name
+    assert frames and all("s3cret-pw" not in frame.source for frame in frames)

@@ -178,8 +178,10 @@ def _parse_overrides(pairs: list[str] | None) -> dict:
 def train(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="A data.yaml or a dataset folder made by `convert`.")],
-    model: Annotated[str, typer.Option(help="COCO-pretrained yolo26n.pt (downloaded when online), any Ultralytics "
-                                             "checkpoint (transfer learning, other classes are fine), or a .yaml to train from scratch.")] = "yolo26n.pt",
+    model: Annotated[Optional[str], typer.Option(help="Any Ultralytics checkpoint (transfer learning, other classes are fine) or a .yaml to "
+                                                       "train from scratch. Default: COCO-pretrained yolo26n.pt from Ultralytics' weights folder "
+                                                       "(downloaded there when online), never a file of the working folder. A .pt file runs code "
+                                                       "when loaded: use checkpoints from sources you trust.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
     imgsz: Annotated[Optional[int], typer.Option(help="Training image size. Default: suggested by `check` from the box sizes.")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size. Default: 16 on CPU, AutoBatch on GPU.")] = None,
@@ -318,7 +320,7 @@ def watch(
 ) -> None:
     """Run the inspection station: read frames, detect, draw, and emit one event per defective part.
 
-    Every event is written to a local SQLite outbox first and removed only when every sink has it, so a broker or webhook that is down loses nothing. Ctrl-C or SIGTERM finishes the frame, flushes and prints a summary.
+    Every event is written to a local SQLite outbox first and removed only when every sink has it, so a broker or webhook that is down loses nothing. Ctrl-C or SIGTERM finishes the frame, flushes and prints a summary. One station per outbox: a second one on the same file fails at start. If the outbox cannot store an event (disk full), the event still goes to the sinks directly and to stderr ('NOT PERSISTED EVENT {json}'), and the command exits 1 naming it.
 
     [bold]Examples[/bold]
 
@@ -333,7 +335,7 @@ def watch(
     from rich.live import Live
 
     from yolodefect.errors import UsageError
-    from yolodefect.render import render_model_card, render_watch_summary, watch_panel
+    from yolodefect.render import render_model_card, render_not_persisted, render_watch_summary, watch_panel
     from yolodefect.stream.options import resolve_options
     from yolodefect.stream.watch import watch as run_watch
 
@@ -373,8 +375,12 @@ def watch(
                 summary = run_watch(options, install_signal_handlers=True, on_stats=update)
         if json_output and not stdout_events:
             print_json(summary.to_dict())
+            render_not_persisted(summary, err_console)
         else:
             render_watch_summary(summary, err_console)
+        if summary.not_persisted_event_ids:
+            # They reached the sinks at best without durability: whoever runs the station must notice.
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -473,7 +479,7 @@ def export(
     data: Annotated[Path, typer.Option("--data", help="Dataset: calibration images from train, validation on val.")],
     int8: Annotated[bool, typer.Option("--int8", help="Post-training INT8 quantization, validated against FP32.")] = False,
     format: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime, CPU), openvino (extra [openvino]) or engine (TensorRT, NVIDIA GPU).")] = "onnx",
-    imgsz: Annotated[Optional[int], typer.Option(help="Export size, a multiple of 32. Default: the training size.")] = None,
+    imgsz: Annotated[Optional[int], typer.Option(help="Export size in pixels, rounded up to a multiple of the model stride (32). Default: the training size.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic input shape (static by default).")] = False,
     calib: Annotated[int, typer.Option(help="Calibration images, stratified by class, backgrounds included.")] = 300,
     calibration: Annotated[Optional[str], typer.Option(help="ONNX Runtime calibration: minmax (default), percentile or entropy.")] = None,

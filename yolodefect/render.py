@@ -46,6 +46,9 @@ def render_conversion(result: ConversionResult, console: Console) -> None:
     console.print(table)
     _notes_summary(console, "files skipped", result.skipped, "red")
     _notes_summary(console, "warnings", result.warnings, "yellow")
+    if result.warning_counts:
+        console.print("  counted: " + ", ".join(f"{count} {kind.replace('_', ' ')}"
+                                                for kind, count in result.warning_counts.items()), highlight=False)
     _notes_summary(console, "groups of identical images kept in one split", result.duplicates, "cyan", limit=3)
     console.print(f"Wrote {result.images_written} images, {result.boxes_written} boxes in {result.seconds:.1f} s. "
                   f"Next: [bold]yolodefect check {result.out}[/bold] then "
@@ -156,11 +159,22 @@ def watch_panel(stats: WatchStats):
     latency = "-" if stats.latency_p50_ms is None else f"p50 {stats.latency_p50_ms:.1f} ms, p95 {stats.latency_p95_ms:.1f} ms"
     table.add_row("frames", f"{stats.frames}  ({stats.fps:.1f} fps, {stats.elapsed_s:.0f} s)")
     table.add_row("latency", latency)
-    table.add_row("dropped / skipped", f"{stats.dropped_frames} / {stats.skipped_frames}  reconnects {stats.reconnects}")
-    table.add_row("parts", f"[red]{stats.rejects} rejected[/red], {stats.passes} passed, {stats.errors} errors")
+    table.add_row("dropped / skipped", f"{stats.dropped_frames} / {stats.skipped_frames}")
+    if stats.open_attempts:
+        table.add_row("capture", f"{stats.open_attempts} open attempts, {stats.open_failures} failed, "
+                                 f"{stats.reconnects} reconnects")
+    if stats.truncated:
+        table.add_row("video", f"[yellow]{stats.truncation}[/yellow]")
+    unreadable = f" ({stats.unreadable_parts} unreadable images)" if stats.unreadable_parts else ""
+    table.add_row("parts", f"[red]{stats.rejects} rejected[/red], {stats.passes} passed, {stats.errors} errors{unreadable}")
     for sink, backlog in stats.sink_backlog.items():
         error = stats.sink_errors.get(sink)
         table.add_row(f"sink {sink}", f"backlog {backlog}" + (f"  [yellow]{error}[/yellow]" if error else ""))
+    if stats.not_persisted_events:
+        table.add_row("[red]outbox[/red]", f"[red]{stats.not_persisted_events} event(s) NOT stored (disk full?): "
+                      "sent to the sinks directly, content on stderr[/red]")
+    if stats.evidence_failures:
+        table.add_row("evidence", f"[yellow]evidence failures {stats.evidence_failures}[/yellow]")
     title = f"yolodefect watch: {stats.source} ({stats.mode}) with {stats.model.get('name', '?')} {stats.model.get('precision', '')}"
     return Panel(table, title=title, title_align="left")
 
@@ -187,8 +201,26 @@ def render_watch_summary(summary: WatchSummary, console: Console) -> None:
     console.print(watch_panel(s))
     console.print(f"Stopped by {summary.stopped_by}. {s.rejects} reject event(s), {s.passes} pass, {s.errors} error; "
                   + ("every event delivered." if summary.flushed else
-                     f"[yellow]undelivered, kept in the outbox for the next run: {summary.undelivered}[/yellow]"),
+                     f"[yellow]undelivered, kept in the outbox for the next run: {summary.undelivered}[/yellow]")
+                  + (f" [yellow]evidence failures {s.evidence_failures}[/yellow]." if s.evidence_failures else ""),
                   highlight=False)
+    if s.unreadable_parts:
+        console.print(f"[yellow]{s.unreadable_parts} part image(s) could not be read or decoded: each got an error "
+                      "event naming the file (see the log).[/yellow]", highlight=False)
+    if s.truncated:
+        console.print(f"[yellow]{s.truncation}[/yellow]", highlight=False, soft_wrap=True)
+    render_not_persisted(summary, console)
+
+
+def render_not_persisted(summary: WatchSummary, console: Console) -> None:
+    """The red line naming the events the outbox could not store (nothing when there are none)."""
+    from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX
+
+    ids = summary.not_persisted_event_ids
+    if ids:
+        console.print(f"[red]error:[/red] {len(ids)} event(s) NOT stored in the outbox (sent to the sinks directly; "
+                      f"content in the stderr lines starting {NOT_PERSISTED_PREFIX.strip()!r}): {', '.join(ids)}",
+                      highlight=False, soft_wrap=True)
 
 
 def render_compare(result, console: Console) -> None:

@@ -7,6 +7,7 @@ evidence never stops the line: a failure is logged and the event goes out withou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import datetime, timezone
@@ -26,9 +27,15 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
         raise OSError(f"JPEG encoding failed for {path.name}")
     # Write then rename: a reader (or a crash) never sees half a JPEG under the final name.
     partial = path.with_name(path.name + ".part")
-    with open(partial, "wb") as handle:
-        handle.write(data.tobytes())
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data.tobytes())
+        os.replace(partial, path)
+    except OSError:
+        # A full disk must not also fill the folder with empty .part files, one per reject.
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
 
 
 class EvidenceWriter:
@@ -39,7 +46,7 @@ class EvidenceWriter:
             raise UsageError(f"JPEG quality must lie in [1, 100], got {jpeg_quality}")
         self.directory = Path(directory)
         self.jpeg_quality = jpeg_quality
-        self.failures = 0
+        self.failures = 0  # snapshots (images) not saved
 
     def save(self, event_id: str, captured_at: datetime, images: dict[str, np.ndarray]) -> dict[str, str]:
         """Write each image as ``<event_id>_<kind>.jpg``; returns the paths written (missing ones on failure)."""
@@ -49,7 +56,7 @@ class EvidenceWriter:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            self.failures += 1
+            self.failures += len(images)
             logger.error("cannot create evidence folder %s: %s; event %s goes out without snapshots", folder, exc, event_id)
             return written
         for kind, image in images.items():

@@ -6,8 +6,13 @@ decoding thread preempts ONNX Runtime's pool and the model call went from 26 to 
 more than the 0.4 ms a 640x360 frame takes to decode. Sources that wait on the outside world (a hot
 folder, stdin) keep a reader thread feeding a bounded queue, blocking when it is full, so nothing is
 dropped and memory stays bounded; a sentinel ends the stream and the thread is joined in
-``finally``. A corrupt image or an undecodable frame is logged, counted as skipped and passed over:
-one bad file must not stop a line.
+``finally``.
+
+One bad file must not stop a line, and no part may pass silently: an image file that cannot be
+read or decoded (missing, empty, truncated, corrupt) still yields its frame, carrying the error
+(:attr:`Frame.error`), so the station gives that part an ``error`` decision. An undecodable frame
+inside a video is logged, counted as skipped and passed over; a video that ends before the frame
+count its container promised (a half-written or cut file) is logged and counted as truncated.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from yolodefect.stream.frames import (
     Frame,
     FrameSource,
     SourceOptions,
+    UnreadableImageError,
     default_capture_factory,
     read_image,
     to_bgr,
@@ -53,6 +59,16 @@ class _Raw:
     image: np.ndarray
     index: int
     part_hint: str | None = None
+    error: str | None = None
+
+
+def _part_from_file(path: Path, index: int) -> _Raw:
+    """One part read from ``path``; an unreadable file gives a placeholder carrying the error, never nothing."""
+    try:
+        return _Raw(read_image(path), index, path.name)
+    except UnreadableImageError as exc:
+        logger.warning("%s; the part gets an error decision", exc)
+        return _Raw(Frame.placeholder(str(exc)), index, path.name, str(exc))
 
 
 def _bounded_reader(produce: Iterator[_Raw], stop: threading.Event, done: threading.Event, maxsize: int,
@@ -129,7 +145,7 @@ class _EveryFrameSource(FrameSource):
         for raw in raws:
             # Stamped when the pipeline takes the frame: a file has no capture time, and stamping at
             # read-ahead would count queue wait as latency.
-            yield Frame(raw.image, raw.index, utc_now(), self.name, raw.part_hint, time.monotonic())
+            yield Frame(raw.image, raw.index, utc_now(), self.name, raw.part_hint, time.monotonic(), raw.error)
 
     def _produce(self) -> Iterator[_Raw]:
         raise NotImplementedError
@@ -163,7 +179,12 @@ class VideoFileSource(_EveryFrameSource):
                     ok, image = capture.read()
                     attempted += 1
                     if ok and image is not None:
-                        bad_in_row = 0
+                        if bad_in_row:
+                            # Bad frames with good ones after them were skipped; a bad run at the end is truncation.
+                            self.stats.add("skipped", bad_in_row)
+                            logger.warning("%s: frames %d to %d cannot be decoded; skipped", self.path,
+                                           attempted - 1 - bad_in_row, attempted - 2)
+                            bad_in_row = 0
                         frames_this_pass += 1
                         yield _Raw(to_bgr(image), index)
                         index += 1
@@ -172,13 +193,21 @@ class VideoFileSource(_EveryFrameSource):
                     if attempted >= total or bad_in_row >= _MAX_BAD_VIDEO_FRAMES:
                         break
                     bad_in_row += 1
-                    self.stats.add("skipped")
-                    logger.warning("%s: frame %d cannot be decoded; skipped", self.path, attempted - 1)
             finally:
                 capture.release()
+            self._check_complete(attempted - 1 - bad_in_row, total, first_pass=index == frames_this_pass)
             if not self.options.loop or frames_this_pass == 0:
                 return
             logger.debug("%s: end of video, looping", self.path)
+
+    def _check_complete(self, frames_read: int, total: int, *, first_pass: bool) -> None:
+        """Warn when the file ended before the frame count its container promised (cut or still being written)."""
+        if self._halted() or frames_read >= total:
+            return
+        message = f"video {self.path} ended early at frame {frames_read} of {total} (truncated file?)"
+        self.stats.note_truncation(message)
+        # Once per run: a looped cut file would otherwise say the same thing every pass.
+        (logger.warning if first_pass else logger.debug)(message)
 
 
 def _positive(value: float) -> float | None:
@@ -200,18 +229,16 @@ class ImageFilesSource(_EveryFrameSource):
         for index, path in enumerate(self.paths):
             if self._halted():
                 return
-            image = read_image(path)
-            if image is None:
-                self.stats.add("skipped")
-                continue
-            yield _Raw(image, index, path.name)
+            yield _part_from_file(path, index)
 
 
 class WatchedFolderSource(_EveryFrameSource):
     """A hot folder: every image file that appears is read once, after its size stops changing.
 
     Files already there at start are processed too (a station that was down must not lose parts),
-    so a restart re-inspects them; move processed files away upstream if that matters.
+    so a restart re-inspects them; move processed files away upstream if that matters. A file that
+    has settled but cannot be decoded (empty, cut short, corrupt) yields a frame carrying the error,
+    read once like any other: write parts under a temporary name and rename them into the folder.
     """
 
     kind = "folder"
@@ -248,7 +275,7 @@ class WatchedFolderSource(_EveryFrameSource):
                 seen = settling.get(entry.name)
                 if seen is None or (seen[0], seen[1]) != (stat.st_size, stat.st_mtime_ns):
                     settling[entry.name] = (stat.st_size, stat.st_mtime_ns, now)
-                elif stat.st_size > 0 and now - seen[2] >= self.options.settle_s:
+                elif now - seen[2] >= self.options.settle_s:  # an empty file too: it gets an error decision
                     ready.append((stat.st_mtime_ns, entry.name, Path(entry.path)))
             # Forget files that were removed, so memory follows the folder, not the run length.
             done &= present
@@ -258,11 +285,7 @@ class WatchedFolderSource(_EveryFrameSource):
             for _, name, path in sorted(ready):
                 settling.pop(name, None)
                 done.add(name)
-                image = read_image(path)
-                if image is None:
-                    self.stats.add("skipped")
-                    continue
-                yield _Raw(image, index, name)
+                yield _part_from_file(path, index)
                 index += 1
             if not ready:
                 self._done.wait(self.options.poll_interval_s)
@@ -287,12 +310,7 @@ class StdinPathsSource(_EveryFrameSource):
             text = line.strip()
             if not text:
                 continue
-            path = Path(text).expanduser()
-            image = read_image(path)
-            if image is None:
-                self.stats.add("skipped")
-                continue
-            yield _Raw(image, index, path.name)
+            yield _part_from_file(Path(text).expanduser(), index)
             index += 1
 
 

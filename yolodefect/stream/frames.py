@@ -8,7 +8,6 @@ picks one from a source string.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,14 +19,19 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from yolodefect.errors import UsageError
-
-logger = logging.getLogger(__name__)
+from yolodefect.errors import UsageError, YoloDefectError
+from yolodefect.jpeg import jpeg_cut_short
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 # How long a consumer waits on an empty queue or slot before re-checking the stop event.
 POLL_S = 0.05
+# The stand-in picture of a part whose file cannot be decoded (see Frame.placeholder).
+_PLACEHOLDER_WH = (640, 360)
+
+
+class UnreadableImageError(YoloDefectError):
+    """An image file that cannot be read or decoded; the message names the file and why."""
 
 
 class Capture(Protocol):
@@ -53,6 +57,10 @@ class Frame:
     gaps show drops). ``part_hint`` is the file name when one file is one part.
     ``captured_monotonic`` is the same moment on the monotonic clock, for latency that a wall-clock
     step cannot distort.
+
+    ``error`` is set when the part's file could not be read or decoded: the part still enters the
+    station (it must leave with an ``error`` decision, never silently), and ``image`` is then a
+    placeholder that shows the error (see :meth:`placeholder`), not a picture of the part.
     """
 
     image: np.ndarray
@@ -61,10 +69,26 @@ class Frame:
     source: str
     part_hint: str | None = None
     captured_monotonic: float = field(default_factory=time.monotonic)
+    error: str | None = None
 
     @property
     def size_wh(self) -> tuple[int, int]:
         return int(self.image.shape[1]), int(self.image.shape[0])
+
+    @staticmethod
+    def placeholder(error: str) -> np.ndarray:
+        """The image an unreadable part carries: dark grey with ``error`` written on it.
+
+        Events need an image size and evidence needs a picture; this one tells whoever opens the
+        evidence what happened instead of showing a blank.
+        """
+        width, height = _PLACEHOLDER_WH
+        image = np.full((height, width, 3), 40, dtype=np.uint8)
+        lines = ["UNREADABLE PART"] + [error[i:i + 60] for i in range(0, min(len(error), 240), 60)]
+        for row, text in enumerate(lines):
+            cv2.putText(image, text, (12, 40 + 32 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.55 if row else 0.9,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+        return image
 
 
 @dataclass(frozen=True)
@@ -95,20 +119,31 @@ class SourceOptions:
 class SourceStats:
     """Counters shared by the reader thread and the consumer (hence the lock)."""
 
+    _COUNTERS = ("frames", "dropped", "skipped", "reconnects", "open_attempts", "open_failures", "truncated")
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.frames = 0  # delivered to the consumer
+        self.frames = 0  # delivered to the consumer (unreadable parts included: they carry an error)
         self.dropped = 0  # live frames replaced by a newer one before they were consumed
-        self.skipped = 0  # corrupt images / undecodable frames
+        self.skipped = 0  # video frames that could not be decoded, inside a file that goes on after them
         self.reconnects = 0  # live: successful reopen after an outage
+        self.open_attempts = 0  # live: times the capture was opened (the first time included)
+        self.open_failures = 0  # live: opens that failed or raised
+        self.truncated = 0  # video: passes that ended before the frame count the container promised
+        self.truncation: str | None = None  # the last such ending, in words
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
-    def snapshot(self) -> dict[str, int]:
+    def note_truncation(self, message: str) -> None:
         with self._lock:
-            return {"frames": self.frames, "dropped": self.dropped, "skipped": self.skipped, "reconnects": self.reconnects}
+            self.truncated += 1
+            self.truncation = message
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {**{name: getattr(self, name) for name in self._COUNTERS}, "truncation": self.truncation}
 
 
 def utc_now() -> datetime:
@@ -129,19 +164,32 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """Decode an image file to BGR, or None when it is unreadable (corrupt, truncated, not an image)."""
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to BGR; raises UnreadableImageError naming the file and why (missing, empty, truncated...)."""
     try:
         # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not on Windows.
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
-        logger.warning("cannot read %s: %s; skipped", path, exc)
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        raise UnreadableImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    content = data.tobytes()
+    # Older OpenCV builds fill the missing rows of a cut JPEG with grey and return it: a part
+    # inspected on half a picture, so the end marker is checked whatever imdecode says.
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size and not jpeg_cut_short(content) else None
     if image is None:
-        logger.warning("cannot decode %s (corrupt, truncated or not an image); skipped", path)
-        return None
+        raise UnreadableImageError(f"cannot decode {path}: {_why_undecodable(content)}")
     return to_bgr(image)
+
+
+def _why_undecodable(content: bytes) -> str:
+    size = len(content)
+    amount = f"{size} bytes" if size < 1024 else f"{size / 1024:.0f} KB"
+    if not size:
+        return "empty file (0 bytes)"
+    if jpeg_cut_short(content):
+        return f"truncated JPEG ({amount}, no end-of-image marker)"
+    if content.startswith(b"\x89PNG") and b"IEND" not in content[-64:]:
+        return f"truncated PNG ({amount}, no end chunk)"
+    return f"corrupt or not an image OpenCV can decode ({amount})"
 
 
 def default_capture_factory(target: Any) -> Capture:

@@ -82,6 +82,7 @@ class LiveSource(FrameSource):
         self._lock = threading.Lock()
         self._generation = 0
         self._busy_since: float | None = None  # set while the reader is inside open() or read()
+        self._busy_in = ""  # which of the two: "open" or "read"
         self._delay = options.reconnect_initial_s
         self._outage_since: float | None = None
         self._index = 0
@@ -114,9 +115,11 @@ class LiveSource(FrameSource):
 
     def _stalled(self) -> bool:
         with self._lock:
-            busy = self._busy_since
+            busy, call = self._busy_since, self._busy_in
         if busy is None or time.monotonic() - busy < self.options.stall_timeout_s:
             return False
+        if call == "open":
+            self.stats.add("open_failures")  # the abandoned reader does not count it when its open returns
         logger.warning(
             "%s: no frame for %.1f s (capture blocked); abandoning it and reconnecting",
             self.name, time.monotonic() - busy,
@@ -127,10 +130,12 @@ class LiveSource(FrameSource):
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self._stop.is_set()
 
-    def _set_busy(self, generation: int, busy: bool) -> None:
+    def _set_busy(self, generation: int, call: str | None) -> None:
+        """Mark the reader as inside ``call`` ("open" or "read"), or out of it (None), for the stall watchdog."""
         with self._lock:
             if generation == self._generation:
-                self._busy_since = time.monotonic() if busy else None
+                self._busy_since = time.monotonic() if call else None
+                self._busy_in = call or ""
 
     def _begin_outage(self) -> None:
         if self._outage_since is None:
@@ -150,7 +155,8 @@ class LiveSource(FrameSource):
 
     def _read_loop(self, generation: int) -> None:
         while self._current(generation):
-            self._set_busy(generation, True)
+            self._set_busy(generation, "open")
+            self.stats.add("open_attempts")
             try:
                 capture = self._capture_factory(self.target)
                 opened = bool(capture.isOpened())
@@ -158,11 +164,17 @@ class LiveSource(FrameSource):
                 capture, opened = None, False
                 logger.debug("%s: open raised %s", self.name, exc)
             finally:
-                self._set_busy(generation, False)
+                self._set_busy(generation, None)
+            if not self._current(generation):
+                if capture is not None:  # abandoned while blocked in open (counted by the watchdog) or stopped
+                    _release(capture)
+                return
             if opened and capture is not None:
                 fps = _safe_get(capture, cv2.CAP_PROP_FPS)
                 self.nominal_fps = fps if fps and 0 < fps < 1000 else self.nominal_fps
             if not opened:
+                # Counted apart from reconnects: a camera that never opens shows its failures, not "0".
+                self.stats.add("open_failures")
                 if capture is not None:
                     _release(capture)
                 self._backoff(generation, "cannot open the capture")
@@ -174,14 +186,14 @@ class LiveSource(FrameSource):
 
     def _read_frames(self, generation: int, capture: Capture) -> str | None:
         while self._current(generation):
-            self._set_busy(generation, True)
+            self._set_busy(generation, "read")
             try:
                 ok, image = capture.read()
             except Exception as exc:
                 ok, image = False, None
                 logger.debug("%s: read raised %s", self.name, exc)
             finally:
-                self._set_busy(generation, False)
+                self._set_busy(generation, None)
             if not self._current(generation):
                 return None  # abandoned while blocked: a newer reader owns the slot now
             if not ok or image is None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
+import glob
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,8 @@ from typing import Any, Literal, get_args
 import yaml
 
 from yolodefect.errors import UsageError
+from yolodefect.inference.model_file import check_imgsz
+from yolodefect.stream.redact import redact_urls
 
 FailSafe = Literal["off", "reject"]
 Mode = Literal["auto", "track", "part"]
@@ -116,7 +121,7 @@ _FLOAT = ("stall_timeout_s", "tile_overlap", "conf", "min_area", "flush_timeout_
 
 
 def _fail(name: str, expected: str, value: Any) -> UsageError:
-    return UsageError(f"option {name!r} must be {expected}, got {value!r}")
+    return UsageError(f"option {name!r} must be {expected}, got {redact_urls(repr(value))}")
 
 
 def _number(name: str, value: Any, expected: str) -> float:
@@ -215,10 +220,12 @@ def _check(options: WatchOptions) -> None:
         value = getattr(options, name)
         if value is not None and value <= 0:
             raise _fail(name, "> 0 (or unset)", value)
-    for name in ("max_frames", "imgsz", "tile"):
+    for name in ("max_frames", "tile"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise _fail(name, ">= 1 (or unset)", value)
+    if options.imgsz is not None:
+        check_imgsz(options.imgsz, option="imgsz")  # the rule every command applies; rounding needs the model
     if options.min_frames < 1:
         raise _fail("min_frames", ">= 1", options.min_frames)
     if not 0 <= options.conf <= 1 or not all(0 <= v <= 1 for v in options.class_conf.values()):
@@ -248,10 +255,16 @@ def _resolve(value: Any, folder: Path, *, source: bool = False) -> Any:
     if value is None or not isinstance(value, (str, Path)):
         return value
     text = str(value)
-    if source and (text == "-" or text.isdigit() or "://" in text):
-        return value  # a camera index, URL or stdin is not a path
+    if source and not _source_is_path(text):
+        return value
     path = Path(text).expanduser()
     return str(folder / path) if not path.is_absolute() else text
+
+
+def _source_is_path(source: str) -> bool:
+    """Whether a source spec names a file, folder or glob (not a camera index, stream URL or stdin)."""
+    text = source.strip()
+    return not (text == "-" or text.isdigit() or "://" in text)
 
 
 def options_from_mapping(data: Mapping[str, Any], *, base: WatchOptions | None = None, origin: str = "station config",
@@ -299,3 +312,117 @@ def resolve_options(config: Path | str | None, overrides: Mapping[str, Any]) -> 
     """The CLI's one call: defaults, then the station config (if any), then flags that were given (not None)."""
     base = load_station_config(config) if config is not None else WatchOptions()
     return merge_options(base, overrides)
+
+
+# Written next to the outbox file: SQLite's WAL, shared memory and rollback journal, and the Outbox's lock.
+_OUTBOX_SIBLING_SUFFIXES = ("-wal", "-shm", "-journal", ".lock")
+
+
+@dataclass(frozen=True)
+class _Output:
+    """A path ``watch`` writes: ``label`` is how the user gave it, ``what`` what would land there."""
+
+    label: str
+    path: Path
+    what: str
+    is_folder: bool = False
+
+
+def _outputs(options: WatchOptions) -> list[_Output]:
+    # Imported here: the CLI imports this module for its help texts, and the sinks package pulls in asyncio.
+    from yolodefect.stream.sinks.factory import file_sink_path
+
+    outputs = []
+    for spec in options.sinks:
+        path = file_sink_path(spec)
+        if path is not None:
+            outputs.append(_Output(f"--sink {spec}", path, "events"))
+    outbox = options.outbox
+    default = " (the default)" if outbox == DEFAULT_OUTBOX else ""
+    outputs.append(_Output(f"--outbox {outbox}{default}", outbox, "the outbox database"))
+    for suffix in _OUTBOX_SIBLING_SUFFIXES:
+        sibling = outbox.with_name(outbox.name + suffix)
+        outputs.append(_Output(f"--outbox {outbox}{default} (its {sibling.name})", sibling, "the outbox database"))
+    if options.evidence_dir is not None:
+        outputs.append(_Output(f"--evidence {options.evidence_dir}", options.evidence_dir, "reject snapshots",
+                               is_folder=True))
+    if options.save is not None:
+        outputs.append(_Output(f"--save {options.save}", options.save, "the annotated video"))
+    return outputs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether resolved paths ``a`` and ``b`` are one file: the same path, or hard links to one inode."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): only the path comparison counts
+        return False
+
+
+def _glob_parts(pattern: str) -> tuple[str, ...]:
+    """The pattern's components with its literal leading folders resolved (symlinks, cwd), as glob sees them."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    literal = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return Path(*parts[:literal]).resolve().parts + parts[literal:] if literal else Path.cwd().parts + parts
+
+
+def _glob_reaches(pattern: tuple[str, ...], parts: tuple[str, ...], *, below: bool) -> bool:
+    """Whether the recursive glob matches the path ``parts`` or, with ``below``, could match a path under it."""
+    if not parts:
+        return bool(pattern) if below else all(part == "**" for part in pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":  # zero or more whole components
+        return _glob_reaches(pattern[1:], parts, below=below) or _glob_reaches(pattern, parts[1:], below=below)
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_reaches(pattern[1:], parts[1:], below=below)
+
+
+def _conflict(output: _Output, source: str) -> str | None:
+    """Why writing ``output`` would touch the path source ``source``, or None when it would not."""
+    source_path = Path(source).expanduser()
+    target = output.path.expanduser().resolve()
+    kind = "folder" if output.is_folder else "file"
+    if source_path.is_dir():
+        folder = source_path.resolve()
+        if target == folder or folder in target.parents:
+            return (f"{output.label} lies inside the source folder {source}: {output.what} would be written "
+                    f"among the files being inspected; choose a {kind} outside it")
+        if output.is_folder and target in folder.parents:
+            return (f"{output.label} holds the source folder {source}: {output.what} would be written into the "
+                    f"folder being inspected; choose a {kind} outside it")
+        return None
+    if glob.has_magic(source) and not source_path.exists():
+        for match in glob.glob(os.path.expanduser(source), recursive=True):
+            if _same_file(target, Path(match).resolve()):
+                return (f"{output.label} is the source file {match} (matched by {source}): {output.what} would be "
+                        f"written into it; choose another {kind}")
+        if _glob_reaches(_glob_parts(source), target.parts, below=output.is_folder):
+            return (f"{output.label} matches the source pattern {source}: {output.what} would be written where "
+                    f"the source reads images; choose a {kind} the pattern does not match")
+        return None
+    if _same_file(target, source_path.resolve()):
+        link = "" if output.path.expanduser().absolute() == source_path.absolute() else " (through a link)"
+        return (f"{output.label} is the source file {source}{link}: {output.what} would be written into it; "
+                f"choose another {kind}")
+    return None
+
+
+def check_outputs_outside_source(options: WatchOptions) -> None:
+    """Raise UsageError when an output would be written into the source; call before anything is written.
+
+    Outputs are the file sinks, the outbox (and the -wal/-shm/-journal/.lock files written next to
+    it), the evidence folder and ``save``. A source file must not be an output (compared after resolving
+    symlinks, and as an inode for hard links); a source folder, watched or not, must not hold an
+    output at any depth, nor lie inside the evidence folder; a glob must not match an output, or
+    anything the evidence folder will hold. Outputs that do not exist yet are resolved through their
+    existing parent folders. Camera indexes, stream URLs and stdin have no path to protect.
+    """
+    source = options.source
+    if source is None or not _source_is_path(source):
+        return
+    for output in _outputs(options):
+        problem = _conflict(output, source.strip())
+        if problem is not None:
+            raise UsageError(problem)

@@ -14,13 +14,21 @@ Sink membership policy (kept simple on purpose):
   mistake must not lose events). They are logged as a warning on open, delivered when the sink is
   configured again, and can be discarded deliberately with :meth:`Outbox.drop_sink`.
 
-One process per outbox file: two dispatchers on the same file would deliver every event twice.
+One station per outbox file: two dispatchers on the same file would each drain the other's events
+(or deliver them twice). Opening takes an exclusive, non-blocking ``flock`` on a sidecar
+``<outbox>.lock`` file that names the owner (pid and host); a second opener fails at once with a
+message naming that process. The lock dies with its process (no stale lock after a crash), and the
+sidecar file is left in place on close on purpose: deleting it would let two later openers lock two
+different files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import socket
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -50,6 +58,43 @@ class OutboxError(YoloDefectError):
     """The outbox file cannot be used; the message names the file and the fix."""
 
 
+class OutboxStoreError(OutboxError):
+    """An event could not be written (disk full, read-only, I/O error): it is NOT in the outbox."""
+
+
+class _OwnerLock:
+    """Exclusive lock on ``<outbox>.lock`` for the life of one Outbox, naming its owner inside."""
+
+    def __init__(self, outbox_path: Path):
+        import fcntl  # POSIX only (Linux, macOS); imported here so the module still imports elsewhere
+
+        self.path = outbox_path.with_name(outbox_path.name + ".lock")
+        # Not truncated on open: the owner's name must stay readable to a second opener. A file object,
+        # not a bare descriptor, so an Outbox dropped without close() still releases the lock when collected.
+        self._file = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "rb+", buffering=0)
+        fd = self._file.fileno()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            self._file.close()
+            raise OutboxError(
+                f"outbox {outbox_path} is in use by {owner}; give each station its own --outbox "
+                "(two stations on one outbox would take each other's events)"
+            ) from None
+        except OSError:
+            self._file.close()
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        except OSError as exc:  # the name only helps a second opener's message; the lock is what counts
+            logger.debug("cannot write the owner into %s: %s", self.path, exc)
+
+    def release(self) -> None:
+        self._file.close()  # closing the descriptor releases the flock
+
+
 class Outbox:
     """Thread-safe persistent queue of events, with a delivery row per (event, sink) until acked."""
 
@@ -66,12 +111,22 @@ class Outbox:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Before SQLite touches the file: a second station must not even replay the WAL.
+            self._owner = _OwnerLock(self.path)
+        except OSError as exc:
+            raise OutboxError(f"cannot lock outbox {self.path}: {exc}; check the directory is writable") from exc
+        try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
+            self._owner.release()
+            if _free_bytes(self.path.parent) == 0:
+                # SQLite says "disk I/O error" when it cannot create its -wal/-shm files on a full disk.
+                raise OutboxError(f"cannot open outbox {self.path}: the disk holding it is full (0 bytes free); "
+                                  "free space there or give --outbox on another disk") from exc
             raise OutboxError(
                 f"cannot open outbox {self.path}: {exc}; check the directory is writable and the file is not "
                 "corrupt (move it aside to start empty; its undelivered events would then be lost)"
@@ -112,7 +167,7 @@ class Outbox:
                     )
             except sqlite3.Error as exc:
                 # Usually a full or read-only disk; the event is not stored, so the caller must know.
-                raise OutboxError(
+                raise OutboxStoreError(
                     f"cannot store event {event_id} in outbox {self.path}: {exc}; free disk space or fix permissions"
                 ) from exc
 
@@ -178,6 +233,7 @@ class Outbox:
             except sqlite3.Error as exc:
                 logger.debug("checkpoint on close of %s failed: %s", self.path, exc)
             self._db.close()
+            self._owner.release()
 
     def __enter__(self) -> Outbox:
         return self
@@ -193,6 +249,14 @@ class Outbox:
         return _Transaction(self._db)
 
 
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer can still use on ``folder``'s filesystem; None when unknown."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT/ROLLBACK; the caller already holds the outbox lock."""
 
@@ -203,4 +267,20 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()  # a COMMIT that fails (disk full) may leave the transaction open
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL among them); a second ROLLBACK would
+        # then fail and hide the real error. A transaction left open would block every later write.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                logger.debug("rollback failed: %s", exc)

@@ -31,11 +31,13 @@ from yolodefect.stream.frames import (
     FrameSource,
     SourceOptions,
     SourceStats,
+    UnreadableImageError,
     default_capture_factory,
     read_image,
     to_bgr,
 )
 from yolodefect.stream.live_source import LatestSlot, LiveSource
+from yolodefect.stream.redact import redact_urls
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -51,6 +53,7 @@ __all__ = [
     "SourceOptions",
     "SourceStats",
     "StdinPathsSource",
+    "UnreadableImageError",
     "VideoFileSource",
     "WatchedFolderSource",
     "open_source",
@@ -84,7 +87,8 @@ def open_source(
     if isinstance(spec, int) or text.isdigit():
         return LiveSource(f"camera:{int(text)}", int(text), options, stop_event, capture_factory)
     if text.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(text, text, options, stop_event, capture_factory)
+        # The name is logged, shown and put in every event: never the camera's password.
+        return LiveSource(redact_urls(text), text, options, stop_event, capture_factory)
     if text == "-":
         return StdinPathsSource(options, stop_event, stdin)
     path = Path(text).expanduser()

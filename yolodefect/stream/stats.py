@@ -24,12 +24,19 @@ class WatchStats:
     running: bool = True
     elapsed_s: float = 0.0
     frames: int = 0  # processed
-    fps: float = 0.0  # processed frames per second over the last few seconds
+    # processed frames per second: over the last few seconds while running; in the final summary,
+    # over the frames' own time (first frame taken to last frame done, the shutdown flush excluded)
+    fps: float = 0.0
     latency_p50_ms: float | None = None  # capture to decision, last 500 frames
     latency_p95_ms: float | None = None
     dropped_frames: int = 0  # live source frames replaced by newer ones (we were slower than the camera)
-    skipped_frames: int = 0  # corrupt images / undecodable frames
-    reconnects: int = 0
+    skipped_frames: int = 0  # video frames that could not be decoded (the file went on after them)
+    unreadable_parts: int = 0  # part images that could not be read or decoded: each got an 'error' event
+    truncated: bool = False  # the video file ended before the frame count its container promised
+    truncation: str | None = None  # that ending in words: "video X ended early at frame N of M (truncated file?)"
+    reconnects: int = 0  # live: successful reopens after an outage
+    open_attempts: int = 0  # live: times the capture was opened, the first included
+    open_failures: int = 0  # live: opens that failed, raised or stalled
     late_frames: int = 0  # over max_latency_ms
     failed_frames: int = 0  # processing raised
     parts: int = 0  # part decisions (reject + pass)
@@ -37,6 +44,7 @@ class WatchStats:
     passes: int = 0
     errors: int = 0  # 'error' events
     events: int = 0  # events handed to the outbox
+    not_persisted_events: int = 0  # of those, the ones the outbox could not store (sent to the sinks directly)
     sink_backlog: dict[str, int] = field(default_factory=dict)  # undelivered events per sink
     sink_errors: dict[str, str | None] = field(default_factory=dict)  # last delivery error per sink
     evidence_failures: int = 0
@@ -54,10 +62,13 @@ class WatchSummary:
     stopped_by: StopReason
     flushed: bool
     undelivered: dict[str, int]
+    # Events the outbox could not store (disk full): sent to the sinks directly and written to stderr,
+    # but not durable. Non-empty means the CLI exits 1.
+    not_persisted_event_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "stopped_by": self.stopped_by, "flushed": self.flushed,
-                "undelivered": dict(self.undelivered)}
+                "undelivered": dict(self.undelivered), "not_persisted_event_ids": list(self.not_persisted_event_ids)}
 
 
 class StatsBoard:
@@ -71,17 +82,24 @@ class StatsBoard:
         self._frame_times: deque[float] = deque(maxlen=1000)
         self._fps_window_s = fps_window_s
         self._started = time.monotonic()
+        # The frames' own time span, for the final fps: a long flush at shutdown must not dilute it.
+        self._first_frame_start: float | None = None
+        self._last_frame_done: float | None = None
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
 
     def frame_done(self, latency_ms: float) -> None:
+        """Count a processed frame; ``latency_ms`` runs from its capture (for files: when it was taken) to now."""
         now = time.monotonic()
         with self._lock:
             self._counts["frames"] = self._counts.get("frames", 0) + 1
             self._latencies.append(latency_ms)
             self._frame_times.append(now)
+            if self._first_frame_start is None:
+                self._first_frame_start = now - latency_ms / 1000.0
+            self._last_frame_done = now
 
     def count(self, name: str) -> int:
         with self._lock:
@@ -98,12 +116,18 @@ class StatsBoard:
         span = max(now - recent[0], 1e-6)
         return len(recent) / span
 
+    def _run_fps_locked(self) -> float:
+        if self._first_frame_start is None or self._last_frame_done is None:
+            return 0.0
+        return self._counts.get("frames", 0) / max(self._last_frame_done - self._first_frame_start, 1e-6)
+
     def snapshot(self, *, running: bool = True, **extra: Any) -> WatchStats:
+        """The stats now; ``running=False`` (the final summary) gives the fps of the whole run instead of the recent one."""
         now = time.monotonic()
         with self._lock:
             latencies = np.asarray(self._latencies, dtype=np.float64)
             counts = dict(self._counts)
-            fps = self._fps_locked(now)
+            fps = self._fps_locked(now) if running else self._run_fps_locked()
         p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95])) if latencies.size else (None, None)
         return replace(self._base, running=running, elapsed_s=now - self._started, fps=fps,
                        latency_p50_ms=p50, latency_p95_ms=p95, **counts, **extra)

@@ -13,7 +13,11 @@ Events (``decision``):
   frame; ``part_id`` is the part in part mode, else None), or whose decisions came later than
   ``max_latency_ms`` (each of its decisions becomes an error event carrying its defects; in part
   mode a late good part becomes one too, so every part still gets its one event when events are
-  expected). The line must treat ``error`` as "could not be inspected": reject the part.
+  expected). A part image that cannot be read or decoded (missing, empty, truncated) gets an
+  ``error`` event too, ``part_id`` being its file name and the message naming the file and why;
+  under ``fail_safe="off"`` it stops the run instead. The line must treat ``error`` as "could not
+  be inspected": reject the part. One more ``error`` event, with ``part_id`` None and a message
+  starting "station alarm", goes out when the outbox stops storing events (full disk), once per outage.
 
 ``latency_ms`` is measured from capture (for files: when the pipeline took the frame) to the
 moment the event is handed to the outbox, evidence writing included.
@@ -31,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -39,16 +44,25 @@ import numpy as np
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
 from yolodefect.shipped import with_shipped_model
-from yolodefect.stream.delivery import Dispatcher
+from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
 from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector, model_info_for
 from yolodefect.stream.drawing import Overlay, draw_frame
-from yolodefect.stream.events import Decision, Defect, ModelInfo, new_event, utc_now_iso
+from yolodefect.stream.events import Decision, Defect, Event, ModelInfo, new_event, utc_now_iso
 from yolodefect.stream.evidence import EvidenceWriter, VideoSink
-from yolodefect.stream.options import WatchOptions, load_station_config, merge_options, resolve_options
+from yolodefect.stream.options import (DEFAULT_OUTBOX, WatchOptions, check_outputs_outside_source, load_station_config,
+                                      merge_options, resolve_options)
 from yolodefect.stream.parts import ImagePartDecider, PartDecision, TrackPartDecider
 from yolodefect.stream.rules import ClassNames, RejectRules, class_name, load_thresholds, names_dict
 from yolodefect.stream.sinks import sink_from_url
-from yolodefect.stream.sources import CaptureFactory, Frame, FrameSource, SourceOptions, default_capture_factory, open_source
+from yolodefect.stream.sources import (
+    CaptureFactory,
+    Frame,
+    FrameSource,
+    SourceOptions,
+    UnreadableImageError,
+    default_capture_factory,
+    open_source,
+)
 from yolodefect.stream.stats import StatsBoard, StatsTicker, StopReason, WatchStats, WatchSummary
 from yolodefect.stream.tracking import DefectTracker
 
@@ -186,9 +200,17 @@ class _Station:
         decisions = self.decider.update(frame, detections.filter(counted))
         return _FrameResult(detections, counted, decisions)
 
+    def _unreadable(self, frame: Frame) -> _FrameResult:
+        """A part whose file could not be decoded: an 'error' decision, never a silent pass."""
+        self.board.add("unreadable_parts")
+        if self.options.fail_safe != "reject":
+            raise UnreadableImageError(f"{frame.error}; fail_safe=off stops the run on a part that cannot be "
+                                       "inspected (fail_safe=reject gives it an 'error' event and goes on)")
+        return _FrameResult(Detections.empty(), np.zeros(0, dtype=bool), [], error=frame.error)
+
     def process(self, frame: Frame) -> None:
         try:
-            result = self._detect(frame)
+            result = self._detect(frame) if frame.error is None else self._unreadable(frame)
         except Exception as exc:
             if self.options.fail_safe != "reject":
                 raise
@@ -222,7 +244,8 @@ class _Station:
         part_hint: str | int | None = None if self.track_mode else (
             frame.part_hint if frame.part_hint is not None else frame.index)
         if result.error is not None:
-            yield "error", part_hint, Detections.empty(), result.error
+            # An unreadable file is named in track mode too: the part is known, only its picture is not.
+            yield "error", frame.part_hint if frame.error is not None else part_hint, Detections.empty(), result.error
             return
         if result.late_ms is not None:
             late = (f"decision too late: {result.late_ms:.0f} ms after capture "
@@ -270,14 +293,35 @@ class _Station:
             paths = self.evidence.save(event.event_id, frame.captured_at, images)
         latency_ms = (time.monotonic() - frame.captured_monotonic) * 1000.0
         event = replace(event, latency_ms=latency_ms, emitted_at=utc_now_iso(), snapshot_paths=paths)
-        # Not guarded: if the outbox cannot store the event it would be lost, so the run must stop loudly.
-        self.dispatcher.submit(event)
-        self.board.add("events")
+        outbox_was_failing = self.dispatcher.outbox_failure is not None
+        self._submit(event)
         counter = {"reject": "rejects", "pass": "passes", "error": "errors"}[decision]
         self.board.add(counter)
         if decision != "error":
             self.board.add("parts")
         logger.debug("event %s: %s part %s (%d defects)", event.event_id, decision, part_id, len(defects))
+        if self.dispatcher.outbox_failure is not None and not outbox_was_failing:
+            self._outbox_alarm(frame)
+
+    def _submit(self, event: Event) -> None:
+        # A full outbox does not stop the line: submit then sends the event to the sinks directly and
+        # to stderr, and the run ends non-zero naming it (WatchSummary.not_persisted_event_ids).
+        self.dispatcher.submit(event)
+        self.board.add("events")
+        if self.dispatcher.outbox_failure is not None:
+            self.board.add("not_persisted_events")
+
+    def _outbox_alarm(self, frame: Frame) -> None:
+        """Tell the line, once per outage, that events are no longer durable (an 'error' event with no part)."""
+        alarm = new_event(
+            decision="error", source=frame.source, frame_index=frame.index, captured_at=frame.captured_at,
+            latency_ms=(time.monotonic() - frame.captured_monotonic) * 1000.0, image_size_wh=frame.size_wh,
+            model=self.model, part_id=None,
+            message=f"station alarm: events are sent without durability until the outbox stores again "
+                    f"({self.dispatcher.outbox_failure})",
+        )
+        self._submit(alarm)
+        self.board.add("errors")
 
     def _output(self, annotated: np.ndarray) -> None:
         if self.options.save is not None:
@@ -318,11 +362,9 @@ class _Station:
                 pass
 
     def snapshot(self, running: bool = True) -> WatchStats:
-        source = self.source.stats.snapshot()
         sinks = self._sink_stats()
         return self.board.snapshot(
-            running=running, dropped_frames=source["dropped"], skipped_frames=source["skipped"],
-            reconnects=source["reconnects"], sink_backlog={k: int(v["backlog"]) for k, v in sinks.items()},
+            running=running, **_source_extras(self.source), sink_backlog={k: int(v["backlog"]) for k, v in sinks.items()},
             sink_errors={k: v["last_error"] for k, v in sinks.items()},
             evidence_failures=self.evidence.failures if self.evidence else 0,
         )
@@ -394,11 +436,13 @@ def watch(
     :class:`WatchStats` every ``stats_interval_s`` (from a helper thread) and once at the end.
     ``install_signal_handlers`` makes SIGINT/SIGTERM stop the run cleanly (the CLI sets it).
     On return every event is in the outbox, and delivered unless a sink stayed down for
-    ``flush_timeout_s`` (see ``WatchSummary.undelivered``).
+    ``flush_timeout_s`` (see ``WatchSummary.undelivered``); events the outbox could not store (full
+    disk) were sent to the sinks directly and are listed in ``WatchSummary.not_persisted_event_ids``.
     """
     if options.source is None:
         raise UsageError("no source: give --source (or 'source:' in the station config), e.g. a camera index, "
                          "rtsp:// URL, video file or image folder")
+    check_outputs_outside_source(options)  # before any sink, outbox, evidence or video file is opened
     if detector is None and options.model is None:
         options = with_shipped_model(options)
         logger.info("no model given: running the shipped demonstration model %s (trained on synthetic parts; "
@@ -427,9 +471,13 @@ def watch(
     dispatcher = Dispatcher.open(options.outbox, sinks)
     board = StatsBoard(WatchStats(source=source.name, mode="track" if track_mode else "part",
                                   model=model_info.to_dict(), model_card=getattr(detector, "card", None)))
-    station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board)
-    logger.info("watching %s (%s mode) with %s [%s]; events to %s", source.name, board.snapshot().mode,
-                model_info.name, model_info.precision, ", ".join(s.name for s in sinks))
+    try:
+        station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board)
+    except BaseException:
+        dispatcher.close(timeout_s=0.0)  # releases the outbox lock: a retry in this process must not find it taken
+        raise
+    logger.info("watching %s (%s mode) with %s [%s]; events to %s; outbox %s", source.name, board.snapshot().mode,
+                model_info.name, model_info.precision, ", ".join(s.name for s in sinks), _outbox_words(options.outbox))
 
     ticker = StatsTicker(options.stats_interval_s, station.snapshot, on_stats,
                          lambda exc: logger.warning("stats callback failed: %s", exc)) if on_stats else None
@@ -459,10 +507,17 @@ def watch(
             # Also on an exception: what is already in the outbox still gets its chance to go out.
             flushed, undelivered = _shutdown_delivery(dispatcher, options.flush_timeout_s)
     final = board.snapshot(running=False, **_final_extras(station, undelivered))
-    summary = WatchSummary(stats=final, stopped_by=stopped_by, flushed=flushed, undelivered=undelivered)
+    summary = WatchSummary(stats=final, stopped_by=stopped_by, flushed=flushed, undelivered=undelivered,
+                           not_persisted_event_ids=dispatcher.not_persisted_event_ids())
     logger.info("stopped (%s): %d frames, %d rejects, %d passes, %d errors; %s", stopped_by, final.frames,
                 final.rejects, final.passes, final.errors,
                 "all events delivered" if flushed else f"undelivered events kept in {options.outbox}: {undelivered}")
+    if summary.not_persisted_event_ids:
+        logger.error("%d event(s) NOT stored in the outbox %s (sent to the sinks directly, and written to stderr "
+                     "as lines starting %r): %s", len(summary.not_persisted_event_ids), options.outbox,
+                     NOT_PERSISTED_PREFIX.strip(), ", ".join(summary.not_persisted_event_ids))
+    if final.evidence_failures:
+        logger.warning("%d evidence snapshot(s) could not be saved in %s", final.evidence_failures, options.evidence_dir)
     if on_stats is not None:
         try:
             on_stats(final)
@@ -471,10 +526,25 @@ def watch(
     return summary
 
 
+def _source_extras(source: FrameSource) -> dict[str, Any]:
+    """The source's counters under their WatchStats names."""
+    counts = source.stats.snapshot()
+    return dict(dropped_frames=counts["dropped"], skipped_frames=counts["skipped"], reconnects=counts["reconnects"],
+                open_attempts=counts["open_attempts"], open_failures=counts["open_failures"],
+                truncated=counts["truncated"] > 0, truncation=counts["truncation"])
+
+
+def _outbox_words(path: Path) -> str:
+    """The outbox for the startup log; a relative one is named with its folder, which a restart must share."""
+    if path.is_absolute():
+        return str(path)
+    default = "the default, " if path == DEFAULT_OUTBOX else ""
+    return f"{path} ({default}in the working folder {Path.cwd()})"
+
+
 def _final_extras(station: _Station, undelivered: dict[str, int]) -> dict[str, Any]:
-    source = station.source.stats.snapshot()
-    return dict(dropped_frames=source["dropped"], skipped_frames=source["skipped"], reconnects=source["reconnects"],
-                sink_backlog=dict(undelivered), evidence_failures=station.evidence.failures if station.evidence else 0)
+    return dict(**_source_extras(station.source), sink_backlog=dict(undelivered),
+                evidence_failures=station.evidence.failures if station.evidence else 0)
 
 
 def _shutdown_delivery(dispatcher: Dispatcher, timeout_s: float) -> tuple[bool, dict[str, int]]:

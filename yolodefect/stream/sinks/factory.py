@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from yolodefect.stream.redact import redact_urls
 from yolodefect.stream.sinks.base import Sink, SinkConfigError
 from yolodefect.stream.sinks.file import JsonlFileSink, StdoutSink
 
@@ -28,11 +29,10 @@ def sink_from_url(url: str) -> Sink:
     spec = url.strip()
     if spec == "-":
         return StdoutSink()
-    if "://" not in spec:
-        return JsonlFileSink(Path(spec).expanduser())
+    path = file_sink_path(spec)
+    if path is not None:
+        return JsonlFileSink(path)
     scheme = spec.split("://", 1)[0].lower()
-    if scheme == "file":
-        return JsonlFileSink(Path(urlsplit(spec).path))
     if scheme in ("http", "https"):
         from yolodefect.stream.sinks.webhook import WebhookSink
 
@@ -43,7 +43,19 @@ def sink_from_url(url: str) -> Sink:
         return MqttSink(spec)
     if scheme == "opc.tcp":
         return _opcua_from_url(spec)
-    raise SinkConfigError(f"unknown sink {url!r}; use one of: {EXAMPLES}")
+    raise SinkConfigError(f"unknown sink {redact_urls(url)!r}; use one of: {EXAMPLES}")
+
+
+def file_sink_path(spec: str) -> Path | None:
+    """The file a sink spec appends to (``events.jsonl``, ``file:///var/log/events.jsonl``); None for any other sink."""
+    spec = spec.strip()
+    if spec == "-":
+        return None
+    if "://" not in spec:
+        return Path(spec).expanduser()
+    if spec.split("://", 1)[0].lower() == "file":
+        return Path(urlsplit(spec).path)
+    return None
 
 
 def _opcua_from_url(spec: str) -> Sink:
@@ -55,7 +67,7 @@ def _opcua_from_url(spec: str) -> Sink:
     unknown = set(params) - _OPCUA_KEYS
     if unknown or "decision" not in params:
         raise SinkConfigError(
-            f"OPC UA sink {spec!r} needs ?decision=<node id> and accepts only {sorted(_OPCUA_KEYS)} "
+            f"OPC UA sink {redact_urls(spec)!r} needs ?decision=<node id> and accepts only {sorted(_OPCUA_KEYS)} "
             f"(got {sorted(params)}); e.g. opc.tcp://plc:4840?decision=ns=2;i=2&defect_class=ns=2;i=3"
         )
     endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

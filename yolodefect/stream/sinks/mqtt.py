@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from yolodefect.stream.redact import redact_urls
 from yolodefect.stream.sinks.base import SinkConfigError, SinkError, event_json, missing_extra
 
 logger = logging.getLogger(__name__)
@@ -49,15 +50,15 @@ class MqttSink:
 
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise SinkConfigError(f"MQTT URL {url!r} must look like mqtt://[user@]host[:port]/topic/path")
+            raise SinkConfigError(f"MQTT URL {redact_urls(url)!r} must look like mqtt://[user@]host[:port]/topic/path")
         if parts.password:
             raise SinkConfigError(
-                f"MQTT URL for {parts.hostname} contains a password; remove it and set {PASSWORD_ENV} instead"
+                f"MQTT URL {redact_urls(url)!r} contains a password; remove it and set {PASSWORD_ENV} instead"
             )
         topic = unquote(parts.path.lstrip("/"))
         # urlsplit reads '#' as a fragment marker, so look at the fragment too.
         if not topic or "+" in topic or "#" in topic or parts.fragment or "#" in url:
-            raise SinkConfigError(f"MQTT URL {url!r} needs a publish topic without wildcards, e.g. mqtt://host/line1/rejects")
+            raise SinkConfigError(f"MQTT URL {redact_urls(url)!r} needs a publish topic without wildcards, e.g. mqtt://host/line1/rejects")
         if qos not in (0, 1, 2):
             raise SinkConfigError(f"MQTT qos must be 0, 1 or 2, got {qos}")
         if qos == 0:

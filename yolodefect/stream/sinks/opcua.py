@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from yolodefect.stream.redact import redact_urls, redact_values
 from yolodefect.stream.sinks.base import SinkConfigError, SinkError, missing_extra
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,11 @@ class OpcUaSink:
             raise missing_extra("asyncua", "opcua") from exc
         parts = urlsplit(endpoint)
         if parts.scheme != "opc.tcp" or not parts.hostname:
-            raise SinkConfigError(f"OPC UA endpoint {endpoint!r} must look like opc.tcp://host:4840")
+            raise SinkConfigError(f"OPC UA endpoint {redact_urls(endpoint)!r} must look like opc.tcp://host:4840")
         self._ua = ua
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # asyncua takes user:password@ from it; messages show only redacted_endpoint
+        self.redacted_endpoint = redact_urls(endpoint)
+        self._url_password = parts.password
         self.timeout_s = timeout_s
         # Validate node ids now: a typo should stop startup, not turn into endless retries.
         self._node_ids: dict[str, Any] = {}
@@ -106,7 +109,7 @@ class OpcUaSink:
         try:
             self._run(self._disconnect(), what="disconnect")
         except SinkError as exc:
-            logger.debug("OPC UA %s: %s", self.name, exc)
+            logger.debug("OPC UA %s: %s", self.name, exc)  # our own message: already redacted
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(self.timeout_s)
         if not self._thread.is_alive():
@@ -122,7 +125,7 @@ class OpcUaSink:
             return future.result(self.timeout_s * 4)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
-            raise SinkError(f"OPC UA {self.endpoint}: {what} timed out") from exc
+            raise SinkError(f"OPC UA {self.redacted_endpoint}: {what} timed out") from exc
 
     # -- on the loop thread ----------------------------------------------------------------------
 
@@ -136,7 +139,7 @@ class OpcUaSink:
             raise
         except Exception as exc:
             await self._disconnect()
-            raise SinkError(f"OPC UA {self.endpoint}: {type(exc).__name__}: {exc}") from exc
+            raise SinkError(f"OPC UA {self.redacted_endpoint}: {type(exc).__name__}: {self._scrub(str(exc))}") from exc
 
     async def _connect(self) -> None:
         from asyncua.client.client import Client
@@ -162,7 +165,11 @@ class OpcUaSink:
         try:
             await asyncio.wait_for(client.disconnect(), self.timeout_s)
         except Exception as exc:  # the connection is usually already broken; nothing to save
-            logger.debug("OPC UA %s disconnect: %s", self.name, exc)
+            logger.debug("OPC UA %s disconnect: %s", self.name, self._scrub(str(exc)))
+
+    def _scrub(self, text: str) -> str:
+        # asyncua's own messages may quote the endpoint, or the password it was given.
+        return redact_values(redact_urls(text), (self._url_password, os.environ.get(PASSWORD_ENV)))
 
     async def _write(self, event: Mapping[str, Any]) -> None:
         ua = self._ua
