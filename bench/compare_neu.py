@@ -100,7 +100,6 @@ def main() -> int:
         yolo_imgsz=args.yolo_imgsz, ssd_imgsz=args.ssd_imgsz, ssd_backbone_weights=args.ssd_backbone_weights,
         batch=args.batch, device="cpu", split="test", seed=args.seed, latency_runs=args.latency_runs,
         threads=args.threads,
-        progress=False,
     )
     started = time.perf_counter()
     result = compare(data, options)

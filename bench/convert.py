@@ -1,8 +1,8 @@
 """Conversion speed on the real datasets: NEU-DET (VOC, link mode) and DeepPCB (copy mode).
 
-    python bench/convert.py [--repeats 3]
+    python bench/convert.py [--repeats 3] [--output PATH]
 
-Writes bench/results/convert.json. Needs ../shared (skips with a message when absent).
+Writes bench/results/convert.json (or --output). Needs ../shared (skips with a message when absent).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ CASES = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results/convert.json")
     args = parser.parse_args()
     if not (SHARED_DIR / "datasets").is_dir():
         print(f"skipped: the real datasets are not at {SHARED_DIR}")
@@ -52,7 +53,8 @@ def main() -> int:
         }
         print(f"{label}: {result.images_written} images, {result.boxes_written} boxes, "
               f"median {med:.2f} s ({result.images_written / med:.0f} images/s) over {args.repeats} runs")
-    path = write_result("convert", {"benchmark": "convert", "machine": info, "results": results})
+    path = write_result("convert", {"benchmark": "convert", "machine": info, "machine_line": machine_line(info),
+                                    "results": results}, args.output)
     print(f"wrote {path}")
     return 0
 

@@ -111,20 +111,18 @@ def build_models(args, imgsz: int, work: Path) -> tuple[dict[str, tuple[str, Pat
 
 
 def runner(name: str, kind: str, path: Path, imgsz: int, threads: int, image):
-    from yolodefect.exporting.latency import onnxruntime_runner, openvino_runner, torch_runner
+    """The library's runner for the file (as ``yolodefect export`` times it); "openvino-f32" forces f32."""
+    from yolodefect.inference.timing import model_runner
 
-    if kind == "torch":
-        return torch_runner(name, path, imgsz, threads, image)
-    if kind == "onnx":
-        return onnxruntime_runner(name, path, imgsz, threads, image)
-    return openvino_runner(name, path, imgsz, threads, image, precision_hint="f32" if kind == "openvino-f32" else None)
+    return model_runner(name, path, imgsz=imgsz, threads=threads, image=image,
+                        precision_hint="f32" if kind == "openvino-f32" else None)
 
 
 def run_size(args, imgsz: int, work: Path) -> dict:
     from yolodefect.data.yolo_dataset import load_data_config
     from yolodefect.evaluate import evaluate
     from yolodefect.exporting.calibration import preprocess
-    from yolodefect.exporting.latency import measure
+    from yolodefect.inference.timing import measure
     from yolodefect.exporting.result import path_size
     from yolodefect.exporting.source import thresholds_file
 
@@ -135,7 +133,7 @@ def run_size(args, imgsz: int, work: Path) -> dict:
         if kind == "openvino-f32":
             continue  # same file as OpenVINO FP32; Ultralytics' runtime decides its precision
         metrics = evaluate(path, args.data, split="val", imgsz=imgsz, conf=0.25, thresholds=thresholds,
-                           progress=False, plots=False).metrics
+                           plots=False).metrics
         accuracy[name] = {"map50": metrics.map50, "map50_95": metrics.map50_95,
                           "per_class_ap50": {c.name: c.ap50 for c in metrics.per_class}}
         print(f"  {imgsz} {name:34s} mAP50 {metrics.map50 * 100:6.2f}  mAP50-95 {metrics.map50_95 * 100:6.2f}", flush=True)
@@ -209,11 +207,8 @@ def main() -> int:
             print(f"{required} does not exist (train the NEU-DET model first, or pass --model/--data)", file=sys.stderr)
             return 2
 
-    from yolodefect.machine import int8_features
-
     info = machine_info()
-    info["cpu_features"] = int8_features()
-    print(machine_line(info), "|", ", ".join(info["cpu_features"]))
+    print(machine_line(info))  # with the CPU's INT8 features
     results = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="export-int8-bench-") as scratch:
@@ -234,14 +229,7 @@ def main() -> int:
                     "(or the model's thresholds.yaml)",
         "results": results, "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.output:
-        import json
-
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        path = args.output
-    else:
-        path = write_result("export_int8", payload)
+    path = write_result("export_int8", payload, args.output)
     print(f"\nwrote {path}")
     return 0
 

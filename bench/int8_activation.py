@@ -4,7 +4,7 @@
 
 Builds both architectures for 6 classes from Ultralytics' yolo11.yaml (ReLU through its ``activation``
 key), exports each to FP32 ONNX and INT8 with exactly the path of ``yolodefect export --int8``, and
-times FP32 against INT8 at batch 1 with ``yolodefect.exporting.latency.measure`` (interleaved blocks,
+times FP32 against INT8 at batch 1 with ``yolodefect.inference.timing.measure`` (interleaved blocks,
 same threads). Speed only: the weights are Ultralytics' initialisation (a convolution costs the same
 whatever its weights), so no accuracy is reported. Calibration: images from --data's train split when
 given, else random images. Writes bench/results/int8_activation.json with the machine line.
@@ -64,11 +64,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results/int8_activation.json")
     args = parser.parse_args()
 
-    from yolodefect.exporting.latency import measure, onnxruntime_runner
     from yolodefect.exporting.onnx_fp32 import export_onnx_fp32
     from yolodefect.exporting.onnx_int8 import quantize_onnx
+    from yolodefect.inference.timing import measure, onnxruntime_runner
 
     info = machine_info()
     print(machine_line(info))
@@ -105,7 +106,7 @@ def main() -> int:
                     "path, batch 1, ONNX Runtime CPU, FP32 and INT8 interleaved in blocks of 5 runs",
         "results": results,
     }
-    print(f"wrote {write_result('int8_activation', payload)}")
+    print(f"wrote {write_result('int8_activation', payload, args.output)}")
     return 0
 
 

@@ -1,76 +1,81 @@
 """Which nano model is the default of `yolodefect train`: YOLO11n or YOLO26n, by CPU latency.
 
-    python bench/model_choice.py [--runs 50]
+    python bench/model_choice.py [--runs 50] [--imgsz 256 640] [--threads 2] [--output PATH]
 
-Batch-1 latency (warm-up, then median and p95) of both architectures in PyTorch and in ONNX
-Runtime at 256 and 640 px on this machine, with their parameter counts and GFLOPs. Weights are
-random (the COCO checkpoints cannot be downloaded here): latency does not depend on them.
-Writes bench/results/model_choice.json.
+Batch-1 latency of both architectures in PyTorch (the checkpoint through Ultralytics' AutoBackend) and in
+ONNX Runtime (the FP32 graph ``yolodefect export`` writes) on this machine, timed by the library's rule
+(``yolodefect.inference.timing.measure``: warm-up, then both architectures of a runtime interleaved in
+blocks of 5 runs, median and p95; network only, no letterbox or NMS), with their parameter counts and
+GFLOPs. Weights are random (the COCO checkpoints cannot be downloaded here): latency does not depend on
+them. Writes bench/results/model_choice.json (or --output).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info, machine_line, median, write_result  # noqa: E402
+from machine import machine_info, machine_line, write_result  # noqa: E402
 
-
-def latency_ms(run, runs: int, warmup: int = 5) -> dict:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    return {"median": round(median(times), 2), "p95": round(float(np.percentile(times, 95)), 2)}
+ARCHITECTURES = ("yolo11n", "yolo26n")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--imgsz", type=int, nargs="+", default=[256, 640])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results/model_choice.json")
     args = parser.parse_args()
-    import onnxruntime as ort
-    import torch
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    torch.set_num_threads(2)
+    from yolodefect.exporting.onnx_fp32 import export_onnx_fp32
+    from yolodefect.inference.timing import measure, model_runner
+
     info = machine_info()
     print(machine_line(info))
-    results = {}
-    work = Path(tempfile.mkdtemp())
-    os.chdir(work)  # Ultralytics exports a .yaml model into the working directory
-    for arch in ("yolo11n", "yolo26n"):
-        model = YOLO(f"{arch}.yaml")
-        entry = {"parameters": int(get_num_params(model.model)), "gflops_640": round(float(get_flops(model.model, 640)), 2)}
-        for imgsz in (256, 640):
-            image = (np.random.default_rng(0).integers(0, 255, (imgsz, imgsz, 3))).astype(np.uint8)
-            entry[f"pytorch_{imgsz}"] = latency_ms(
-                lambda: model.predict(image, imgsz=imgsz, device="cpu", verbose=False), args.runs)
-            onnx_path = YOLO(f"{arch}.yaml").export(format="onnx", imgsz=imgsz, simplify=True, project=str(work),
-                                                    name=f"{arch}_{imgsz}")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 2
-            session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-            tensor = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-            name = session.get_inputs()[0].name
-            entry[f"onnxruntime_{imgsz}"] = latency_ms(lambda: session.run(None, {name: tensor}), args.runs)
-            print(f"{arch} {imgsz}px: PyTorch {entry[f'pytorch_{imgsz}']['median']} ms, "
-                  f"ONNX Runtime {entry[f'onnxruntime_{imgsz}']['median']} ms (medians, batch 1, 2 threads)")
-        results[arch] = entry
-    faster = min(results, key=lambda a: results[a]["onnxruntime_640"]["median"])
-    write_result("model_choice", {"benchmark": "model_choice", "machine": info, "runs": args.runs,
-                                  "results": results, "faster_onnx_640": faster})
-    print(f"faster in ONNX Runtime at 640 px: {faster}")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="model-choice-") as scratch:
+        work = Path(scratch)
+        checkpoints = {}
+        for arch in ARCHITECTURES:
+            model = YOLO(f"{arch}.yaml")  # a model definition: random weights, nothing downloaded
+            results[arch] = {"parameters": int(get_num_params(model.model)),
+                             "gflops_640": round(float(get_flops(model.model, 640)), 2)}
+            checkpoints[arch] = work / f"{arch}.pt"
+            model.save(str(checkpoints[arch]))
+        for imgsz in args.imgsz:
+            runners = []
+            for arch in ARCHITECTURES:
+                onnx_dir = work / f"{arch}_{imgsz}"
+                onnx_dir.mkdir()
+                onnx_path = export_onnx_fp32(checkpoints[arch], onnx_dir / f"{arch}.onnx", onnx_dir, imgsz=imgsz,
+                                             dynamic=False).path
+                runners += [model_runner(f"{arch} pytorch", checkpoints[arch], imgsz=imgsz, threads=args.threads),
+                            model_runner(f"{arch} onnxruntime", onnx_path, imgsz=imgsz, threads=args.threads)]
+            latency = measure(runners, runs=args.runs, warmup=args.warmup, threads=args.threads)
+            for arch in ARCHITECTURES:
+                for runtime in ("pytorch", "onnxruntime"):
+                    measured = latency[f"{arch} {runtime}"]
+                    results[arch][f"{runtime}_{imgsz}"] = {"median": round(measured.median_ms, 2),
+                                                           "p95": round(measured.p95_ms, 2),
+                                                           "latency": measured.to_dict()}
+                print(f"{arch} {imgsz}px: PyTorch {results[arch][f'pytorch_{imgsz}']['median']} ms, ONNX Runtime "
+                      f"{results[arch][f'onnxruntime_{imgsz}']['median']} ms (medians, batch 1, {args.threads} threads)")
+    judged = max(args.imgsz)
+    faster = min(results, key=lambda a: results[a][f"onnxruntime_{judged}"]["median"])
+    path = write_result("model_choice", {
+        "benchmark": "model_choice", "machine": info, "machine_line": machine_line(info), "runs": args.runs,
+        "warmup": args.warmup, "threads": args.threads,
+        "protocol": "yolodefect.inference.timing.measure: batch 1, network only, interleaved blocks of 5 runs; "
+                    "PyTorch = Ultralytics AutoBackend on the checkpoint, ONNX Runtime = yolodefect export's FP32 graph",
+        "results": results, f"faster_onnx_{judged}": faster}, args.output)
+    print(f"faster in ONNX Runtime at {judged} px: {faster}\nwrote {path}")
     return 0
 
 

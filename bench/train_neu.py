@@ -26,7 +26,7 @@ def score(model: Path, data: Path, imgsz: int) -> dict:
 
     scores = {}
     for split in ("val", "test"):
-        metrics = evaluate(model, data, split=split, imgsz=imgsz, progress=False, plots=False).metrics
+        metrics = evaluate(model, data, split=split, imgsz=imgsz, plots=False).metrics
         scores[split] = {"map50": metrics.map50, "map50_95": metrics.map50_95,
                          "per_class_ap50": {c.name: c.ap50 for c in metrics.per_class}}
     return scores

@@ -71,7 +71,7 @@ VIDEO_SEED = 7  # the benchmark video; the training frames come from seeds 101 (
 def write_conveyor(path: Path, **kwargs):
     """A conveyor video as .mp4 (mp4v), or .avi (MJPG) where this OpenCV has no mp4 encoder."""
     from yolodefect.errors import YoloDefectError
-    from yolodefect.stream.conveyor import write_conveyor_video
+    from yolodefect.data.conveyor import write_conveyor_video
 
     try:
         return write_conveyor_video(path.with_suffix(".mp4"), **kwargs)
@@ -80,40 +80,40 @@ def write_conveyor(path: Path, **kwargs):
 
 
 def conveyor_dataset(root: Path, frame_size: tuple[int, int], step: int = 3) -> Path:
-    """A YOLO dataset of labelled conveyor frames (train: 24 parts, val: 6 parts); returns data.yaml."""
+    """A YOLO dataset of labelled conveyor frames (train: 24 parts, val: 6 parts), written by the library's
+    dataset writer (``build_dataset``: the labels, data.yaml and report ``convert`` writes); returns data.yaml."""
+    import shutil
+
     import cv2
 
+    from yolodefect.data.convert import ConvertOptions, build_dataset
+    from yolodefect.data.records import Box, ImageRecord, SourceDataset
     from yolodefect.data.synth import CLASS_NAMES
 
-    names = CLASS_NAMES[KIND]
+    frames = root.parent / f"{root.name}-frames"
+    frames.mkdir(parents=True)
+    records: list[ImageRecord] = []
     for split, seed, parts in (("train", 101, 24), ("val", 102, 6)):
-        truth = write_conveyor(root / f"{split}_video", kind=KIND, parts=parts, defective=0.6, seed=seed,
+        truth = write_conveyor(frames / f"{split}_video", kind=KIND, parts=parts, defective=0.6, seed=seed,
                                frame_size=frame_size)
-        images, labels = root / "images" / split, root / "labels" / split
-        images.mkdir(parents=True)
-        labels.mkdir(parents=True)
         capture = cv2.VideoCapture(str(truth.path))
-        width, height = truth.frame_size
         for index in range(truth.frames):
             ok, image = capture.read()
             if not ok:
                 break
             if index % step:
                 continue
-            lines = []
-            for defect in truth.visible_defects(index, min_visible=0.5):
-                x1, y1, x2, y2 = defect.xyxy
-                lines.append(f"{defect.class_id} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-                             f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
-            name = f"{split}_{index:05d}"
-            cv2.imwrite(str(images / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            (labels / f"{name}.txt").write_text("\n".join(lines), encoding="utf-8")
+            path = frames / f"{split}_{index:05d}.jpg"
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            boxes = [Box(defect.class_name, tuple(defect.xyxy)) for defect in truth.visible_defects(index, min_visible=0.5)]
+            records.append(ImageRecord(path, boxes, split=split))
         capture.release()
         truth.path.unlink()
-    data = root / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n"
-                    + "".join(f"  {i}: {n}\n" for i, n in enumerate(names)), encoding="utf-8")
-    return data
+    options = ConvertOptions(format="synthetic", keep_split=True, transfer="copy")
+    build_dataset(SourceDataset("conveyor", records, list(CLASS_NAMES[KIND])), root, options,
+                  source_label=f"{KIND} conveyor frames (seeds 101, 102)")
+    shutil.rmtree(frames)
+    return root / "data.yaml"
 
 
 def train_tiny(data: Path, work: Path, imgsz: int, epochs: int) -> Path:
@@ -132,7 +132,7 @@ def export_models(model: Path, data: Path, out_dir: Path, imgsz: int | None, cal
     from yolodefect.export import ExportOptions, export
 
     options = ExportOptions(int8=True, imgsz=imgsz, calib=calib, max_drop=100.0, latency_runs=5, warmup=1,
-                            out_dir=out_dir, progress=False)
+                            out_dir=out_dir)
     started = time.perf_counter()
     result = export(model, data, options)
     facts = {"seconds": round(time.perf_counter() - started, 1), "imgsz": result.imgsz,
@@ -246,11 +246,11 @@ def watch_options(settings: PipelineSettings, model: Path, imgsz: int | None, fo
                         show=False)
 
 
-def make_detector(options):
+def station_detector(options):
     """The detector exactly as ``watch`` builds it for these options (track mode: floor min(conf, 0.1))."""
-    from yolodefect.stream.watch import _make_detector, build_rules
+    from yolodefect.stream.watch import build_rules, make_detector
 
-    return _make_detector(options, build_rules(options), track_mode=True)
+    return make_detector(options, build_rules(options), track_mode=True)
 
 
 def pipeline_run(detector, settings: PipelineSettings, model: Path, imgsz: int | None, frames: int, warmup: int,
@@ -319,14 +319,14 @@ def strip_samples(result: dict) -> dict:
 def probe_events(model: Path, settings: PipelineSettings, imgsz: int | None, frames: int) -> int:
     """Events a short PyTorch watch run gives at ``settings.conf``; also warms up imports and the tracker."""
     with tempfile.TemporaryDirectory(prefix="bench-watch-probe-") as scratch:
-        detector = make_detector(watch_options(settings, model, imgsz, Path(scratch), frames))
+        detector = station_detector(watch_options(settings, model, imgsz, Path(scratch), frames))
     return pipeline_run(detector, settings, model, imgsz, frames, warmup=min(10, frames // 2))["events"]
 
 
 def run_backend(label: str, path: Path, settings: PipelineSettings, args) -> dict:
     print(f"\n{label}: {path.name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-watch-det-") as scratch:
-        detector = make_detector(watch_options(settings, path, args.imgsz, Path(scratch), args.frames))
+        detector = station_detector(watch_options(settings, path, args.imgsz, Path(scratch), args.fps_frames))
     # Warm the model (first calls build Ultralytics' predictor) and the tracker import before any timing.
     bare_loop(detector, settings.video, 10, 0)
 
@@ -441,6 +441,7 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--save-video", action="store_true", help="also write the annotated video (draws every frame)")
     parser.add_argument("--name", default="watch", help="result file bench/results/NAME.json")
+    parser.add_argument("--output", type=Path, default=None, help="result file (default: bench/results/NAME.json)")
     args = parser.parse_args()
     if args.fps_frames <= args.warmup + 1 or args.frames < 0 or args.rounds < 1:
         parser.error("need --fps-frames > --warmup + 1, --frames >= 0 and --rounds >= 1")
@@ -521,7 +522,7 @@ def main() -> int:
         "passed": all(t["passed"] is True for r in results for t in r["targets"].values()),  # n/a is not a pass
         "seconds": seconds,
     }
-    path = write_result(args.name, payload)
+    path = write_result(args.name, payload, args.output)
     print(f"\nwrote {path} ({seconds:.0f} s)")
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from yolodefect.data.station_dataset import StationOptions, station_class_names, synthesize_station
 from yolodefect.evaluate import evaluate
+from yolodefect.machine import machine_description
 from yolodefect.train import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         "escape_rate": metrics.decisions.escape_rate,
                         "false_reject_rate": metrics.decisions.false_reject_rate},
         "thresholds": f"{NAME}.thresholds.yaml (per class, target part recall 0.99 on val)",
-        "machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        "machine": machine_description(),
     }
     (args.out / f"{NAME}.card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(card["metrics_val"], indent=2))

@@ -8,6 +8,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+DEMO_MODEL = REPO_ROOT / "weights" / "yolodefect-demo.pt"  # a real Ultralytics checkpoint, 5 MB, stride 32
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,20 @@ def shared_dir() -> Path:
     if not (SHARED_DIR / "datasets").is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DIR} (only developer machines and CI have them)")
     return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small steel dataset named with the demo model's classes, so the demo model can be evaluated on it."""
+    import yaml
+
+    from yolodefect.data.synth_dataset import SynthOptions, synthesize
+    from yolodefect.inference.model_file import read_model_file
+
+    out = tmp_path_factory.mktemp("demo_data") / "data"
+    synthesize(out, SynthOptions(kind="steel", images=12, size_wh=(96, 96)))
+    config = yaml.safe_load((out / "data.yaml").read_text())
+    names = read_model_file(DEMO_MODEL).class_names
+    config["names"], config["nc"] = names, len(names)
+    (out / "data.yaml").write_text(yaml.safe_dump(config))
+    return out

@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,10 @@ from typing import Any
 import pytest
 
 from yolodefect.stream.delivery import Dispatcher, DispatcherError
-from yolodefect.stream.events import ModelInfo, new_event
 from yolodefect.stream.outbox import Outbox
 from yolodefect.stream.sinks import JsonlFileSink, StdoutSink, WebhookSink, sink_from_url
 from tests.helpers import wait_until
-
-
-def make_event(i: int) -> dict[str, Any]:
-    return new_event(
-        decision="pass",
-        source="cam0",
-        frame_index=i,
-        captured_at=datetime.now(timezone.utc),
-        latency_ms=1.0,
-        image_size_wh=(640, 480),
-        model=ModelInfo("best.pt", "0" * 64, "fp16"),
-        part_id=i,
-    ).to_dict()
+from tests.builders import make_event
 
 
 def closed_port() -> int:

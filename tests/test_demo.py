@@ -23,7 +23,7 @@ from tests.test_sinks_mqtt import Broker, Subscriber, wait_until
 from yolodefect.cli import app
 from yolodefect.demo import DemoOptions, DemoResult, part_of_event, run_demo
 from yolodefect.shipped import shipped_model_path
-from yolodefect.stream.conveyor import write_conveyor_video
+from yolodefect.data.conveyor import write_conveyor_video
 
 pytestmark = pytest.mark.slow
 

@@ -18,22 +18,20 @@ from yolodefect.evaluation import GroundTruth, evaluate_detections, load_ground_
 from yolodefect.evaluation.decisions import NO_GOOD_PARTS
 from yolodefect.evaluation.matching import box_iou, greedy_match
 from yolodefect.data.yolo_dataset import load_data_config
+from tests.builders import detections
 
 NAMES = ["scratch", "dent"]
 SCRATCH, DENT = 0, 1
-# Recall 1/2 found with perfect precision: COCO's 101-point AP is 51 points at precision 1.
-AP_HALF_RECALL = 51 / 101
+# AP is Ultralytics' (what `yolo val` and training logs print): its precision envelope falls to 0 at the
+# recall reached and is interpolated linearly over 101 recall points, so recall 1/2 at precision 1 scores
+# 0.495 and a perfect ranking 0.995 (COCO's step interpolation: 51/101 and 1.0, kept as coco_map50).
+AP_HALF_RECALL = 0.495
+AP_PERFECT = 0.995
 
 
 def truth(name: str, boxes: list[list[float]] | None = None, classes: list[int] | None = None) -> GroundTruth:
     xyxy = np.array(boxes or [], dtype=float).reshape(-1, 4)
     return GroundTruth(Path(f"{name}.png"), (100, 100), xyxy, classes or [])
-
-
-def dets(boxes: list[list[float]] | None = None, conf: list[float] | None = None, classes: list[int] | None = None):
-    if not boxes:
-        return Detections.empty()
-    return Detections(np.array(boxes, dtype=float), conf, classes)
 
 
 def as_predictions(ground_truth: list[GroundTruth]) -> list[Detections]:
@@ -107,15 +105,16 @@ def test_box_iou_and_greedy_match():
 
 def test_ground_truth_as_predictions_is_perfect(split):
     m = evaluate_detections(split, as_predictions(split), NAMES)
-    assert m.map50 == 1.0 and m.map50_95 == 1.0
-    assert [c.ap50 for c in m.per_class] == [1.0, 1.0]
+    assert m.map50 == pytest.approx(AP_PERFECT) and m.map50_95 == pytest.approx(AP_PERFECT)
+    assert [c.ap50 for c in m.per_class] == [pytest.approx(AP_PERFECT)] * 2
+    assert (m.coco_map50, m.coco_map50_95) == (1.0, 1.0)
     assert [(c.precision, c.recall, c.f1) for c in m.per_class] == [(1.0, 1.0, 1.0)] * 2
     assert [(c.instances, c.images) for c in m.per_class] == [(2, 2), (1, 1)]
     d = m.decisions
     assert (d.escape_rate, d.false_reject_rate) == (0.0, 0.0)
     assert (d.defective, d.good, d.true_rejects, d.escapes, d.false_rejects, d.correct_accepts) == (2, 2, 2, 0, 0, 2)
     assert m.confusion_matrix == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
-    assert m.implementation.startswith("faster-coco-eval ")
+    assert m.implementation.startswith("ultralytics ") and "faster-coco-eval" in m.implementation
     json.dumps(m.to_dict(), allow_nan=False)
 
 
@@ -128,7 +127,8 @@ def test_one_missed_box_gives_exact_ap_and_recall(split):
     assert scratch.ap50_95 == pytest.approx(AP_HALF_RECALL)
     assert (scratch.precision, scratch.recall, scratch.f1) == (1.0, 0.5, pytest.approx(2 / 3))
     assert (scratch.true_positives, scratch.false_positives, scratch.false_negatives) == (1, 0, 1)
-    assert m.map50 == pytest.approx((AP_HALF_RECALL + 1) / 2)
+    assert m.map50 == pytest.approx((AP_HALF_RECALL + AP_PERFECT) / 2)
+    assert m.coco_map50 == pytest.approx((51 / 101 + 1) / 2)
     d = m.decisions
     assert (d.defective, d.escapes, d.escape_rate, d.recall) == (2, 1, 0.5, 0.5)
     assert m.confusion_matrix == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]
@@ -136,7 +136,7 @@ def test_one_missed_box_gives_exact_ap_and_recall(split):
 
 def test_false_positive_on_good_part_gives_exact_false_reject_rate(split):
     predictions = as_predictions(split)
-    predictions[2] = dets([[40, 40, 60, 60]], [0.9], [DENT])
+    predictions[2] = detections([[40, 40, 60, 60]], [0.9], [DENT])
     m = evaluate_detections(split, predictions, NAMES, conf_thresholds=0.5)
     d = m.decisions
     assert (d.good, d.false_rejects, d.false_reject_rate, d.correct_accepts) == (2, 1, 0.5, 1)
@@ -169,10 +169,10 @@ def test_confusion_matrix_counts():
         truth("good"),
     ]
     predictions = [
-        dets([A, B], [0.9, 0.8], [SCRATCH, DENT]),  # two correct
-        dets([C], [0.7], [DENT]),  # scratch called dent
-        dets([[0, 0, 5, 5]], [0.6], [SCRATCH]),  # dent missed, scratch on background
-        dets([B, C, A], [0.9, 0.2, 0.3], [SCRATCH, DENT, SCRATCH]),  # one false positive above 0.25
+        detections([A, B], [0.9, 0.8], [SCRATCH, DENT]),  # two correct
+        detections([C], [0.7], [DENT]),  # scratch called dent
+        detections([[0, 0, 5, 5]], [0.6], [SCRATCH]),  # dent missed, scratch on background
+        detections([B, C, A], [0.9, 0.2, 0.3], [SCRATCH, DENT, SCRATCH]),  # one false positive above 0.25
     ]
     m = evaluate_detections(ground_truth, predictions, NAMES, conf_thresholds=0.25)
     #                          true: scratch dent background
@@ -187,9 +187,9 @@ def test_confusion_matrix_counts():
 
 def test_detection_below_threshold_counts_for_ap_only(split):
     predictions = as_predictions(split)
-    predictions[1] = dets([C], [0.1], [SCRATCH])
+    predictions[1] = detections([C], [0.1], [SCRATCH])
     m = evaluate_detections(split, predictions, NAMES, conf_thresholds=0.25)
-    assert m.class_by_name("scratch").ap50 == 1.0  # ranking is perfect
+    assert m.class_by_name("scratch").ap50 == pytest.approx(AP_PERFECT)  # ranking is perfect
     assert m.class_by_name("scratch").recall == 0.5  # but at 0.25 one box is missed
     assert m.decisions.escapes == 1
 
@@ -197,7 +197,7 @@ def test_detection_below_threshold_counts_for_ap_only(split):
 def test_reject_classes_subset(split):
     predictions = as_predictions(split)
     predictions[1] = Detections.empty()
-    predictions[3] = dets([A], [0.9], [SCRATCH])
+    predictions[3] = detections([A], [0.9], [SCRATCH])
     # Only dents reject: part a is the one defective part, b (scratch only) counts as good.
     m = evaluate_detections(split, predictions, NAMES, reject_classes={"dent"})
     d = m.decisions
@@ -213,18 +213,18 @@ def test_input_errors(split):
     with pytest.raises(UsageError, match="missing"):
         evaluate_detections(split, as_predictions(split), NAMES, conf_thresholds={"scratch": 0.3})
     bad = as_predictions(split)
-    bad[0] = dets([A], [0.9], [5])
+    bad[0] = detections([A], [0.9], [5])
     with pytest.raises(UsageError, match="class id 5"):
         evaluate_detections(split, bad, NAMES)
 
 
 def test_class_without_ground_truth_has_no_ap():
     ground_truth = [truth("a", [A], [SCRATCH]), truth("good")]
-    predictions = [dets([A], [0.9], [SCRATCH]), dets([B], [0.8], [DENT])]
+    predictions = [detections([A], [0.9], [SCRATCH]), detections([B], [0.8], [DENT])]
     m = evaluate_detections(ground_truth, predictions, NAMES)
     dent = m.class_by_name("dent")
     assert dent.ap50 is None and dent.recall is None and dent.precision == 0.0
-    assert m.map50 == 1.0  # the mean runs over classes with ground truth, as in COCO
+    assert m.map50 == pytest.approx(AP_PERFECT)  # the mean runs over classes with ground truth, as in Ultralytics
 
 
 # --- ground truth from a YOLO dataset ------------------------------------------------------------
@@ -278,16 +278,16 @@ class LabelPredictor:
             if len(t):
                 out.append(Detections(t.xyxy, np.full(len(t), 0.9), t.class_id))
             else:
-                out.append(dets([[1, 1, 9, 9]], [0.4 if path.stem == "c" else 0.05], [SCRATCH]))
+                out.append(detections([[1, 1, 9, 9]], [0.4 if path.stem == "c" else 0.05], [SCRATCH]))
         return out
 
 
 def test_evaluate_with_plugin_predictor_writes_files(tmp_path):
     data = write_dataset(tmp_path / "ds", {"a": "0 0.5 0.5 0.5 0.5\n", "b": "1 0.2 0.5 0.2 0.4\n", "c": "", "d": ""})
     result = evaluate(
-        "fake.pt", data, target_recall=1.0, out_dir=tmp_path / "out", predictor=LabelPredictor(data), progress=False
+        "fake.pt", data, target_recall=1.0, out_dir=tmp_path / "out", predictor=LabelPredictor(data)
     )
-    assert result.metrics.map50 == 1.0
+    assert result.metrics.map50 == pytest.approx(AP_PERFECT)
     assert result.thresholds is not None and result.thresholds.target_reached
     # Both defective parts score 0.9, the good parts 0.4 and 0.05: any threshold in (0.4, 0.9] is optimal.
     assert result.thresholds.conf == {"scratch": pytest.approx(0.65), "dent": pytest.approx(0.65)}
@@ -295,10 +295,10 @@ def test_evaluate_with_plugin_predictor_writes_files(tmp_path):
     for name in ("metrics", "thresholds", "pr_curve", "operating_curve", "confusion_matrix"):
         assert result.files[name].is_file(), name
     saved = json.loads(result.files["metrics"].read_text())
-    assert saved["metrics"]["map50"] == 1.0 and saved["split"] == "val"
+    assert saved["metrics"]["map50"] == pytest.approx(AP_PERFECT) and saved["split"] == "val"
     # The thresholds file written here drives a second run at exactly that operating point.
     again = evaluate(
-        "fake.pt", data, thresholds=result.files["thresholds"], predictor=LabelPredictor(data), progress=False
+        "fake.pt", data, thresholds=result.files["thresholds"], predictor=LabelPredictor(data)
     )
     assert again.metrics.decisions.to_dict() == result.metrics.decisions.to_dict()
 
@@ -310,7 +310,7 @@ def test_evaluate_checks_class_names_and_options(tmp_path):
         class_names = ["dent", "scratch"]
 
     with pytest.raises(UsageError, match=r"model \['dent', 'scratch'\], dataset \['scratch', 'dent'\]"):
-        evaluate("m.pt", data, predictor=WrongNames(data), progress=False)
+        evaluate("m.pt", data, predictor=WrongNames(data))
     with pytest.raises(UsageError, match="not both"):
         evaluate("m.pt", data, thresholds=tmp_path / "t.yaml", target_recall=0.9, predictor=LabelPredictor(data))
     with pytest.raises(UsageError, match="target_recall"):

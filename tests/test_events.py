@@ -10,19 +10,18 @@ from typing import Any
 import pytest
 
 from yolodefect.errors import YoloDefectError
-from yolodefect.stream.events import Defect, Event, EventError, ModelInfo, load_schema, new_event, utc_now_iso
+from yolodefect.stream.events import Defect, Event, EventError, ModelIdentity, load_schema, utc_now_iso
+from tests.builders import make_event_record
 
 jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema (dev dependency) to validate events")
 
-MODEL = ModelInfo(name="best.pt", sha256="ab" * 32, precision="fp16")
+MODEL = ModelIdentity(name="best.pt", sha256="ab" * 32, precision="fp16")
 
 
-def make_event(decision: str = "reject", **overrides: Any) -> Event:
+def full_event(decision: str = "reject", **overrides: Any) -> Event:
+    """A station event with every optional field filled, so the schema and the JSON form are exercised whole."""
     fields: dict[str, Any] = dict(
-        decision=decision,
         source="rtsp://cam1",
-        frame_index=42,
-        captured_at=datetime.now(timezone.utc),
         latency_ms=18.25,
         image_size_wh=(1280, 720),
         model=MODEL,
@@ -34,7 +33,7 @@ def make_event(decision: str = "reject", **overrides: Any) -> Event:
         message="camera timeout" if decision == "error" else None,
     )
     fields.update(overrides)
-    return new_event(**fields)
+    return make_event_record(42, decision, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def validator() -> Any:
 
 
 def test_wire_field_names() -> None:
-    data = make_event().to_dict()
+    data = full_event().to_dict()
     assert set(data) == {
         "schema_version", "event_id", "decision", "source", "frame_index", "captured_at", "emitted_at",
         "latency_ms", "part_id", "defects", "image_size", "model", "snapshot_paths", "message",
@@ -58,7 +57,7 @@ def test_wire_field_names() -> None:
 
 @pytest.mark.parametrize("decision", ["reject", "pass", "error"])
 def test_round_trip_dict_and_json(decision: str) -> None:
-    event = make_event(decision)
+    event = full_event(decision)
     assert Event.from_dict(event.to_dict()) == event
     assert Event.from_json(event.to_json()) == event
     # JSON is one line: JSONL files and MQTT payloads depend on it.
@@ -67,7 +66,7 @@ def test_round_trip_dict_and_json(decision: str) -> None:
 
 
 def test_new_event_fills_id_and_emitted_at() -> None:
-    a, b = make_event(), make_event()
+    a, b = full_event(), full_event()
     assert uuid.UUID(a.event_id).version == 4
     assert a.event_id != b.event_id
     emitted = datetime.fromisoformat(a.emitted_at.replace("Z", "+00:00"))
@@ -77,25 +76,25 @@ def test_new_event_fills_id_and_emitted_at() -> None:
 
 def test_captured_at_is_converted_to_utc() -> None:
     plus_two = timezone(timedelta(hours=2))
-    event = make_event(captured_at=datetime(2024, 5, 1, 14, 0, 0, 123000, tzinfo=plus_two))
+    event = full_event(captured_at=datetime(2024, 5, 1, 14, 0, 0, 123000, tzinfo=plus_two))
     assert event.captured_at == "2024-05-01T12:00:00.123Z"
     assert utc_now_iso().endswith("Z")
 
 
 def test_naive_or_non_utc_timestamps_are_refused() -> None:
     with pytest.raises(EventError, match="time zone"):
-        make_event(captured_at=datetime(2024, 5, 1, 12, 0, 0))
+        full_event(captured_at=datetime(2024, 5, 1, 12, 0, 0))
     with pytest.raises(EventError, match="UTC"):
-        make_event(captured_at="2024-05-01T14:00:00+02:00")
+        full_event(captured_at="2024-05-01T14:00:00+02:00")
     # +00:00 is UTC too
-    assert make_event(captured_at="2024-05-01T12:00:00+00:00").captured_at.endswith("+00:00")
+    assert full_event(captured_at="2024-05-01T12:00:00+00:00").captured_at.endswith("+00:00")
 
 
 @pytest.mark.parametrize("decision", ["reject", "pass", "error"])
 def test_emitted_events_validate_against_schema(validator: Any, decision: str) -> None:
-    validator.validate(make_event(decision).to_dict())
-    validator.validate(make_event(decision, part_id=7).to_dict())
-    validator.validate(make_event(decision, part_id=None, snapshot_paths={}).to_dict())
+    validator.validate(full_event(decision).to_dict())
+    validator.validate(full_event(decision, part_id=7).to_dict())
+    validator.validate(full_event(decision, part_id=None, snapshot_paths={}).to_dict())
 
 
 @pytest.mark.parametrize(
@@ -112,26 +111,26 @@ def test_emitted_events_validate_against_schema(validator: Any, decision: str) -
     ],
 )
 def test_schema_rejects_malformed_events(validator: Any, mutate: Any) -> None:
-    data = make_event().to_dict()
+    data = full_event().to_dict()
     mutate(data)
     assert not validator.is_valid(data)
 
 
 def test_from_dict_names_the_missing_field() -> None:
-    data = make_event().to_dict()
+    data = full_event().to_dict()
     del data["source"]
     with pytest.raises(EventError, match="'source'"):
         Event.from_dict(data)
     with pytest.raises(YoloDefectError, match="schema_version"):
-        Event.from_dict({**make_event().to_dict(), "schema_version": 99})
+        Event.from_dict({**full_event().to_dict(), "schema_version": 99})
 
 
 def test_invalid_values_raise_actionable_errors() -> None:
     with pytest.raises(EventError, match="message"):
-        make_event("error", message=None)
+        full_event("error", message=None)
     with pytest.raises(EventError, match="decision"):
-        make_event(decision="maybe")
+        full_event(decision="maybe")
     with pytest.raises(EventError, match="sha256"):
-        ModelInfo("m.pt", "abc", "fp32")
+        ModelIdentity("m.pt", "abc", "fp32")
     with pytest.raises(EventError, match="confidence"):
         Defect("scratch", 1.2, (0, 0, 1, 1))

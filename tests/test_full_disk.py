@@ -26,13 +26,14 @@ from typer.testing import CliRunner
 from yolodefect.cli import app
 from yolodefect.detections import Detections
 from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
-from yolodefect.stream.events import ModelInfo, new_event
+from yolodefect.stream.events import ModelIdentity
 from yolodefect.stream.evidence import EvidenceWriter
 from yolodefect.stream.outbox import Outbox, OutboxError
 from yolodefect.stream.sinks import JsonlFileSink, WebhookSink
+from tests.builders import make_event
 from tests.helpers import wait_until
 
-MODEL = ModelInfo("fake.pt", "0" * 64, "fp32")
+MODEL = ModelIdentity("fake.pt", "0" * 64, "fp32")
 
 
 @pytest.fixture
@@ -70,11 +71,6 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def event(i: int, message: str | None = None) -> dict[str, Any]:
-    return new_event(decision="reject", source="cam0", frame_index=i, captured_at=datetime.now(timezone.utc),
-                     latency_ms=1.0, image_size_wh=(64, 48), model=MODEL, part_id=i, message=message).to_dict()
-
-
 def lines_of(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -106,13 +102,13 @@ def test_full_outbox_sends_events_directly_and_names_exactly_those(small_disk: P
     events_path = tmp_path / "events.jsonl"  # another, roomy filesystem
     down = WebhookSink(f"http://127.0.0.1:{closed_port()}/hook", timeout_s=0.5)
     dispatcher = Dispatcher.open(outbox, [JsonlFileSink(events_path), down], retry_initial_s=0.05, retry_max_s=0.2)
-    before = [event(i) for i in range(3)]
+    before = [make_event(i) for i in range(3)]
     for e in before:
         dispatcher.submit(e)
     assert wait_until(lambda: len(ids_in(events_path)) == 3)
     filler = fill(small_disk)
 
-    lost = [event(i) for i in range(3, 7)]
+    lost = [make_event(i) for i in range(3, 7)]
     for e in lost:
         assert dispatcher.submit(e) == e["event_id"]  # no exception: the station goes on
     assert "full" in (dispatcher.outbox_failure or "")
@@ -123,7 +119,7 @@ def test_full_outbox_sends_events_directly_and_names_exactly_those(small_disk: P
     assert not_persisted_lines(capsys.readouterr().err) == lost
 
     filler.unlink()
-    after = [event(i) for i in range(7, 9)]
+    after = [make_event(i) for i in range(7, 9)]
     for e in after:
         dispatcher.submit(e)
     assert dispatcher.outbox_failure is None
@@ -142,7 +138,7 @@ def test_delivered_event_whose_ack_cannot_be_stored_is_not_sent_again_and_again(
     events_path = tmp_path / "events.jsonl"
     dispatcher = Dispatcher.open(small_disk / "outbox.sqlite", [JsonlFileSink(events_path)],
                                  retry_initial_s=0.02, retry_max_s=0.05, start=False)
-    queued = [event(i) for i in range(3)]
+    queued = [make_event(i) for i in range(3)]
     for e in queued:
         dispatcher.submit(e)
     filler = fill(small_disk)
@@ -162,12 +158,12 @@ def test_jsonl_file_holds_only_whole_lines_when_the_disk_fills_mid_line(small_di
     events_path = small_disk / "events.jsonl"
     sink = JsonlFileSink(events_path)
     dispatcher = Dispatcher.open(tmp_path / "outbox.sqlite", [sink], retry_initial_s=0.02, retry_max_s=0.05)
-    first = event(0)
+    first = make_event(0)
     dispatcher.submit(first)
     assert wait_until(lambda: lines_of(events_path) != [])
     filler = fill(small_disk)
     # Longer than a 4 KiB page: it starts in the slack of the file's last page and cannot end.
-    big = [event(i, message="x" * 6000) for i in range(1, 4)]
+    big = [make_event(i, message="x" * 6000) for i in range(1, 4)]
     for e in big:
         dispatcher.submit(e)
     assert wait_until(lambda: dispatcher.stats()[sink.name]["failed_attempts"] >= 3)
@@ -182,10 +178,10 @@ def test_jsonl_file_holds_only_whole_lines_when_the_disk_fills_mid_line(small_di
 
 def test_jsonl_sink_cuts_a_partial_last_line_left_by_a_crash(tmp_path: Path) -> None:
     events_path = tmp_path / "events.jsonl"
-    whole = json.dumps(event(0)) + "\n"
-    events_path.write_text(whole + json.dumps(event(1))[:50])  # the process died mid-write
+    whole = json.dumps(make_event(0)) + "\n"
+    events_path.write_text(whole + json.dumps(make_event(1))[:50])  # the process died mid-write
     sink = JsonlFileSink(events_path)
-    again = event(1)
+    again = make_event(1)
     sink.send(again)
     sink.close()
     assert events_path.read_text() == whole + json.dumps(again, separators=(",", ":"), ensure_ascii=False) + "\n"
@@ -242,7 +238,7 @@ def test_watch_on_a_full_disk_loses_no_decision_and_exits_1(
         cv2.imwrite(str(parts / f"p{i}.png"), np.full((32, 32), 10 * i, np.uint8))
     (tmp_path / "fake.pt").write_bytes(b"not used: the detector is replaced")
     detector = FillingDetector(small_disk)
-    monkeypatch.setattr("yolodefect.stream.watch._make_detector", lambda *args: detector)
+    monkeypatch.setattr("yolodefect.stream.watch.make_detector", lambda *args: detector)
     events_path, evidence = tmp_path / "events.jsonl", small_disk / "evidence"
     args = ["watch", "--source", str(parts), "--model", str(tmp_path / "fake.pt"), "--sink", str(events_path),
             "--outbox", str(small_disk / "outbox.sqlite"), "--evidence", str(evidence)]

@@ -15,7 +15,6 @@ import yaml
 from typer.testing import CliRunner
 
 from yolodefect.cli import app
-from yolodefect.data.synth_dataset import SynthOptions, synthesize
 from yolodefect.errors import UsageError
 from yolodefect.evaluate import evaluate
 from yolodefect.exporting.options import ExportOptions, check_options
@@ -25,7 +24,7 @@ from yolodefect.inference.model_file import (ModelFileError, check_imgsz, check_
 from yolodefect.train import DEFAULT_MODEL, Preset, fit_imgsz_to_model, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL = REPO_ROOT / "weights" / "yolodefect-demo.pt"  # a real Ultralytics checkpoint, 5 MB, stride 32
+from tests.conftest import DEMO_MODEL
 runner = CliRunner()
 
 
@@ -73,20 +72,6 @@ def damaged(tmp_path_factory) -> dict[str, Path]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return {name: folder / name for name in files}
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    """A small steel dataset named with the demo model's classes, so the demo model can be evaluated on it."""
-    from yolodefect.evaluation.predictors import read_model_info
-
-    out = tmp_path_factory.mktemp("demo_data") / "data"
-    synthesize(out, SynthOptions(kind="steel", images=12, size_wh=(96, 96)))
-    config = yaml.safe_load((out / "data.yaml").read_text())
-    names = read_model_info(DEMO_MODEL).class_names
-    config["names"], config["nc"] = dict(enumerate(names)), len(names)
-    (out / "data.yaml").write_text(yaml.safe_dump(config))
-    return out
 
 
 def command_line(command: str, model: Path, data: Path, tmp_path: Path) -> list[str]:
@@ -191,11 +176,11 @@ def test_cli_refuses_impossible_imgsz_before_any_work(command, imgsz, message, d
 
 
 def test_eval_reports_and_runs_at_the_rounded_size(demo_data, tmp_path):
-    rounded = evaluate(DEMO_MODEL, demo_data, imgsz=33, out_dir=tmp_path / "eval", progress=False, plots=False)
+    rounded = evaluate(DEMO_MODEL, demo_data, imgsz=33, out_dir=tmp_path / "eval", plots=False)
     assert rounded.imgsz == 64
     assert "--imgsz 33 -> 64, a multiple of the model stride 32" in rounded.notes
     assert yaml.safe_load((tmp_path / "eval" / "metrics.json").read_text())["imgsz"] == 64
-    at_64 = evaluate(DEMO_MODEL, demo_data, imgsz=64, progress=False, plots=False)
+    at_64 = evaluate(DEMO_MODEL, demo_data, imgsz=64, plots=False)
     assert rounded.metrics.to_dict() == at_64.metrics.to_dict()  # the very predictions of a 64 px run
     assert not any("stride" in note for note in at_64.notes)
 

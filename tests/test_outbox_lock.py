@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from yolodefect.cli import app
 from yolodefect.detections import Detections
 from yolodefect.stream.delivery import Dispatcher
-from yolodefect.stream.events import ModelInfo
+from yolodefect.stream.events import ModelIdentity
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.outbox import Outbox, OutboxError
 from yolodefect.stream.sinks import JsonlFileSink
@@ -91,7 +91,7 @@ def detector(image: np.ndarray) -> Detections:
 
 
 detector.class_names = ["scratch", "pit"]  # type: ignore[attr-defined]
-detector.model_info = ModelInfo("fake.pt", "0" * 64, "fp32")  # type: ignore[attr-defined]
+detector.model_info = ModelIdentity("fake.pt", "0" * 64, "fp32")  # type: ignore[attr-defined]
 
 
 def test_second_station_on_the_same_outbox_fails_at_start_with_one_red_line(tmp_path: Path,
@@ -100,7 +100,7 @@ def test_second_station_on_the_same_outbox_fails_at_start_with_one_red_line(tmp_
     parts.mkdir()
     cv2.imwrite(str(parts / "p0.png"), np.zeros((32, 32), np.uint8))
     (tmp_path / "fake.pt").write_bytes(b"not used: the detector is replaced")
-    monkeypatch.setattr("yolodefect.stream.watch._make_detector", lambda *args: detector)
+    monkeypatch.setattr("yolodefect.stream.watch.make_detector", lambda *args: detector)
     outbox, events_path = tmp_path / "outbox.sqlite", tmp_path / "events.jsonl"
     with Outbox(outbox, [JsonlFileSink(events_path).name]):
         result = CliRunner().invoke(app, ["watch", "--source", str(parts), "--model", str(tmp_path / "fake.pt"),

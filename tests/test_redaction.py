@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,14 @@ import pytest
 
 from yolodefect.errors import UsageError
 from yolodefect.stream.delivery import Dispatcher
-from yolodefect.stream.events import Defect, ModelInfo, new_event
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.redact import redact_urls, redact_values
 from yolodefect.stream.sinks import SinkConfigError, sink_from_url
 from tests.helpers import free_port, wait_until
+from tests.builders import make_event
 
 PASSWORD = "hunter2-SECRET"
 TOKEN = "tok-0123456789abcdef"
-
-
-def make_event(i: int) -> dict[str, Any]:
-    return new_event(
-        decision="reject", source="cam0", frame_index=i, captured_at=datetime.now(timezone.utc), latency_ms=10.0,
-        image_size_wh=(64, 64), model=ModelInfo("best.pt", "0" * 64, "fp32"),
-        defects=[Defect("scratch", 0.9, (1, 2, 3, 4))], part_id=i,
-    ).to_dict()
-
-
 
 
 class EchoServer:

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,22 +16,8 @@ from typing import Any
 import pytest
 
 from yolodefect.stream.delivery import Dispatcher
-from yolodefect.stream.events import Defect, ModelInfo, new_event
 from yolodefect.stream.sinks import SinkConfigError, SinkError, WebhookSink, sink_from_url
-
-
-def make_event(i: int) -> dict[str, Any]:
-    return new_event(
-        decision="reject",
-        source="cam0",
-        frame_index=i,
-        captured_at=datetime.now(timezone.utc),
-        latency_ms=10.0,
-        image_size_wh=(640, 480),
-        model=ModelInfo("best.pt", "0" * 64, "fp16"),
-        defects=[Defect("scratch", 0.9, (1, 2, 3, 4))],
-        part_id=i,
-    ).to_dict()
+from tests.builders import make_event
 
 
 @dataclass

@@ -11,16 +11,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.builders import make_event
 from tests.helpers import free_port, skip_unless_ci, wait_until
 
 from yolodefect.stream.delivery import Dispatcher
-from yolodefect.stream.events import Defect, ModelInfo, load_schema, new_event
+from yolodefect.stream.events import load_schema
 from yolodefect.stream.sinks import MqttSink, SinkConfigError, SinkError, sink_from_url
 
 try:
@@ -39,22 +39,6 @@ if MOSQUITTO is None:
     skip_unless_ci("mosquitto broker binary not found (apt-get install mosquitto)")
 
 TOPIC = "line1/station2/events"
-
-
-def make_event(i: int) -> dict[str, Any]:
-    return new_event(
-        decision="reject" if i % 2 else "pass",
-        source="cam0",
-        frame_index=i,
-        captured_at=datetime.now(timezone.utc),
-        latency_ms=10.0,
-        image_size_wh=(640, 480),
-        model=ModelInfo("best.pt", "0" * 64, "fp16"),
-        defects=[Defect("scratch", 0.9, (1, 2, 3, 4))] if i % 2 else [],
-        part_id=i,
-    ).to_dict()
-
-
 
 
 class Broker:
@@ -170,7 +154,7 @@ def test_events_arrive_on_topic_and_match_schema(broker: Broker, subscriber: Sub
     sink = sink_from_url(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}")
     assert isinstance(sink, MqttSink) and sink.qos == 1
     dispatcher = Dispatcher.open(tmp_path / "outbox.db", [sink], retry_initial_s=0.05, retry_max_s=0.5)
-    events = [make_event(i) for i in range(5)]
+    events = [make_event(i, "reject" if i % 2 else "pass") for i in range(5)]  # both kinds meet the schema
     for e in events:
         dispatcher.submit(e)
     assert dispatcher.flush(10), dispatcher.stats()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.builders import make_event
 from tests.helpers import free_port, skip_unless_ci
 
 from yolodefect.stream.delivery import Dispatcher
-from yolodefect.stream.events import Defect, ModelInfo, new_event
 from yolodefect.stream.sinks import OpcUaSink, SinkConfigError, SinkError, sink_from_url
 
 try:
@@ -22,21 +21,6 @@ try:
     from asyncua.sync import Server, SyncNode, ThreadLoop
 except ImportError as exc:  # the reason names the real import problem, not just "missing"
     skip_unless_ci(f"asyncua not importable ({exc}); pip install yolodefect[opcua]")
-
-
-def make_event(decision: str, classes: tuple[str, ...] = ()) -> dict[str, Any]:
-    return new_event(
-        decision=decision,  # type: ignore[arg-type]
-        source="cam0",
-        frame_index=1,
-        captured_at=datetime.now(timezone.utc),
-        latency_ms=10.0,
-        image_size_wh=(640, 480),
-        model=ModelInfo("best.pt", "0" * 64, "fp16"),
-        defects=[Defect(c, 0.9, (1, 2, 3, 4)) for c in classes],
-        message="camera lost" if decision == "error" else None,
-    ).to_dict()
-
 
 
 def wait_for_value(node: SyncNode, expected: Any, timeout_s: float = 10) -> Any:
@@ -106,7 +90,7 @@ def test_reject_event_sets_decision_and_defect_class(plc: Plc, tmp_path: Path) -
     start_count = plc.counter.read_value()
     dispatcher = Dispatcher.open(tmp_path / "outbox.db", [sink], retry_initial_s=0.05, retry_max_s=0.5)
     try:
-        reject = make_event("reject", ("scratch", "dent"))
+        reject = make_event(decision="reject", classes=("scratch", "dent"))
         dispatcher.submit(reject)
         assert dispatcher.flush(10), dispatcher.stats()
         assert plc.decision.read_value() == "reject"
@@ -114,7 +98,7 @@ def test_reject_event_sets_decision_and_defect_class(plc: Plc, tmp_path: Path) -
         assert plc.event_id.read_value() == reject["event_id"]
         assert plc.counter.read_value() == start_count + 1
 
-        passed = make_event("pass")
+        passed = make_event(decision="pass")
         dispatcher.submit(passed)
         assert wait_for_value(plc.event_id, passed["event_id"]) == passed["event_id"]
         assert plc.decision.read_value() == "pass"
@@ -127,9 +111,9 @@ def test_reject_event_sets_decision_and_defect_class(plc: Plc, tmp_path: Path) -
 def test_integer_decision_node_gets_a_code(plc: Plc) -> None:
     sink = OpcUaSink(plc.endpoint, decision_node=plc.ids(plc.decision_code), timeout_s=3)
     try:
-        sink.send(make_event("reject", ("scratch",)))
+        sink.send(make_event(decision="reject", classes=("scratch",)))
         assert plc.decision_code.read_value() == 1
-        sink.send(make_event("error"))
+        sink.send(make_event(decision="error"))
         assert plc.decision_code.read_value() == 2
     finally:
         sink.close()
@@ -139,7 +123,7 @@ def test_wrong_node_type_is_reported(plc: Plc) -> None:
     sink = OpcUaSink(plc.endpoint, decision_node=plc.ids(plc.decision), defect_class_node=plc.ids(plc.counter))
     try:
         with pytest.raises(SinkConfigError, match="String"):
-            sink.send(make_event("reject", ("scratch",)))
+            sink.send(make_event(decision="reject", classes=("scratch",)))
     finally:
         sink.close()
 
@@ -155,14 +139,14 @@ def test_reconnects_after_server_restart(tloop: ThreadLoop) -> None:
     plc = start_plc(tloop, free_port())
     sink = OpcUaSink(plc.endpoint, decision_node=plc.ids(plc.decision), timeout_s=2)
     try:
-        sink.send(make_event("reject", ("scratch",)))
+        sink.send(make_event(decision="reject", classes=("scratch",)))
         assert plc.decision.read_value() == "reject"
         plc.server.stop()
         with pytest.raises(SinkError):
-            sink.send(make_event("pass"))
+            sink.send(make_event(decision="pass"))
 
         plc.server.start()  # the PLC comes back on the same port
-        sink.send(make_event("pass"))
+        sink.send(make_event(decision="pass"))
         assert plc.decision.read_value() == "pass"
     finally:
         sink.close()

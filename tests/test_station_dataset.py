@@ -12,7 +12,7 @@ import yaml
 from yolodefect.data.check import check_dataset
 from yolodefect.data.station_dataset import StationOptions, crop_boxes, station_class_names, synthesize_station
 from yolodefect.errors import UsageError
-from yolodefect.stream.conveyor import write_conveyor_video
+from yolodefect.data.conveyor import write_conveyor_video
 
 
 def test_crop_boxes_are_the_visible_defects_shifted_into_the_crop(tmp_path: Path) -> None:

@@ -12,13 +12,12 @@ import pytest
 
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
+from yolodefect.inference.identity import card_path, file_sha256, guess_precision, load_model_card
+from yolodefect.inference.model_file import read_model_file
 from yolodefect.stream.detector import (
     TiledDetector,
     UltralyticsDetector,
-    card_path,
-    load_model_card,
     merge_tiles,
-    model_info_for,
     tile_origins,
 )
 from yolodefect.stream.options import WatchOptions
@@ -96,23 +95,23 @@ def test_merge_tiles_is_class_aware_and_joins_pieces() -> None:
 def test_model_card_and_info(tmp_path: Path) -> None:
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"weights")
-    info = model_info_for(weights)
-    assert info.sha256 == hashlib.sha256(b"weights").hexdigest() and info.precision == "fp32" and info.name == "best.pt"
+    assert file_sha256(weights) == hashlib.sha256(b"weights").hexdigest()
+    assert guess_precision(weights, load_model_card(weights)) == "fp32"
     card_path(weights).write_text(json.dumps({"precision": "fp16", "classes": ["scratch"]}))
     assert load_model_card(weights) == {"precision": "fp16", "classes": ["scratch"]}
-    assert model_info_for(weights).precision == "fp16"
+    assert guess_precision(weights, load_model_card(weights)) == "fp16"
     card_path(weights).write_text("{not json")
     assert load_model_card(weights) is None  # shown for information only: a broken card is ignored
     int8 = tmp_path / "best_int8.onnx"
     int8.write_bytes(b"q")
-    assert model_info_for(int8).precision == "int8"
+    assert guess_precision(int8, load_model_card(int8)) == "int8"
     folder = tmp_path / "best_openvino_model"
     folder.mkdir()
     (folder / "best.xml").write_text("<xml/>")
     assert card_path(folder).name == "best_openvino_model.card.json"
-    assert len(model_info_for(folder).sha256) == 64
+    assert len(file_sha256(folder)) == 64
     with pytest.raises(UsageError, match="does not exist"):
-        model_info_for(tmp_path / "missing.pt")
+        read_model_file(tmp_path / "missing.pt")
 
 
 def moving(x: float, side: float = 8.0, y: float = 50.0) -> np.ndarray:
@@ -253,7 +252,7 @@ def test_watch_with_a_model_path(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_watch_tracks_with_a_model_path_on_video(tiny_model: Path, tmp_path: Path) -> None:
-    from yolodefect.stream.conveyor import write_conveyor_video
+    from yolodefect.data.conveyor import write_conveyor_video
 
     video = write_conveyor_video(tmp_path / "line.mp4", parts=2, defective={0}, frame_size=(160, 96),
                                  part_size=(64, 48), gap_px=16, speed_px_per_frame=16).path

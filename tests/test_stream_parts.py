@@ -11,6 +11,7 @@ from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
 from yolodefect.stream.parts import ImagePartDecider, TrackPartDecider, box_gap
 from yolodefect.stream.sources import Frame
+from tests.builders import detections
 
 IMAGE = np.zeros((8, 8, 3), dtype=np.uint8)
 
@@ -19,16 +20,9 @@ def make_frame(index: int = 0, part_hint: str | None = None) -> Frame:
     return Frame(IMAGE, index, datetime.now(timezone.utc), "test", part_hint)
 
 
-def make_detections(*rows: tuple[int, tuple[float, float, float, float]], conf: float = 0.9) -> Detections:
-    """Tracked detections from (tracker id, xyxy) rows; class 0."""
-    if not rows:
-        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0), tracker_id=np.zeros(0))
-    return Detections(
-        xyxy=np.array([r[1] for r in rows], dtype=np.float32),
-        confidence=np.full(len(rows), conf),
-        class_id=np.zeros(len(rows)),
-        tracker_id=np.array([r[0] for r in rows]),
-    )
+def tracked(rows: list[tuple[int, tuple[float, float, float, float]]]) -> Detections:
+    """Tracked class-0 detections from (tracker id, xyxy) rows."""
+    return detections([xyxy for _, xyxy in rows], track_ids=[track_id for track_id, _ in rows])
 
 
 def box(x: float, y: float = 0.0, side: float = 10.0) -> tuple[float, float, float, float]:
@@ -44,7 +38,7 @@ def box(x: float, y: float = 0.0, side: float = 10.0) -> tuple[float, float, flo
 )
 def test_image_mode_one_decision_per_frame(emit_pass: bool, has_defect: bool, expected: list[str]) -> None:
     decider = ImagePartDecider(emit_pass=emit_pass)
-    defects = make_detections((-1, box(0))) if has_defect else make_detections()
+    defects = tracked([(-1, box(0))] if has_defect else [])
     decisions = decider.update(make_frame(5, "part_0005.png"), defects)
     assert [d.decision for d in decisions] == expected
     for decision in decisions:
@@ -53,7 +47,7 @@ def test_image_mode_one_decision_per_frame(emit_pass: bool, has_defect: bool, ex
 
 
 def test_image_mode_part_id_falls_back_to_frame_index() -> None:
-    assert ImagePartDecider().update(make_frame(12), make_detections((-1, box(0))))[0].part_id == 12
+    assert ImagePartDecider().update(make_frame(12), tracked([(-1, box(0))]))[0].part_id == 12
 
 
 # -- track mode ------------------------------------------------------------------------------
@@ -63,7 +57,7 @@ def run(decider: TrackPartDecider, frames: list[list[tuple[int, tuple]]]) -> lis
     """Feed frames of (track id, box) rows; returns (frame number, part id, track ids in the event) per reject."""
     out = []
     for number, rows in enumerate(frames):
-        for decision in decider.update(make_frame(number), make_detections(*rows)):
+        for decision in decider.update(make_frame(number), tracked(rows)):
             assert decision.decision == "reject"
             out.append((number, decision.part_id, decision.defects.tracker_id.tolist()))
     return out
@@ -145,7 +139,7 @@ def test_memory_stays_bounded_with_endless_new_tracks() -> None:
     for tick in range(5000):
         # Every frame: three brand-new tracks seen once, and one long-lived track per 10 frames.
         rows = [(100_000 + tick * 3 + k, box(k * 100)) for k in range(3)] + [(tick // 10, box(1000))]
-        decider.update(make_frame(tick), make_detections(*rows))
+        decider.update(make_frame(tick), tracked(rows))
         assert decider.tracked <= 50
         assert decider.open_parts <= 50
 

@@ -1,4 +1,4 @@
-"""Reject rules: per-class confidence, reject classes, min area, ROI, thresholds.yaml, class-name checks."""
+"""The reject rules eval and watch share: per-class confidence, reject classes, min area, ROI, thresholds.yaml, class-name checks."""
 
 from __future__ import annotations
 
@@ -10,21 +10,16 @@ import yaml
 
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
-from yolodefect.stream.rules import RejectRules, load_thresholds
+from yolodefect.inference.rules import RejectRules, build_reject_rules
+from yolodefect.inference.thresholds_file import read_thresholds_yaml
+from tests import builders
 
 NAMES = ["scratch", "pit", "inclusion", "patch"]
 
 
-def make_detections(*rows: tuple[str, float, tuple[float, float, float, float]], track_ids: list[int] | None = None) -> Detections:
+def from_rows(*rows: tuple[str, float, tuple[float, float, float, float]], track_ids: list[int] | None = None) -> Detections:
     """Detections from (class name, confidence, xyxy) rows."""
-    if not rows:
-        return Detections.empty()
-    return Detections(
-        xyxy=np.array([r[2] for r in rows], dtype=np.float32),
-        confidence=np.array([r[1] for r in rows], dtype=np.float32),
-        class_id=np.array([NAMES.index(r[0]) for r in rows]),
-        tracker_id=None if track_ids is None else np.array(track_ids),
-    )
+    return builders.detections([r[2] for r in rows], [r[1] for r in rows], [r[0] for r in rows], names=NAMES, track_ids=track_ids)
 
 
 BOX = (10.0, 10.0, 30.0, 30.0)  # 20 x 20 = 400 px, centre (20, 20)
@@ -50,12 +45,12 @@ BOX = (10.0, 10.0, 30.0, 30.0)  # 20 x 20 = 400 px, centre (20, 20)
     ],
 )
 def test_one_rule(rules: RejectRules, row: tuple, counts: bool) -> None:
-    mask = rules.mask(make_detections(row), NAMES)
+    mask = rules.mask(from_rows(row), NAMES)
     assert mask.tolist() == [counts]
 
 
 def test_apply_keeps_order_and_tracker_ids() -> None:
-    detections = make_detections(
+    detections = from_rows(
         ("scratch", 0.9, BOX), ("pit", 0.1, BOX), ("patch", 0.8, (0, 0, 2, 2)), ("inclusion", 0.7, BOX),
         track_ids=[7, 8, 9, 10],
     )
@@ -106,7 +101,7 @@ def test_load_thresholds_file(tmp_path: Path) -> None:
     path = tmp_path / "thresholds.yaml"
     path.write_text(yaml.safe_dump({"conf": {"scratch": 0.4, "pit": 0.2}, "reject_classes": ["pit"],
                                     "target_reached": True}))
-    loaded = load_thresholds(path)
+    loaded = read_thresholds_yaml(path)
     assert loaded.conf == {"scratch": 0.4, "pit": 0.2}
     assert loaded.reject_classes == ["pit"]
 
@@ -114,10 +109,40 @@ def test_load_thresholds_file(tmp_path: Path) -> None:
 def test_load_thresholds_hand_written_and_bad(tmp_path: Path) -> None:
     good = tmp_path / "t.yaml"
     good.write_text("conf:\n  scratch: 0.5\n")
-    assert load_thresholds(good).reject_classes == ["scratch"]
+    assert read_thresholds_yaml(good).reject_classes == ["scratch"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("conf:\n  scratch: 2\n")
     with pytest.raises(Exception, match="scratch"):
-        load_thresholds(bad)
+        read_thresholds_yaml(bad)
     with pytest.raises(UsageError, match="does not exist"):
-        load_thresholds(tmp_path / "missing.yaml")
+        read_thresholds_yaml(tmp_path / "missing.yaml")
+
+
+def test_confident_mask_ignores_the_reject_classes_but_not_size_or_roi() -> None:
+    """Eval's P/R/F1 count every class at its threshold, but only boxes the station could see."""
+    rules = RejectRules(reject_classes=frozenset({"pit"}), default_conf=0.5, min_box_area_px=100,
+                        roi_polygon=((0, 0), (50, 0), (50, 50), (0, 50)))
+    detections = from_rows(("scratch", 0.9, BOX), ("pit", 0.9, BOX), ("pit", 0.9, (10, 10, 15, 15)),
+                                 ("pit", 0.9, (60, 60, 80, 80)), ("pit", 0.4, BOX))
+    assert rules.eligible_mask(detections).tolist() == [True, True, False, False, True]
+    assert rules.confident_mask(detections, NAMES).tolist() == [True, True, False, False, False]
+    assert rules.mask(detections, NAMES).tolist() == [False, True, False, False, False]
+    assert rules.rejects(detections, NAMES) and not rules.rejects(detections.filter(np.array([1, 0, 1, 1, 1], bool)), NAMES)
+    assert rules.reject_ids(NAMES) == [1]
+
+
+def test_build_reject_rules_resolves_file_overrides_and_default(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"conf": {"scratch": 0.4, "pit": 0.2}, "reject_classes": ["pit"]}))
+    rules = build_reject_rules(thresholds=read_thresholds_yaml(path), conf=0.6, class_conf={"pit": 0.3},
+                               min_box_area_px=9, roi_polygon="0,0 10,0 10,10")
+    assert rules.conf_thresholds == {"scratch": 0.4, "pit": 0.3} and rules.threshold("patch") == 0.6
+    assert rules.reject_classes == frozenset({"pit"}) and rules.roi_polygon == ((0, 0), (10, 0), (10, 10))
+    assert build_reject_rules(thresholds=read_thresholds_yaml(path), reject_classes=["scratch"]).reject_classes == {"scratch"}
+    assert build_reject_rules().reject_classes is None
+
+
+def test_per_class_rules_need_every_class() -> None:
+    with pytest.raises(UsageError, match="missing \\['inclusion', 'patch'\\]"):
+        RejectRules.per_class(NAMES, {"scratch": 0.3, "pit": 0.3})
+    assert RejectRules.per_class(NAMES, 0.4, ["pit"]).threshold("patch") == pytest.approx(0.4)

@@ -9,13 +9,8 @@ import pytest
 
 from yolodefect.detections import Detections
 from yolodefect.errors import FormatError, UsageError
-from yolodefect.evaluation import (
-    GroundTruth,
-    choose_thresholds,
-    evaluate_detections,
-    read_thresholds_yaml,
-    write_thresholds_yaml,
-)
+from yolodefect.evaluation import GroundTruth, choose_thresholds, evaluate_detections
+from yolodefect.inference.thresholds_file import read_thresholds_yaml, write_thresholds_yaml
 from yolodefect.evaluation.decisions import NO_GOOD_PARTS
 
 NAMES = ["scratch", "dent"]

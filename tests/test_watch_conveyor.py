@@ -20,7 +20,7 @@ import pytest
 
 from yolodefect.data.synth import render_part
 from yolodefect.detections import Detections
-from yolodefect.stream.conveyor import ConveyorTruth, write_conveyor_video
+from yolodefect.data.conveyor import ConveyorTruth, write_conveyor_video
 from yolodefect.stream.events import Event, load_schema
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.stats import WatchStats

@@ -41,3 +41,16 @@ def from_ultralytics(result: Any) -> Detections:
         class_id=_to_numpy(boxes.cls),
         tracker_id=None if track_ids is None else _to_numpy(track_ids),
     )
+
+
+def from_torchvision(output: dict[str, Any]) -> Detections:
+    """Detections of one torchvision detection output (``boxes``, ``scores``, ``labels`` tensors).
+
+    torchvision reserves label 0 for the background, so dataset class ``k`` is label ``k + 1``
+    (see :data:`yolodefect.compare.ssd_dataset.TARGET_CONTRACT`); classes come back 0-based.
+    """
+    return Detections(
+        xyxy=_to_numpy(output["boxes"]),
+        confidence=_to_numpy(output["scores"]),
+        class_id=_to_numpy(output["labels"]).astype(np.int64) - 1,
+    )

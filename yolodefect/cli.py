@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from yolodefect import __version__
-from yolodefect.console import (configure_logging, err_console, print_json, progress_bar, stdout_reserved,
+from yolodefect.compare.options import CompareOptions
+from yolodefect.console import (configure_logging, default_of, err_console, print_json, progress_bar, stdout_reserved,
                                 ultralytics_logs_to_stderr, user_errors)
+from yolodefect.data.convert import ConvertOptions
+from yolodefect.data.synth_dataset import SynthOptions
+from yolodefect.demo import DemoOptions
+from yolodefect.evaluate import evaluate
+from yolodefect.exporting.options import ExportOptions
+from yolodefect.train import TrainOptions
 
 app = typer.Typer(
     name="yolodefect",
@@ -51,22 +59,22 @@ def convert(
     ctx: typer.Context,
     src: Annotated[Path, typer.Argument(help="The labelled dataset to read (never modified).")],
     out: Annotated[Path, typer.Argument(help="Folder for the YOLO dataset (created).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="voc, coco, labelme, deeppcb, mask, yolo-seg, yolo or auto.")] = "auto",
-    split: Annotated[str, typer.Option(help="train,val[,test] fractions for a seeded split stratified by class.")] = "0.8,0.1,0.1",
-    keep_split: Annotated[Optional[bool], typer.Option("--keep-split/--resplit", help="Keep the source's own split, or re-split. Default: keep it when every image has one.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and of tile sampling.")] = 0,
+    format: Annotated[str, typer.Option("--format", "-f", help="voc, coco, labelme, deeppcb, mask, yolo-seg, yolo or auto.")] = default_of(ConvertOptions, "format"),
+    split: Annotated[str, typer.Option(help="train,val[,test] fractions for a seeded split stratified by class.")] = default_of(ConvertOptions, "split"),
+    keep_split: Annotated[Optional[bool], typer.Option("--keep-split/--resplit", help="Keep the source's own split, or re-split. Default: keep it when every image has one.")] = default_of(ConvertOptions, "keep_split"),
+    seed: Annotated[int, typer.Option(help="Seed of the split and of tile sampling.")] = default_of(ConvertOptions, "seed"),
     classes: Annotated[Optional[list[str]], typer.Option("--classes", help="Rename or merge classes: 'old=new' or 'a,b=defect' (repeatable, or ';'-separated).")] = None,
     drop: Annotated[Optional[list[str]], typer.Option("--drop", help="Drop a class (repeatable).")] = None,
-    copy: Annotated[bool, typer.Option("--copy/--link", help="Copy images (EXIF orientation applied), or link them (default, falls back to copy).")] = False,
-    tile: Annotated[Optional[int], typer.Option(help="Cut images into tiles of this many pixels.")] = None,
-    overlap: Annotated[float, typer.Option(help="Tile overlap as a fraction of the tile.")] = 0.2,
-    min_visibility: Annotated[float, typer.Option(help="Keep a box in a tile if this share of it is inside.")] = 0.5,
-    background_tiles: Annotated[float, typer.Option(help="Share of defect-free tiles kept.")] = 0.2,
-    include_templates: Annotated[bool, typer.Option(help="DeepPCB: add the defect-free template images as backgrounds.")] = False,
-    min_area: Annotated[int, typer.Option(help="Masks: smallest component kept, in pixels.")] = 1,
-    mask_threshold: Annotated[int, typer.Option(help="Masks: foreground is above this grey level.")] = 127,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed files (listed in conversion.json) instead of stopping.")] = False,
-    force: ForceOption = False,
+    copy: Annotated[bool, typer.Option("--copy/--link", help="Copy images (EXIF orientation applied), or link them (default, falls back to copy).")] = default_of(ConvertOptions, "transfer") == "copy",
+    tile: Annotated[Optional[int], typer.Option(help="Cut images into tiles of this many pixels.")] = default_of(ConvertOptions, "tile"),
+    overlap: Annotated[float, typer.Option(help="Tile overlap as a fraction of the tile.")] = default_of(ConvertOptions, "overlap"),
+    min_visibility: Annotated[float, typer.Option(help="Keep a box in a tile if this share of it is inside.")] = default_of(ConvertOptions, "min_visibility"),
+    background_tiles: Annotated[float, typer.Option(help="Share of defect-free tiles kept.")] = default_of(ConvertOptions, "background_tiles"),
+    include_templates: Annotated[bool, typer.Option(help="DeepPCB: add the defect-free template images as backgrounds.")] = default_of(ConvertOptions, "include_templates"),
+    min_area: Annotated[int, typer.Option(help="Masks: smallest component kept, in pixels.")] = default_of(ConvertOptions, "mask_min_area"),
+    mask_threshold: Annotated[int, typer.Option(help="Masks: foreground is above this grey level.")] = default_of(ConvertOptions, "mask_threshold"),
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed files (listed in conversion.json) instead of stopping.")] = default_of(ConvertOptions, "skip_bad"),
+    force: ForceOption = default_of(ConvertOptions, "force"),
     json_output: JsonOption = False,
 ) -> None:
     """Convert a labelled defect dataset into a clean, split YOLO dataset.
@@ -81,7 +89,6 @@ def convert(
 
       yolodefect convert coco/ out/ --classes 'scratch,scuff=surface' --drop label_noise
     """
-    from yolodefect.data.convert import ConvertOptions
     from yolodefect.data.convert import convert as run_convert
     from yolodefect.render import render_conversion
 
@@ -104,13 +111,13 @@ def convert(
 def synth(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder for the synthetic YOLO dataset (created).")],
-    kind: Annotated[str, typer.Option(help="steel (scratch, pit, inclusion, patch) or pcb (open, short, mousebite, spur, spurious_copper, pin_hole).")] = "steel",
-    images: Annotated[int, typer.Option(help="Number of images.")] = 200,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
-    background: Annotated[float, typer.Option(help="Share of defect-free images.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same dataset.")] = 0,
-    split: Annotated[str, typer.Option(help="train,val[,test] fractions.")] = "0.8,0.1,0.1",
-    force: ForceOption = False,
+    kind: Annotated[str, typer.Option(help="steel (scratch, pit, inclusion, patch) or pcb (open, short, mousebite, spur, spurious_copper, pin_hole).")] = default_of(SynthOptions, "kind"),
+    images: Annotated[int, typer.Option(help="Number of images.")] = default_of(SynthOptions, "images"),
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = default_of(SynthOptions, "size_wh")[0],
+    background: Annotated[float, typer.Option(help="Share of defect-free images.")] = default_of(SynthOptions, "background_fraction"),
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same dataset.")] = default_of(SynthOptions, "seed"),
+    split: Annotated[str, typer.Option(help="train,val[,test] fractions.")] = default_of(SynthOptions, "split"),
+    force: ForceOption = default_of(SynthOptions, "force"),
     json_output: JsonOption = False,
 ) -> None:
     """Generate a seeded synthetic defect dataset (no download needed).
@@ -119,7 +126,7 @@ def synth(
 
       yolodefect synth steel-demo --kind steel --images 300
     """
-    from yolodefect.data.synth_dataset import SynthOptions, synthesize
+    from yolodefect.data.synth_dataset import synthesize
     from yolodefect.render import render_conversion
 
     with user_errors(_debug(ctx)):
@@ -182,23 +189,23 @@ def train(
                                                        "train from scratch. Default: COCO-pretrained yolo26n.pt from Ultralytics' weights folder "
                                                        "(downloaded there when online), never a file of the working folder. A .pt file runs code "
                                                        "when loaded: use checkpoints from sources you trust.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = default_of(TrainOptions, "epochs"),
     imgsz: Annotated[Optional[int], typer.Option(help="Training image size. Default: suggested by `check` from the box sizes.")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size. Default: 16 on CPU, AutoBatch on GPU.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data loader workers on GPU (default up to 8; Ultralytics uses none on CPU).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ... Default: the first GPU, else CPU.")] = None,
     class_weights: Annotated[Optional[float], typer.Option("--class-weights", help="cls_pw power in [0, 1] for class imbalance. Default: 0.5 when check finds more than 3:1, else off.")] = None,
     freeze: Annotated[Optional[int], typer.Option(help="Freeze the first N layers (transfer learning with little data).")] = None,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without val improvement.")] = 30,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without val improvement.")] = default_of(TrainOptions, "patience"),
     flipud: Annotated[Optional[float], typer.Option(help="Vertical flip probability. Default 0.5: defects have no 'up'.")] = None,
     nbs: Annotated[Optional[int], typer.Option(help="Images per weight update (Ultralytics' nominal batch). Default: the batch size when accumulating to Ultralytics' 64 would give fewer than 10,000 updates (small defect sets), else 64.")] = None,
     grayscale: Annotated[Optional[bool], typer.Option("--grayscale/--color", help="Turn hue/saturation augmentation off for grayscale data. Default: detected.")] = None,
-    name: Annotated[str, typer.Option(help="Run name: results go to PROJECT/NAME.")] = "train",
-    project: Annotated[Path, typer.Option(help="Folder for runs.")] = Path("runs"),
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse PROJECT/NAME instead of NAME2, NAME3...")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run PROJECT/NAME.")] = False,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    no_check: Annotated[bool, typer.Option("--no-check", help="Train even if `check` finds errors.")] = False,
+    name: Annotated[str, typer.Option(help="Run name: results go to PROJECT/NAME.")] = default_of(TrainOptions, "name"),
+    project: Annotated[Path, typer.Option(help="Folder for runs.")] = default_of(TrainOptions, "project"),
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse PROJECT/NAME instead of NAME2, NAME3...")] = default_of(TrainOptions, "exist_ok"),
+    resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run PROJECT/NAME.")] = default_of(TrainOptions, "resume"),
+    seed: Annotated[int, typer.Option(help="Training seed.")] = default_of(TrainOptions, "seed"),
+    no_check: Annotated[bool, typer.Option("--no-check", help="Train even if `check` finds errors.")] = not default_of(TrainOptions, "run_check"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other Ultralytics argument, key=value (repeatable).")] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -215,7 +222,7 @@ def train(
       yolodefect train pcb-yolo --model my_line_model.pt --freeze 10 --epochs 50
     """
     from yolodefect.render import render_presets, render_train
-    from yolodefect.train import TrainOptions, plan_training, run_training
+    from yolodefect.train import plan_training, run_training
 
     with user_errors(_debug(ctx)):
         options = TrainOptions(
@@ -240,15 +247,17 @@ def eval_command(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Any model Ultralytics loads: .pt, .onnx (FP32 or INT8), OpenVINO folder, .engine.")],
     data: Annotated[Path, typer.Argument(help="A data.yaml or dataset folder.")],
-    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    split: Annotated[str, typer.Option(help="val or test.")] = default_of(evaluate, "split"),
     imgsz: Annotated[Optional[int], typer.Option(help="Default: the size the model was trained or exported at.")] = None,
-    conf: Annotated[float, typer.Option(help="One confidence threshold for every class (when neither --thresholds nor --target-recall).")] = 0.25,
+    conf: Annotated[float, typer.Option(help="One confidence threshold for every class (when neither --thresholds nor --target-recall).")] = default_of(evaluate, "conf"),
     thresholds: Annotated[Optional[Path], typer.Option(help="A thresholds.yaml to score at.")] = None,
     target_recall: Annotated[Optional[float], typer.Option(help="Choose thresholds reaching this part-level recall with the fewest false rejects, and write thresholds.yaml.")] = None,
-    per_class: Annotated[bool, typer.Option("--per-class", help="With --target-recall: one threshold per class.")] = False,
-    reject: Annotated[Optional[list[str]], typer.Option("--reject", help="A class that rejects a part (repeatable). Default: every class.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, thresholds.yaml and plots. Default: next to the model.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or a GPU index.")] = "cpu",
+    per_class: Annotated[bool, typer.Option("--per-class", help="With --target-recall: one threshold per class.")] = default_of(evaluate, "per_class_thresholds"),
+    reject: Annotated[Optional[list[str]], typer.Option("--reject", help="A class that rejects a part (repeatable). Default: the thresholds file's, else every class.")] = None,
+    min_area: Annotated[float, typer.Option(help="As watch --min-area: defect boxes smaller than this many square pixels do not count.")] = default_of(evaluate, "min_area"),
+    roi: Annotated[Optional[str], typer.Option(help="As watch --roi: only defects centred inside the polygon 'x,y x,y x,y ...' count. Frame pixels: the images must be the station's frames.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, thresholds.yaml and plots. Default: a new runs/eval/MODEL-SPLIT (then MODEL-SPLIT2, ...).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or a GPU index.")] = default_of(evaluate, "device"),
     json_output: JsonOption = False,
 ) -> None:
     """Score a model: mAP, per-class AP and P/R/F1, confusion matrix, escape and false-reject rates.
@@ -260,20 +269,26 @@ def eval_command(
       yolodefect eval runs/train/weights/best.pt neu-yolo --split test
 
       yolodefect eval best.pt neu-yolo --target-recall 0.99 --per-class   # writes thresholds.yaml
+
+      yolodefect eval best.pt frames --thresholds thresholds.yaml --roi "40,20 600,20 600,340 40,340" --min-area 64
+
+    The escape and false-reject rates are the station's: watch with the same --conf, --thresholds,
+    --reject, --min-area and --roi rejects the same parts.
     """
-    from yolodefect.evaluate import evaluate
+    from yolodefect.evaluate import new_eval_dir
     from yolodefect.render import render_eval
 
     with user_errors(_debug(ctx)):
-        out_dir = out or model.parent / f"eval-{model.stem}-{split}"
-        with stdout_reserved(json_output):
+        out_dir = out or new_eval_dir(model, split)
+        with progress_bar(not json_output) as progress, stdout_reserved(json_output):
             result = evaluate(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
                               target_recall=target_recall, per_class_thresholds=per_class, reject_classes=reject,
-                              out_dir=out_dir, device=device, progress=not json_output)
+                              min_area=min_area, roi=roi, out_dir=out_dir, device=device, progress=progress)
         if json_output:
             print_json(result.to_dict())
         else:
             render_eval(result, err_console)
+            err_console.print(f"Results are in [bold]{out_dir}[/bold]", highlight=False)
 
 
 def _help_of(name: str) -> str:
@@ -386,10 +401,10 @@ def watch(
 @app.command()
 def demo(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes (created).")] = Path("yolodefect-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and video: about a minute instead of a few.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the generated data and video.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if an earlier demo wrote it.")] = False,
+    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes (created).")] = default_of(DemoOptions, "out"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and video: about a minute instead of a few.")] = default_of(DemoOptions, "quick"),
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and video.")] = default_of(DemoOptions, "seed"),
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if an earlier demo wrote it.")] = default_of(DemoOptions, "force"),
     json_output: JsonOption = False,
 ) -> None:
     """Run the whole line on generated data, offline: data, check, fine-tune, eval, INT8 export, video, watch.
@@ -402,7 +417,7 @@ def demo(
 
       yolodefect demo /tmp/demo --quick
     """
-    from yolodefect.demo import DemoOptions, run_demo
+    from yolodefect.demo import run_demo
     from yolodefect.render import render_demo
 
     with user_errors(_debug(ctx)):
@@ -423,21 +438,21 @@ def demo(
 def compare(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="A data.yaml or dataset folder made by `convert`.")],
-    yolo: Annotated[str, typer.Option(help="YOLO model: a .yaml trains from scratch, a .pt starts from its weights.")] = "yolo11n.yaml",
-    ssd: Annotated[str, typer.Option(help="ssdlite320 (MobileNetV3) or ssd300 (VGG16).")] = "ssdlite320",
-    epochs: Annotated[Optional[int], typer.Option(help="The same epoch budget for both (default 30).")] = None,
+    yolo: Annotated[str, typer.Option(help="YOLO model: a .yaml trains from scratch, a .pt starts from its weights.")] = default_of(CompareOptions, "yolo"),
+    ssd: Annotated[str, typer.Option(help="ssdlite320 (MobileNetV3) or ssd300 (VGG16).")] = default_of(CompareOptions, "ssd"),
+    epochs: Annotated[Optional[int], typer.Option(help=f"The same epoch budget for both (default {default_of(CompareOptions, 'epochs')}).")] = None,
     time_budget: Annotated[Optional[float], typer.Option(help="Wall-clock minutes per model instead of epochs.")] = None,
     yolo_imgsz: Annotated[Optional[int], typer.Option(help="YOLO image size (default: what `train` chooses).")] = None,
     ssd_imgsz: Annotated[Optional[int], typer.Option(help="SSD image size (default: native, 320 or 300).")] = None,
     ssd_backbone_weights: Annotated[Optional[Path], typer.Option(help="torchvision ImageNet backbone .pth (offline torchvision cannot download it); none: from scratch.")] = None,
     ssd_lr: Annotated[Optional[float], typer.Option(help="SSD learning rate (default: torchvision's recipe scaled to the batch).")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size for both.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu or a GPU index, the same for both.")] = "cpu",
+    batch: Annotated[int, typer.Option(help="Batch size for both.")] = default_of(CompareOptions, "batch"),
+    device: Annotated[str, typer.Option(help="cpu or a GPU index, the same for both.")] = default_of(CompareOptions, "device"),
     split: Annotated[Optional[str], typer.Option(help="Split to compare on (default: test if present, else val).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for both.")] = 0,
-    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model and runtime.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for both.")] = default_of(CompareOptions, "seed"),
+    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model and runtime.")] = default_of(CompareOptions, "latency_runs"),
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for both runtimes.")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for both runs and the report; rerunning resumes.")] = Path("runs/compare"),
+    out: Annotated[Path, typer.Option(help="Folder for both runs and the report; rerunning resumes.")] = default_of(CompareOptions, "out"),
     json_output: JsonOption = False,
 ) -> None:
     """Train SSD and YOLO on the same data and budget, score both with the same evaluator, time both.
@@ -456,16 +471,15 @@ def compare(
     with user_errors(_debug(ctx)):
         if epochs is not None and time_budget is not None:
             raise UsageError("give --epochs or --time-budget, not both")
-        from yolodefect.compare import CompareOptions
         from yolodefect.compare import compare as run_compare
 
         options = CompareOptions(
-            out=out, yolo=yolo, ssd=ssd, epochs=epochs or 30, time_budget_min=time_budget, yolo_imgsz=yolo_imgsz,
+            out=out, yolo=yolo, ssd=ssd, epochs=default_of(CompareOptions, "epochs") if epochs is None else epochs, time_budget_min=time_budget, yolo_imgsz=yolo_imgsz,
             ssd_imgsz=ssd_imgsz, ssd_backbone_weights=ssd_backbone_weights, ssd_lr=ssd_lr, batch=batch, device=device,
-            split=split, seed=seed, latency_runs=latency_runs, threads=threads, progress=not json_output,
+            split=split, seed=seed, latency_runs=latency_runs, threads=threads,
         )
-        with stdout_reserved(json_output):
-            result = run_compare(data, options)
+        with progress_bar(not json_output) as progress, stdout_reserved(json_output):
+            result = run_compare(data, dataclasses.replace(options, progress=progress))
         if json_output:
             print_json(result.to_dict())
         else:
@@ -477,16 +491,16 @@ def export(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="A .pt checkpoint from `train`.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset: calibration images from train, validation on val.")],
-    int8: Annotated[bool, typer.Option("--int8", help="Post-training INT8 quantization, validated against FP32.")] = False,
-    format: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime, CPU), openvino (extra [openvino]) or engine (TensorRT, NVIDIA GPU).")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="Post-training INT8 quantization, validated against FP32.")] = default_of(ExportOptions, "int8"),
+    format: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime, CPU), openvino (extra [openvino]) or engine (TensorRT, NVIDIA GPU).")] = default_of(ExportOptions, "format"),
     imgsz: Annotated[Optional[int], typer.Option(help="Export size in pixels, rounded up to a multiple of the model stride (32). Default: the training size.")] = None,
-    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic input shape (static by default).")] = False,
-    calib: Annotated[int, typer.Option(help="Calibration images, stratified by class, backgrounds included.")] = 300,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic input shape (static by default).")] = default_of(ExportOptions, "dynamic"),
+    calib: Annotated[int, typer.Option(help="Calibration images, stratified by class, backgrounds included.")] = default_of(ExportOptions, "calib"),
     calibration: Annotated[Optional[str], typer.Option(help="ONNX Runtime calibration: minmax (default), percentile or entropy.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
-    max_drop: Annotated[float, typer.Option(help="Largest mAP50 loss in points that still ships the INT8 model.")] = 1.0,
-    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = 50,
-    threads: Annotated[int, typer.Option(help="CPU threads for both models' latency.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = default_of(ExportOptions, "seed"),
+    max_drop: Annotated[float, typer.Option(help="Largest mAP50 loss in points that still ships the INT8 model.")] = default_of(ExportOptions, "max_drop"),
+    latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = default_of(ExportOptions, "latency_runs"),
+    threads: Annotated[int, typer.Option(help="CPU threads for both models' latency.")] = default_of(ExportOptions, "threads"),
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: next to the model).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Validation device (engine: the GPU).")] = None,
     json_output: JsonOption = False,
@@ -501,16 +515,15 @@ def export(
 
       yolodefect export best.pt --data neu-yolo --int8 --format openvino --max-drop 0.5
     """
-    from yolodefect.export import ExportOptions
     from yolodefect.export import export as run_export
     from yolodefect.render import render_export
 
     with user_errors(_debug(ctx)):
         options = ExportOptions(int8=int8, format=format, imgsz=imgsz, dynamic=dynamic, calib=calib, seed=seed,
                                 max_drop=max_drop, latency_runs=latency_runs, threads=threads, out_dir=out,
-                                calibration=calibration, device=device, progress=not json_output)
-        with stdout_reserved(json_output):
-            result = run_export(model, data, options)
+                                calibration=calibration, device=device)
+        with progress_bar(not json_output) as progress, stdout_reserved(json_output):
+            result = run_export(model, data, dataclasses.replace(options, progress=progress))
         if json_output:
             print_json(result.to_dict())
         else:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -99,6 +100,26 @@ def progress_bar(enabled: bool = True) -> Iterator:
             progress.update(tasks[stage], completed=done, total=total)
 
         yield update
+
+
+def default_of(owner: type | Callable, name: str):
+    """The library's default for ``name``: a field of an options dataclass, or a parameter of a function.
+
+    The CLI shows and uses these, so a default is written once, where the library defines it.
+    """
+    if dataclasses.is_dataclass(owner):
+        for option in dataclasses.fields(owner):
+            if option.name == name:
+                if option.default is not dataclasses.MISSING:
+                    return option.default
+                if option.default_factory is not dataclasses.MISSING:
+                    return option.default_factory()
+                break
+    else:
+        parameter = inspect.signature(owner).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise KeyError(f"{getattr(owner, '__name__', owner)} has no default for {name!r}")
 
 
 def _default(value):

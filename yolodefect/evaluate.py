@@ -12,24 +12,42 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from yolodefect.data.yolo_dataset import load_data_config
 from yolodefect.errors import UsageError
-from yolodefect.evaluation.decisions import operating_curve, reject_class_ids
+from yolodefect.evaluation.decisions import eligible_predictions, operating_curve
 from yolodefect.evaluation.evaluator import evaluate_detections
 from yolodefect.evaluation.ground_truth import load_ground_truth
 from yolodefect.evaluation.metrics import EvalMetrics
 from yolodefect.evaluation.plots import plot_confusion_matrix, plot_operating_curve, plot_pr_curves
 from yolodefect.evaluation.predictors import Predictor, UltralyticsPredictor
-from yolodefect.evaluation.thresholds import (
-    Thresholds,
-    choose_thresholds,
-    read_thresholds_yaml,
-    write_thresholds_yaml,
-)
+from yolodefect.evaluation.thresholds import choose_thresholds
+from yolodefect.evaluation.ultralytics_val import validator_predictions
 from yolodefect.inference.model_file import check_imgsz
+from yolodefect.inference.rules import DEFAULT_CONF, build_reject_rules
+from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml, write_thresholds_yaml
+from yolodefect.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
+
+EVAL_RUNS = Path("runs") / "eval"  # beside Ultralytics' runs/detect, runs/train: never inside a model's folder
+
+
+def new_eval_dir(model: Path | str, split: str, runs: Path | str = EVAL_RUNS) -> Path:
+    """The first free ``runs/eval/<model stem>-<split>`` (then ...-<split>2, 3, ...), as Ultralytics numbers runs.
+
+    The model's own folder may be read-only or shared, so results go under ``runs/`` as Ultralytics'
+    do. Nothing is created here: ``evaluate`` creates the folder when it writes, so a run that fails
+    early leaves no empty folder behind.
+    """
+    base = Path(runs) / f"{Path(model).stem}-{split}"
+    number = 2
+    candidate = base
+    while candidate.exists():
+        candidate = base.with_name(f"{base.name}{number}")
+        number += 1
+    return candidate
 
 
 @dataclass(frozen=True)
@@ -79,23 +97,41 @@ def _check_class_names(model_names: Sequence[str] | None, data_names: Sequence[s
         )
 
 
+def _frame_pixels_note(ground_truth: Sequence[Any], roi: Any) -> str:
+    """Say that the ROI and min area are frame pixels, and which images they may not fit."""
+    sizes = sorted({tuple(truth.image_size_wh) for truth in ground_truth})
+    note = "min area and ROI are in frame pixels: they score the station only if these images are its frames"
+    if len(sizes) > 1:
+        note += f"; this split has {len(sizes)} image sizes ({', '.join(f'{w}x{h}' for w, h in sizes[:4])}...)"
+    if roi is not None:
+        xs, ys = [x for x, _ in roi], [y for _, y in roi]
+        outside = [f"{w}x{h}" for w, h in sizes if min(xs) >= w or min(ys) >= h]
+        if outside:
+            note += f"; the ROI lies entirely outside images of size {', '.join(outside)}"
+    return note
+
+
 def evaluate(
     model: Path | str,
     data: Path | str,
     *,
     split: str = "val",
     imgsz: int | tuple[int, int] | None = None,
-    conf: float = 0.25,
+    conf: float = DEFAULT_CONF,
     thresholds: Path | str | None = None,
     target_recall: float | None = None,
     per_class_thresholds: bool = False,
     reject_classes: Sequence[str] | None = None,
+    min_area: float = 0.0,
+    roi: Any = None,
     out_dir: Path | str | None = None,
     device: str = "cpu",
     predictor: Predictor | None = None,
     batch: int = 8,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
     plots: bool = True,
+    val_rect: bool = True,
+    validator_map: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``split`` of ``data`` and, with ``out_dir``, write metrics.json, plots
     and (when chosen here) thresholds.yaml.
@@ -105,7 +141,24 @@ def evaluate(
     ``imgsz`` defaults to the size the model was trained or exported at, else 640; a requested size is
     rounded up to the model's stride and the result reports the size really used (with a note).
     ``predictor`` replaces Ultralytics inference (e.g. a torchvision SSD); ``model`` then only names
-    the run. ``reject_classes`` defaults to the thresholds file's, else every class.
+    the run. ``reject_classes`` defaults to the thresholds file's, else every class. ``progress`` is told
+    (stage, done, total) while images are predicted.
+
+    mAP50 and mAP50-95 are Ultralytics' (``yolo val``, the training log): for an Ultralytics model, its own
+    validator's predictions scored by its ``ap_per_class``; with ``val_rect=False`` a .pt is validated on the
+    full ``imgsz`` square like its fixed-shape export (to compare the two on identical inputs) instead of
+    Ultralytics' stride-padded canvas. Everything else is measured on the station's predictions; with
+    ``validator_map=False`` mAP is too (same ``ap_per_class``, one inference pass instead of two): the export
+    gate uses that, since what must not degrade is what the station will see.
+
+    The part decisions (escape and false-reject rates) are the station's: ``yolodefect watch`` with the
+    same ``conf``/``thresholds``/``reject_classes``/``min_area``/``roi`` rejects the same parts, by the
+    same :class:`~yolodefect.inference.rules.RejectRules`. ``min_area`` (square pixels) and ``roi``
+    (a polygon, ``'x,y x,y x,y'`` or ``[(x, y), ...]``) are in frame pixels, so they mean what they mean
+    at the line only when this split's images are the station's frames. Boxes they exclude count
+    nowhere at the operating point (P/R/F1, confusion matrix, decisions, threshold search); AP and mAP
+    still score every prediction, and ground truth is never filtered: a labelled defect the rules cannot
+    see is an escape.
     """
     model, data = Path(model), Path(data)
     if thresholds is not None and target_recall is not None:
@@ -118,13 +171,14 @@ def evaluate(
     config = load_data_config(data)
     class_names = config.class_names
     loaded_thresholds = read_thresholds_yaml(thresholds) if thresholds is not None else None
-    if reject_classes is None and loaded_thresholds is not None:
-        reject_classes = loaded_thresholds.reject_classes
-    reject_class_ids(class_names, reject_classes)  # fail on a typo before minutes of inference
+    rules = build_reject_rules(thresholds=loaded_thresholds, conf=conf, reject_classes=reject_classes,
+                               min_box_area_px=min_area, roi_polygon=roi)
+    rules.check_classes(class_names, owner="dataset")  # fail on a typo before minutes of inference
     ground_truth = load_ground_truth(config, split)
 
     used_imgsz = imgsz
     notes: list[str] = []
+    ultralytics_predictor = None
     if predictor is None:
         ultralytics_predictor = UltralyticsPredictor(model, imgsz=imgsz, device=device, batch=batch, progress=progress)
         used_imgsz = ultralytics_predictor.imgsz  # what the model really runs at, reported instead of the request
@@ -133,27 +187,36 @@ def evaluate(
     _check_class_names(getattr(predictor, "class_names", None), class_names, model)
     logger.info("predicting %d %s images with %s", len(ground_truth), split, model)
     predictions = predictor([truth.image_path for truth in ground_truth])
+    ap_predictions = None
+    if ultralytics_predictor is not None and validator_map:
+        # mAP as `yolo val` and training logs report it: on the predictions of Ultralytics' own validator.
+        ap_predictions = validator_predictions(ultralytics_predictor.runner.yolo, config, split,
+                                               [truth.image_path for truth in ground_truth], imgsz=used_imgsz,
+                                               batch=batch, device=device, rect=val_rect)
 
     chosen: Thresholds | None = None
     if loaded_thresholds is not None:
-        operating, source, chosen = loaded_thresholds.conf, f"thresholds file {thresholds}", loaded_thresholds
+        source, chosen = f"thresholds file {thresholds}", loaded_thresholds
     elif target_recall is not None:
         chosen = choose_thresholds(
             ground_truth, predictions, class_names, target_recall=target_recall, per_class=per_class_thresholds,
-            reject_classes=reject_classes, split=split, model=model.name,
+            reject_classes=rules.reject_classes, min_box_area_px=rules.min_box_area_px,
+            roi_polygon=rules.roi_polygon, split=split, model=model.name,
         )
-        operating, source = chosen.conf, f"chosen on {split} for recall >= {target_recall}"
+        rules = build_reject_rules(thresholds=chosen, conf=conf, reject_classes=rules.reject_classes,
+                                   min_box_area_px=rules.min_box_area_px, roi_polygon=rules.roi_polygon)
+        source = f"chosen on {split} for recall >= {target_recall}"
         notes.extend(chosen.notes)
         notes.append(
             f"thresholds were chosen and measured on the same split ({split}): expect a higher escape rate on "
             "new parts; confirm them on another split with the thresholds file"
         )
     else:
-        operating, source = conf, f"conf {conf}"
+        source = f"conf {conf}"
+    if rules.roi_polygon is not None or rules.min_box_area_px > 0:
+        notes.append(_frame_pixels_note(ground_truth, rules.roi_polygon))
 
-    metrics = evaluate_detections(
-        ground_truth, predictions, class_names, conf_thresholds=operating, reject_classes=reject_classes
-    )
+    metrics = evaluate_detections(ground_truth, predictions, class_names, rules=rules, ap_predictions=ap_predictions)
     files: dict[str, Path] = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -161,8 +224,8 @@ def evaluate(
         if chosen is not None and target_recall is not None:
             files["thresholds"] = write_thresholds_yaml(out_dir / "thresholds.yaml", chosen)
         if plots:
-            reject_ids = reject_class_ids(class_names, reject_classes)
-            curve = operating_curve(ground_truth, predictions, len(class_names), reject_ids)
+            curve = operating_curve(ground_truth, eligible_predictions(predictions, rules), len(class_names),
+                                    rules.reject_ids(class_names))
             operating_point = {name: metrics.decisions.thresholds[name] for name in metrics.decisions.reject_classes}
             files["pr_curve"] = plot_pr_curves(metrics, out_dir / "pr_curve.png")
             files["operating_curve"] = plot_operating_curve(

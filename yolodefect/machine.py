@@ -1,8 +1,9 @@
-"""What machine a measurement was taken on: CPU, cores, GPU, library versions.
+"""What machine a measurement was taken on: CPU, cores, INT8 features, load, GPU, library versions.
 
-Latency means nothing without it, so model cards and benchmarks record :func:`machine_info` and
-print :func:`machine_line`. Import-safe: torch is only asked about a GPU when it is already imported
-or importable, and nothing here starts a subprocess.
+Latency means nothing without it, so model cards, ``export``, ``compare`` and every benchmark record
+:func:`machine_info` and print :func:`machine_line` (:func:`machine_description` without the prefix):
+the one description of the machine. Import-safe: torch is only asked about a GPU when it is already
+imported or importable, and nothing here starts a subprocess.
 """
 
 from __future__ import annotations
@@ -64,12 +65,21 @@ def gpu_name() -> str | None:
         return None
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (other work on the machine skews timings); None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info() -> dict:
-    """CPU, cores, INT8 features, GPU, OS, library versions and the time, as a JSON-ready dict."""
+    """CPU, cores, INT8 features, load, GPU, OS, library versions and the time, as a JSON-ready dict."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cpu_features": int8_features(),
+        "load_average_1min": load_average(),
         "os": f"{platform.system()} {platform.release()}",
         "gpu": gpu_name(),
         "versions": package_versions(),
@@ -77,15 +87,21 @@ def machine_info() -> dict:
     }
 
 
-def machine_line(info: dict | None = None) -> str:
-    """One line for logs and cards: ``machine: CPU, N cores (features), GPU; versions``."""
+def machine_description(info: dict | None = None) -> str:
+    """``CPU, N cores (features), load L, GPU; versions``: what a timing is read against."""
     info = info or machine_info()
     gpu = info.get("gpu") or "no GPU"
     versions = info.get("versions", {})
     features = info.get("cpu_features")
     cores = f"{info.get('cores')} cores" + (f" ({', '.join(features)})" if features else "")
+    load = f", load {info['load_average_1min']:.1f}" if info.get("load_average_1min") is not None else ""
     libraries = ", ".join(
         f"{name} {versions[name]}" for name in ("python", "ultralytics", "torch", "onnxruntime", "openvino")
         if name in versions
     )
-    return f"machine: {info.get('cpu')}, {cores}, {gpu}; {libraries}"
+    return f"{info.get('cpu')}, {cores}{load}, {gpu}; {libraries}"
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line for logs and cards: ``machine: CPU, N cores (features), load L, GPU; versions``."""
+    return f"machine: {machine_description(info)}"

@@ -101,14 +101,19 @@ def render_metrics(metrics: EvalMetrics, console: Console, *, title: str) -> Non
         table.add_row(*row, end_section=index == len(rows) - 2)
     console.print(table)
     d = metrics.decisions
-    console.print(f"Parts (one image = one part), rejected when a {', '.join(d.reject_classes)} detection passes its threshold:",
-                  highlight=False)
+    where = "".join([f", is at least {d.min_box_area_px:g} px²" if d.min_box_area_px > 0 else "",
+                     f", has its centre in the ROI {d.roi_polygon}" if d.roi_polygon is not None else ""])
+    console.print(f"Parts (one image = one part), rejected when a {', '.join(d.reject_classes)} detection passes its "
+                  f"threshold{where}:", highlight=False)
     console.print(f"  escape rate [bold]{_rate(d.escape_rate)}[/bold] ({d.escapes} of {d.defective} defective parts accepted), "
                   f"false-reject rate [bold]{_rate(d.false_reject_rate)}[/bold] ({d.false_rejects} of {d.good} good parts rejected)",
                   highlight=False)
     for note in dict.fromkeys((*metrics.notes, *d.notes)):  # the same note can come from two stages
         console.print(f"  [yellow]{note}[/yellow]", highlight=False)
-    console.print(f"  mAP by {metrics.implementation}, P/R/F1 and confusion matrix at IoU {metrics.match_iou}", highlight=False)
+    coco = ("" if metrics.coco_map50 is None else
+            f"; COCO-style mAP50 {metrics.coco_map50:.3f}, mAP50-95 {metrics.coco_map50_95:.3f}")
+    console.print(f"  mAP by {metrics.implementation}{coco}; P/R/F1 and confusion matrix at IoU {metrics.match_iou}",
+                  highlight=False)
 
 
 def render_eval(result: EvalResult, console: Console) -> None:
@@ -278,5 +283,5 @@ def render_demo(result, console: Console) -> None:
                   "  yolodefect eval runs/train/weights/best.pt my_data --target-recall 0.99 --per-class\n"
                   "  yolodefect export runs/train/weights/best.pt --data my_data --int8\n"
                   "  yolodefect watch --camera 0 --model runs/train/weights/best_int8.onnx "
-                  "--thresholds runs/train/weights/eval-best-val/thresholds.yaml --mqtt mqtt://broker:1883/line1/rejects",
+                  "--thresholds runs/eval/best-val/thresholds.yaml --mqtt mqtt://broker:1883/line1/rejects",
                   highlight=False)

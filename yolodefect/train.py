@@ -25,6 +25,8 @@ from yolodefect.errors import DatasetError, UsageError, YoloDefectError
 from yolodefect.inference.model_file import (CHECKPOINT, check_imgsz, check_model_file, fetch_ultralytics_weights,
                                              is_ultralytics_weights, load_yolo, model_stride, resolve_imgsz,
                                              weights_dir)
+from yolodefect.inference.names import names_list
+from yolodefect.option_checks import flag, fraction, optional_bool, whole_number
 
 if TYPE_CHECKING:
     from yolodefect.evaluate import EvalResult
@@ -65,6 +67,29 @@ class TrainOptions:
     run_check: bool = True
     plots: bool = True
     overrides: dict = field(default_factory=dict)  # any other Ultralytics argument, applied last
+
+    def __post_init__(self) -> None:
+        """Refuse a bad value when the options are built, naming the CLI flag (files are checked by plan_training)."""
+        whole_number("--epochs", self.epochs, 1)
+        if self.imgsz is not None:
+            check_imgsz(self.imgsz)  # the stride is applied once the model is loaded
+        if self.batch is not None and self.batch != -1:
+            whole_number("--batch", self.batch, 1)  # -1: Ultralytics' AutoBatch
+        for name, minimum in (("workers", 0), ("freeze", 0), ("nbs", 1)):
+            whole_number(flag(name), getattr(self, name), minimum, optional=True)
+        whole_number("--patience", self.patience, 0)
+        whole_number("--seed", self.seed, 0)
+        fraction("--class-weights", self.class_weights, optional=True)
+        fraction("--flipud", self.flipud, optional=True)
+        optional_bool("--grayscale/--color", self.grayscale)
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise UsageError(f"--name must be a run name, got {self.name!r}")
+        if not isinstance(self.overrides, dict):
+            raise UsageError(f"--set must give key=value pairs, got {self.overrides!r}")
+        if self.overrides:
+            check_overrides(self.overrides)
+        if "imgsz" in self.overrides:
+            check_imgsz(self.overrides["imgsz"], option="--set imgsz")
 
 
 @dataclass(frozen=True)
@@ -288,7 +313,7 @@ def fit_imgsz_to_model(presets: list[Preset], arguments: dict, stride: int) -> t
 def transfer_note(model: str, model_names: dict | list | None, class_names: list[str]) -> str:
     if Path(model).suffix in (".yaml", ".yml"):
         return f"training from scratch ({model}): no pretrained weights"
-    names = list(model_names.values()) if isinstance(model_names, dict) else list(model_names or [])
+    names = names_list(model_names) if model_names else []
     if names == class_names:
         return f"fine-tuning {model}, which already knows these classes"
     return (f"transfer learning from {model} ({len(names)} classes: {', '.join(map(str, names[:6]))}"
@@ -328,12 +353,7 @@ def plan_training(data: Path, options: TrainOptions = TrainOptions()) -> TrainPl
     config = load_data_config(data)
     if config.yaml_path is None:
         raise DatasetError(f"{data} has no data.yaml: make one with `yolodefect convert`")
-    check_overrides(options.overrides)
-    check_model_option(options.model)
-    if options.imgsz is not None:
-        check_imgsz(options.imgsz)  # the stride is applied once the model is loaded
-    if "imgsz" in options.overrides:
-        check_imgsz(options.overrides["imgsz"], option="--set imgsz")
+    check_model_option(options.model)  # the options' values were checked when they were built
     report = check_dataset(data) if options.run_check else None
     if report is not None and report.has_errors:
         raise DatasetError(f"check found {len(report.errors)} error(s) in {data}, first: {report.errors[0]}. "

@@ -1,84 +1,32 @@
 """Speed and size of a network on this machine: batch-1 latency in PyTorch and ONNX Runtime, parameters,
 GFLOPs, file sizes.
 
-Both detectors are measured the same way: one (1, 3, S, S) float tensor at the model's own input
-size, through the network only (no image decoding, resizing, box decoding or NMS), the same number
-of threads for both runtimes, warm-up calls first, then the median and 95th percentile of timed runs.
+Both detectors are timed by :mod:`yolodefect.inference.timing`, the rule ``export`` uses: one fixed
+(1, 3, S, S) float tensor at the model's own input size, through the network only (no image decoding,
+resizing, box decoding or NMS), the same number of threads for both runtimes, warm-up calls first,
+then the median and 95th percentile of timed runs.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from yolodefect.errors import YoloDefectError
-from yolodefect.exporting.latency import Runner, measure, onnxruntime_session, torch_threads
+from yolodefect.inference.timing import onnxruntime_session
 
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Batch-1 latency of one model in one runtime, in milliseconds."""
-
-    runtime: str  # "pytorch" or "onnxruntime"
-    median_ms: float
-    p95_ms: float
-    mean_ms: float
-    min_ms: float
-    runs: int
-    warmup: int
-    threads: int
-    input_shape: tuple[int, ...]
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["input_shape"] = list(self.input_shape)
-        return data
-
-
-def time_calls(call: Callable[[], object], *, runtime: str, warmup: int, runs: int, threads: int,
-               input_shape: tuple[int, ...]) -> LatencyStats:
-    """Call ``call`` ``warmup`` times untimed, then ``runs`` times timed one by one.
-
-    Timed by the export validator's :func:`~yolodefect.exporting.latency.measure`, so compare and export
-    quote latencies computed by one rule.
-    """
-    if runs < 1:
-        raise YoloDefectError(f"latency runs {runs}: time at least 1 run")
-    latency = measure([Runner(runtime, runtime, call)], runs=runs, warmup=warmup, threads=threads)[runtime]
-    return LatencyStats(runtime, latency.median_ms, latency.p95_ms, latency.mean_ms, latency.min_ms, runs, warmup,
-                        threads, tuple(input_shape))
-
-
 def example_input(input_shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.rand(input_shape, generator=torch.Generator().manual_seed(seed))
-
-
-def pytorch_latency(network: nn.Module, input_shape: tuple[int, ...], *, warmup: int, runs: int,
-                    threads: int) -> LatencyStats:
-    network = network.eval()
-    example = example_input(input_shape)
-    with torch_threads(threads), torch.inference_mode():
-        return time_calls(lambda: network(example), runtime="pytorch", warmup=warmup, runs=runs, threads=threads,
-                          input_shape=input_shape)
-
-
-def onnx_latency(onnx_path: Path, input_shape: tuple[int, ...], *, warmup: int, runs: int,
-                 threads: int) -> LatencyStats:
-    session = onnxruntime_session(onnx_path, threads)
-    feed = {session.get_inputs()[0].name: example_input(input_shape).numpy()}
-    return time_calls(lambda: session.run(None, feed), runtime="onnxruntime", warmup=warmup, runs=runs,
-                      threads=threads, input_shape=input_shape)
 
 
 def export_onnx(network: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
@@ -139,21 +87,3 @@ def count_gflops(network: nn.Module, input_shape: tuple[int, ...]) -> float:
 
 def file_size_mb(path: Path | None) -> float | None:
     return round(path.stat().st_size / 1e6, 3) if path is not None and path.is_file() else None
-
-
-def machine_description() -> str:
-    """CPU model, cores, load average (other work skews timings) and GPU: the line timings are read against."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {os.cpu_count()} cores{load}, {gpu}; torch {torch.__version__}"

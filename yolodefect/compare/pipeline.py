@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
 from yolodefect.compare import latency as lat
 from yolodefect.compare.best_f1 import BestF1, best_f1_threshold
+from yolodefect.compare.options import CompareOptions
 from yolodefect.compare.report import plot_comparison, verdict, write_json, write_markdown
 from yolodefect.compare.result import CompareResult, SideResult, SpeedResult
 from yolodefect.compare.ssd_model import SSDNetwork, architecture, input_size, load_ssd_model
@@ -26,35 +27,12 @@ from yolodefect.errors import DatasetError, UsageError, YoloDefectError
 from yolodefect.evaluate import EvalResult
 from yolodefect.evaluation.ground_truth import load_ground_truth
 from yolodefect.evaluation.predictors import Predictor
+from yolodefect.exporting.onnx_fp32 import export_onnx_fp32
 from yolodefect.inference.model_file import check_imgsz
+from yolodefect.inference.timing import measure, onnxruntime_runner, torch_module_runner, torch_runner
+from yolodefect.machine import machine_description
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    """Everything ``compare`` needs besides the dataset; the CLI maps its flags onto these fields."""
-
-    out: Path = Path("runs/compare")
-    yolo: str = "yolo11n.yaml"  # a .yaml trains from scratch, a .pt starts from its weights
-    ssd: str = "ssdlite320"  # or "ssd300"
-    epochs: int = 30
-    time_budget_min: float | None = None  # wall clock per model instead of epochs
-    yolo_imgsz: int | None = None  # None: what `yolodefect train` chooses (check's suggestion)
-    ssd_imgsz: int | None = None  # None: the SSD's native size (320 or 300)
-    ssd_backbone_weights: Path | None = None  # torchvision ImageNet backbone .pth; None: SSD from scratch
-    ssd_lr: float | None = None  # None: torchvision's recipe scaled to the batch
-    batch: int = 16
-    workers: int | None = None  # None: 0 on CPU (as Ultralytics does), else up to 8
-    device: str = "cpu"
-    split: str | None = None  # None: test when the dataset has one, else val
-    seed: int = 0
-    latency_runs: int = 100
-    latency_warmup: int = 10
-    threads: int | None = None  # None: torch's current intra-op thread count
-    onnx: bool = True
-    plots: bool = True  # evaluation and Ultralytics training plots; compare.png is always drawn
-    progress: bool = True
 
 
 def _validate(data: Path, options: CompareOptions) -> tuple[Path, str, list[str]]:
@@ -100,12 +78,14 @@ def _evaluate_side(model_file: Path, predictor: Predictor, data_yaml: Path, spli
     best = best_f1_threshold(ground_truth, predictions, class_names)
     evaluation = evaluator_module().evaluate(
         model_file, data_yaml, split=split, imgsz=imgsz, conf=best.threshold, predictor=cached, out_dir=out_dir,
-        device=options.device, progress=False, plots=options.plots,
+        device=options.device, plots=options.plots,
     )
     return best, evaluation
 
 
 def _yolo_speed(summary: YoloTrainSummary, options: CompareOptions, threads: int) -> SpeedResult:
+    """The YOLO side timed as ``export`` times it: the checkpoint through Ultralytics' AutoBackend, and the
+    FP32 ONNX graph ``yolodefect export`` ships (Ultralytics' exporter, onnxsim, the DFL Softmax rewrite)."""
     from ultralytics import YOLO
 
     shape = (1, 3, summary.imgsz, summary.imgsz)
@@ -113,17 +93,18 @@ def _yolo_speed(summary: YoloTrainSummary, options: CompareOptions, threads: int
     parameters = lat.count_parameters(network)
     network = network.fuse(verbose=False)  # what Ultralytics runs at inference
     gflops = lat.count_gflops(network, shape)
-    latency = {"pytorch": lat.pytorch_latency(network, shape, warmup=options.latency_warmup,
-                                              runs=options.latency_runs, threads=threads)}
+    runners = [torch_runner("pytorch", summary.best_model, summary.imgsz, threads)]
     onnx_path, diff, notes = None, None, []
     if options.onnx:
-        exported = YOLO(str(summary.best_model)).export(format="onnx", imgsz=summary.imgsz, dynamic=False,
-                                                        simplify=False, device="cpu", verbose=False)
-        onnx_path = Path(exported)
-        latency["onnxruntime"] = lat.onnx_latency(onnx_path, shape, warmup=options.latency_warmup,
-                                                  runs=options.latency_runs, threads=threads)
+        with tempfile.TemporaryDirectory(prefix=".yolodefect-compare-onnx-", dir=summary.best_model.parent) as work:
+            exported = export_onnx_fp32(summary.best_model, summary.best_model.with_suffix(".onnx"), Path(work),
+                                        imgsz=summary.imgsz, dynamic=False)
+        onnx_path = exported.path
+        runners.append(onnxruntime_runner("onnxruntime", onnx_path, summary.imgsz, threads))
         diff = lat.onnx_max_abs_diff(network, onnx_path, shape, threads=threads)
-        notes.append("YOLO ONNX: Ultralytics' own export (FP32, no NMS in the graph)")
+        notes.append("YOLO ONNX: the FP32 graph `yolodefect export` writes (Ultralytics' exporter, onnxsim, DFL "
+                     "Softmax rewrite; no NMS in the graph), so its latency is the one export reports")
+    latency = measure(runners, runs=options.latency_runs, warmup=options.latency_warmup, threads=threads)
     return SpeedResult(summary.imgsz, parameters, gflops, summary.best_model, lat.file_size_mb(summary.best_model),
                        onnx_path, lat.file_size_mb(onnx_path), latency, diff, notes)
 
@@ -132,16 +113,15 @@ def _ssd_speed(trained: SSDTrainResult, options: CompareOptions, threads: int) -
     model, info = load_ssd_model(trained.best_model)
     network = SSDNetwork(model).eval()
     shape = (1, 3, info.image_size, info.image_size)
-    latency = {"pytorch": lat.pytorch_latency(network, shape, warmup=options.latency_warmup,
-                                              runs=options.latency_runs, threads=threads)}
+    runners = [torch_module_runner("pytorch", network, info.image_size, threads)]
     onnx_path, diff, notes = None, None, []
     if options.onnx:
         onnx_path = lat.export_onnx(network, trained.best_model.with_suffix(".onnx"), shape)
-        latency["onnxruntime"] = lat.onnx_latency(onnx_path, shape, warmup=options.latency_warmup,
-                                                  runs=options.latency_runs, threads=threads)
+        runners.append(onnxruntime_runner("onnxruntime", onnx_path, info.image_size, threads))
         diff = lat.onnx_max_abs_diff(network, onnx_path, shape, threads=threads)
         notes.append("SSD ONNX: backbone + head only (class logits and box offsets per anchor); torchvision's "
                      "resize, anchor decoding and NMS stay outside the graph, as NMS is outside the YOLO export")
+    latency = measure(runners, runs=options.latency_runs, warmup=options.latency_warmup, threads=threads)
     return SpeedResult(info.image_size, lat.count_parameters(model), lat.count_gflops(network, shape),
                        trained.best_model, lat.file_size_mb(trained.best_model), onnx_path,
                        lat.file_size_mb(onnx_path), latency, diff, notes)
@@ -164,8 +144,9 @@ def _fairness_notes(options: CompareOptions, yolo_pretrained: str | None, ssd_pr
         notes.append(f"input sizes differ: YOLO at {yolo_imgsz} px, SSD at {ssd_size} px")
     notes.append(f"latency: batch-1 forward of a (1, 3, S, S) tensor through the network only (no decoding, "
                  f"resizing or NMS), {threads} thread(s) in both runtimes, {options.latency_warmup} warm-up and "
-                 f"{options.latency_runs} timed runs; YOLO's PyTorch network is Conv+BN fused as Ultralytics runs it, "
-                 "the SSD's is not (ONNX Runtime fuses both)")
+                 f"{options.latency_runs} timed runs, timed as `yolodefect export` times (interleaved blocks); "
+                 "YOLO's PyTorch network runs in Ultralytics' AutoBackend (Conv+BN fused), the SSD's is not fused "
+                 "(ONNX Runtime fuses both)")
     notes.append("best epoch: YOLO by Ultralytics' fitness (val mAP50-95), SSD by val mAP50 from yolodefect's "
                  "evaluator")
     if split == "val":
@@ -242,7 +223,7 @@ def compare(data: Path | str, options: CompareOptions = CompareOptions()) -> Com
         notes.extend(side.speed.notes)
     files = {"json": out / "compare.json", "markdown": out / "compare.md", "plot": out / "compare.png"}
     result = CompareResult(
-        data=str(data_yaml), split=split, budget=budget, device=options.device, machine=lat.machine_description(),
+        data=str(data_yaml), split=split, budget=budget, device=options.device, machine=machine_description(),
         evaluator=implementations.pop(), sides=sides, verdict=verdict(sides), files=files, notes=notes,
     )
     plot_comparison(sides, files["plot"])

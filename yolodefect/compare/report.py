@@ -27,8 +27,8 @@ def verdict(sides: list[SideResult]) -> str:
         accuracy = (f"accuracy: a tie, mAP50 {first.map50:.3f} vs {second.map50:.3f}" if gap < ACCURACY_TIE else
                     f"accuracy: {better.label} wins by {gap:+.3f} mAP50 ({better.map50:.3f} vs {worse.map50:.3f})")
     a, b = first.fastest(), second.fastest()
-    runtime = "ONNX Runtime" if a.runtime == b.runtime == "onnxruntime" else "PyTorch"
-    if a.runtime != b.runtime:
+    runtime = "ONNX Runtime" if a.engine == b.engine == "onnxruntime" else "PyTorch"
+    if a.engine != b.engine:
         a, b = first.speed.latency["pytorch"], second.speed.latency["pytorch"]
     faster, slower, fast, slow = (first, second, a, b) if a.median_ms <= b.median_ms else (second, first, b, a)
     ratio = slow.median_ms / max(fast.median_ms, 1e-9)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from yolodefect.compare.latency import LatencyStats
 from yolodefect.evaluate import EvalResult
+from yolodefect.inference.timing import Latency
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class SpeedResult:
     model_file_mb: float | None
     onnx_file: Path | None
     onnx_file_mb: float | None
-    latency: dict[str, LatencyStats]  # runtime ("pytorch", "onnxruntime") -> stats
+    latency: dict[str, Latency]  # runtime ("pytorch", "onnxruntime") -> batch-1 latency
     onnx_max_abs_diff: float | None
     notes: list[str] = field(default_factory=list)
 
@@ -56,7 +56,7 @@ class SideResult:
     def map50(self) -> float | None:
         return self.evaluation.metrics.map50
 
-    def fastest(self) -> LatencyStats:
+    def fastest(self) -> Latency:
         """ONNX Runtime when measured, else PyTorch: the figure the verdict compares."""
         return self.speed.latency.get("onnxruntime") or self.speed.latency["pytorch"]
 

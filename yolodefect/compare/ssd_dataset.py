@@ -48,13 +48,11 @@ def read_rgb(image_path: Path) -> np.ndarray:
 
 
 def to_labels(class_id: np.ndarray) -> torch.Tensor:
-    """Dataset class ids (0-based) to torchvision labels (1-based, 0 = background)."""
+    """Dataset class ids (0-based) to torchvision labels (1-based, 0 = background).
+
+    The inverse is :func:`yolodefect.adapters.from_torchvision`.
+    """
     return torch.as_tensor(np.asarray(class_id, dtype=np.int64) + 1, dtype=torch.int64)
-
-
-def to_class_ids(labels: torch.Tensor) -> np.ndarray:
-    """torchvision labels back to dataset class ids; the inverse of :func:`to_labels`."""
-    return labels.detach().cpu().numpy().astype(np.int64) - 1
 
 
 def check_target(target: dict, *, image_hw: tuple[int, int], class_count: int, where: str) -> None:

@@ -13,20 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yolodefect.compare.ssd_dataset import read_rgb, to_class_ids
+from yolodefect.adapters import from_torchvision
+from yolodefect.compare.ssd_dataset import read_rgb
 from yolodefect.detections import Detections
 from yolodefect.evaluation.predictors import Predictor
 
 logger = logging.getLogger(__name__)
-
-
-def from_torchvision(output: dict[str, torch.Tensor]) -> Detections:
-    """One torchvision detection output (labels 1-based, 0 = background) as Detections (0-based classes)."""
-    return Detections(
-        xyxy=output["boxes"].detach().cpu().numpy(),
-        confidence=output["scores"].detach().cpu().numpy(),
-        class_id=to_class_ids(output["labels"]),
-    )
 
 
 class SSDPredictor:

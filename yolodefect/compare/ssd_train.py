@@ -195,7 +195,7 @@ def validate(model: torch.nn.Module, data: Path, *, class_names: list[str], devi
              split: str = "val", name: str = "ssd"):
     """Score ``model`` on ``split`` with THE evaluator; returns its ``EvalResult``."""
     predictor = SSDPredictor(model, class_names=class_names, device=device, batch=batch)
-    return evaluator_module().evaluate(name, data, split=split, predictor=predictor, progress=False, plots=False)
+    return evaluator_module().evaluate(name, data, split=split, predictor=predictor, plots=False)
 
 
 def evaluator_module():

@@ -123,13 +123,13 @@ def train_yolo(data: Path, run_dir: Path, settings: YoloTrainSettings) -> YoloTr
 
 
 def _finished_run(run_dir: Path, settings: YoloTrainSettings) -> YoloTrainSummary:
-    from yolodefect.evaluation.predictors import read_model_info
+    from yolodefect.inference.model_file import read_model_file
 
     best = run_dir / "weights" / "best.pt"
     if not best.is_file():
         raise UsageError(f"{run_dir} holds a finished YOLO run without weights/best.pt; delete it to start over")
     epochs, best_epoch, seconds = read_results_csv(run_dir)
-    imgsz = read_model_info(best).imgsz
+    imgsz = read_model_file(best).imgsz
     return YoloTrainSummary(run_dir, best, int(imgsz if isinstance(imgsz, int) else settings.imgsz or 640), epochs,
                             best_epoch, round(seconds or 0.0, 1), _transfer_note(settings.model))
 

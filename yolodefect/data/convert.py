@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +15,7 @@ import numpy as np
 
 from yolodefect import __version__
 from yolodefect.data.classes import ClassMap, build_class_map
-from yolodefect.data.formats import read_source
+from yolodefect.data.formats import FORMAT_NAMES, read_source
 from yolodefect.data.formats.base import BadFilePolicy, ReadOptions
 from yolodefect.data.image_file import verify_image_bytes
 from yolodefect.data.records import SPLITS, Box, ImageRecord, Note, SourceDataset
@@ -31,9 +31,10 @@ from yolodefect.data.writer import (
     write_item,
 )
 from yolodefect.errors import FormatError, UsageError
+from yolodefect.option_checks import choice, fraction, optional_bool, whole_number
+from yolodefect.progress import ProgressCallback, no_progress
 
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as (stage, done, total) while long stages run; the CLI draws it as a progress bar."""
+GENERATED = "synthetic"  # the format of records a generator made in memory (``build_dataset`` only, never read)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,28 @@ class ConvertOptions:
     include_templates: bool = False
     mask_min_area: int = 1
     mask_threshold: int = 127
+
+    def __post_init__(self) -> None:
+        """Refuse a bad value when the options are built, naming the CLI flag."""
+        choice("--format", self.format, (*FORMAT_NAMES, GENERATED))
+        parse_fractions(self.split)
+        optional_bool("--keep-split", self.keep_split)
+        whole_number("--seed", self.seed, 0)
+        for name in ("classes", "drop"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+                raise UsageError(f"--{name} must be a tuple of strings, got {value!r}")
+        choice("--copy/--link", self.transfer, ("link", "copy"))
+        if self.tile is not None:
+            whole_number("--tile", self.tile, 1)
+            tile_windows(self.tile, self.tile, tile=self.tile, overlap=self.overlap)  # the tiler's own limits
+        fraction("--overlap", self.overlap, inclusive=False)
+        fraction("--min-visibility", self.min_visibility)
+        fraction("--background-tiles", self.background_tiles)
+        whole_number("--min-area", self.mask_min_area, 0)
+        whole_number("--mask-threshold", self.mask_threshold, 0)
+        if self.mask_threshold > 255:
+            raise UsageError(f"--mask-threshold is a grey level in 0..255, got {self.mask_threshold}")
 
 
 @dataclass
@@ -260,9 +283,6 @@ def convert(src: Path, out: Path, options: ConvertOptions = ConvertOptions(),
     """
     started = time.perf_counter()
     src, out = Path(src), Path(out)
-    parse_fractions(options.split)  # validate before any work
-    if options.tile is not None:
-        tile_windows(options.tile, options.tile, tile=options.tile, overlap=options.overlap)  # validate early
     check_output_folder(out, force=options.force, sources=[src])
     read_options = ReadOptions(options.skip_bad, options.mask_min_area, options.mask_threshold, options.include_templates)
     source = read_source(src, options.format, read_options)
@@ -276,7 +296,7 @@ def build_dataset(source: SourceDataset, out: Path, options: ConvertOptions, pro
     started = time.perf_counter() if started is None else started
     fractions = parse_fractions(options.split)
     check_output_folder(out, force=options.force)
-    report = progress or (lambda stage, done, total: None)
+    report = progress or no_progress
     class_map = build_class_map(source.class_names, options.classes, options.drop)
 
     policy = BadFilePolicy(options.skip_bad, list(source.skipped), list(source.warnings))

@@ -18,13 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from yolodefect.data.convert import ConversionResult, ConvertOptions, ProgressCallback, build_dataset
+from yolodefect.data.conveyor import ConveyorTruth, write_conveyor_video
+from yolodefect.data.convert import GENERATED, ConversionResult, ConvertOptions, build_dataset
 from yolodefect.data.records import Box, ImageRecord, SourceDataset
 from yolodefect.data.staging import sigterm_as_interrupt
 from yolodefect.data.synth import CLASS_NAMES, SYNTH_KINDS
 from yolodefect.data.writer import check_output_folder
 from yolodefect.errors import UsageError
-from yolodefect.stream.conveyor import ConveyorTruth, write_conveyor_video
+from yolodefect.progress import ProgressCallback, no_progress
 
 SPLITS = ("train", "val", "test")
 
@@ -118,7 +119,7 @@ def synthesize_station(out: Path, options: StationOptions = StationOptions(),
     _check(options)
     out = Path(out)
     check_output_folder(out, force=options.force)
-    report = progress or (lambda stage, done, total: None)
+    report = progress or no_progress
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
     jobs = [(k, kind, s, split) for k, kind in enumerate(options.kinds)
@@ -134,8 +135,8 @@ def synthesize_station(out: Path, options: StationOptions = StationOptions(),
             records += _crops_of_video(truth, split, raw, options, np.random.default_rng(seed))
             truth.path.unlink()
             report("render", done, len(jobs))
-        source = SourceDataset("synthetic", records, station_class_names(options.kinds))
-        convert_options = replace(ConvertOptions(), format="synthetic", keep_split=True, seed=options.seed,
+        source = SourceDataset(GENERATED, records, station_class_names(options.kinds))
+        convert_options = replace(ConvertOptions(), format=GENERATED, keep_split=True, seed=options.seed,
                                   transfer="copy", force=options.force)
         label = f"conveyor frames of {', '.join(options.kinds)} parts (seed {options.seed})"
         return build_dataset(source, out, convert_options, progress, source_label=label)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import cv2
 
-from yolodefect.data.convert import ConversionResult, ConvertOptions, ProgressCallback, build_dataset
+from yolodefect.data.convert import GENERATED, ConversionResult, ConvertOptions, build_dataset
 from yolodefect.data.records import ImageRecord, SourceDataset
 from yolodefect.data.staging import sigterm_as_interrupt
 from yolodefect.data.synth import CLASS_NAMES, SYNTH_KINDS, generate_samples
 from yolodefect.data.writer import check_output_folder
 from yolodefect.errors import UsageError
+from yolodefect.progress import ProgressCallback, no_progress
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def synthesize(out: Path, options: SynthOptions = SynthOptions(),
         raise UsageError(f"--images {options.images}: at least 10 are needed for train/val/test splits")
     out = Path(out)
     check_output_folder(out, force=options.force)
-    report = progress or (lambda stage, done, total: None)
+    report = progress or no_progress
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
     try:
@@ -52,8 +53,8 @@ def synthesize(out: Path, options: SynthOptions = SynthOptions(),
             records.append(ImageRecord(path, list(sample.boxes)))
             if done % 25 == 0 or done == options.images:
                 report("render", done, options.images)
-        source = SourceDataset("synthetic", records, list(CLASS_NAMES[options.kind]))
-        convert_options = replace(ConvertOptions(), format="synthetic", split=options.split, seed=options.seed, transfer="copy",
+        source = SourceDataset(GENERATED, records, list(CLASS_NAMES[options.kind]))
+        convert_options = replace(ConvertOptions(), format=GENERATED, split=options.split, seed=options.seed, transfer="copy",
                                   force=options.force)
         label = f"the {options.kind} generator (seed {options.seed})"
         return build_dataset(source, out, convert_options, progress, source_label=label)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from yolodefect.data.records import Box
 from yolodefect.errors import UsageError
+from yolodefect.inference.tiles import tile_origins
 
 
 @dataclass(frozen=True)
@@ -18,26 +19,15 @@ class TileWindow:
     y1: int
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)  # the last tile ends at the border rather than padding past it
-    return starts
-
-
 def tile_windows(width: int, height: int, *, tile: int, overlap: float) -> list[TileWindow]:
-    """Windows of ``tile`` pixels covering the image, overlapping by ``overlap`` (0..0.9) of a tile."""
+    """Windows of ``tile`` pixels covering the image, overlapping by ``overlap`` (0..0.9) of a tile: the
+    grid of :func:`yolodefect.inference.tiles.tile_origins`, the one ``watch --tile`` runs on."""
     if tile < 32:
         raise UsageError(f"--tile {tile}: tiles must be at least 32 pixels")
     if not 0 <= overlap < 0.9:
         raise UsageError(f"--overlap {overlap}: use a fraction in [0, 0.9)")
-    stride = max(1, int(round(tile * (1 - overlap))))
-    return [
-        TileWindow(x, y, min(x + tile, width), min(y + tile, height))
-        for y in _starts(height, tile, stride)
-        for x in _starts(width, tile, stride)
-    ]
+    return [TileWindow(x, y, min(x + tile, width), min(y + tile, height))
+            for x, y in tile_origins((width, height), (tile, tile), overlap)]
 
 
 def boxes_in_window(boxes: list[Box], window: TileWindow, *, min_visibility: float) -> list[Box]:

@@ -1,44 +1,23 @@
 """COCO-style average precision, computed by faster-coco-eval on in-memory COCO dicts.
 
-We delegate AP to a trusted, widely used implementation (the C++ port of pycocotools that
-Ultralytics itself calls for COCO json evaluation) rather than re-deriving it, so the numbers
-mean the same for every backend and precision and can be compared with published COCO figures.
+The headline mAP is Ultralytics' (``average_precision``); this is the figure kept beside it, labelled
+``coco_map50``/``coco_map50_95``, for comparison with COCO-style publications. It is delegated to a
+widely used implementation (the C++ port of pycocotools that Ultralytics itself calls for COCO json
+evaluation). COCO reads precision off its envelope in steps where Ultralytics interpolates linearly,
+so on the same predictions it is usually a few tenths of a point higher.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 import numpy as np
 
 from yolodefect.detections import Detections
 from yolodefect.evaluation.ground_truth import GroundTruth
+from yolodefect.inference.runner import ULTRALYTICS_MAX_DET
 
 logger = logging.getLogger(__name__)
 
-# Ultralytics keeps up to 300 boxes per image after NMS; COCO's usual 100 would cut the tail of
-# low-confidence predictions that mAP needs.
-MAX_DETECTIONS = 300
-
-
-@dataclass(frozen=True)
-class CocoResult:
-    """AP over the split. Per-class values are None for classes with no ground-truth box."""
-
-    implementation: str
-    map50: float | None
-    map50_95: float | None
-    ap50: list[float | None]
-    ap50_95: list[float | None]
-    recall_grid: np.ndarray  # (101,) recall points COCO interpolates precision at
-    precision_at_50: np.ndarray  # (classes, 101) interpolated precision at IoU 0.5, NaN without ground truth
-
-
-def implementation_name() -> str:
-    import faster_coco_eval
-
-    return f"faster-coco-eval {faster_coco_eval.__version__}"
 
 
 def to_coco(
@@ -77,8 +56,8 @@ def to_coco(
 
 def coco_average_precision(
     ground_truth: list[GroundTruth], predictions: list[Detections], class_names: list[str]
-) -> CocoResult:
-    """mAP50, mAP50-95 and per-class AP with COCO's 101-point interpolation, area range 'all'."""
+) -> tuple[float | None, float | None]:
+    """mAP50 and mAP50-95 with COCO's 101-point interpolation, area range 'all' (None without ground truth)."""
     from faster_coco_eval import COCO, COCOeval_faster
 
     gt_dict, results = to_coco(ground_truth, predictions, class_names)
@@ -89,7 +68,8 @@ def coco_average_precision(
     params = evaluator.params
     params.catIds = list(range(1, len(class_names) + 1))
     params.imgIds = list(range(1, len(ground_truth) + 1))
-    params.maxDets = [MAX_DETECTIONS]
+    # As many boxes as Ultralytics keeps after NMS: COCO's usual 100 would cut the low-confidence tail mAP needs.
+    params.maxDets = [ULTRALYTICS_MAX_DET]
     # Defects are judged on whole parts, so COCO's small/medium/large split adds nothing here.
     params.areaRng = [[0.0, 1e5**2]]
     params.areaRngLbl = ["all"]
@@ -99,23 +79,8 @@ def coco_average_precision(
     # precision: [IoU thresholds, recall points, classes, area ranges, max dets]; -1 marks "no ground truth".
     precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, -1]
     iou50 = int(np.argmin(np.abs(params.iouThrs - 0.5)))
-    ap50, ap50_95 = [], []
-    for k in range(len(class_names)):
-        per_class = precision[:, :, k]
-        valid = per_class > -1
-        ap50_95.append(float(per_class[valid].mean()) if valid.any() else None)
-        at50 = per_class[iou50]
-        ap50.append(float(at50[at50 > -1].mean()) if (at50 > -1).any() else None)
     # COCO's summary: the mean over every valid (IoU, recall, class) cell, i.e. the class mean.
     all_valid = precision[precision > -1]
     at50_valid = precision[iou50][precision[iou50] > -1]
-    curve = np.where(precision[iou50] > -1, precision[iou50], np.nan).T
-    return CocoResult(
-        implementation=implementation_name(),
-        map50=float(at50_valid.mean()) if at50_valid.size else None,
-        map50_95=float(all_valid.mean()) if all_valid.size else None,
-        ap50=ap50,
-        ap50_95=ap50_95,
-        recall_grid=np.asarray(params.recThrs, dtype=np.float64),
-        precision_at_50=curve,
-    )
+    return (float(at50_valid.mean()) if at50_valid.size else None,
+            float(all_valid.mean()) if all_valid.size else None)

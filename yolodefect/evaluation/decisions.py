@@ -1,65 +1,26 @@
 """Part-level accept/reject decisions: what the inspection station actually does with detections.
 
 One image is one part. A part is defective when it has a ground-truth box of a reject class, and
-the station rejects it when any detection of a reject class reaches that class's confidence
-threshold (``confidence >= threshold``). Localisation does not matter for the decision: a defect
-found in the wrong place still stops a bad part.
+the station rejects it when any detection counts under the station's :class:`RejectRules` (reject
+class, ``confidence >= threshold`` of its class, min box area, ROI). Localisation does not matter
+for the decision: a defect found in the wrong place still stops a bad part. Ground truth is not
+filtered by the ROI or min area: a labelled defect the rules cannot see is an escape, which is what
+the line would do with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from yolodefect.detections import Detections
-from yolodefect.errors import UsageError
 from yolodefect.evaluation.ground_truth import GroundTruth
+from yolodefect.inference.rules import RejectRules
 
 NO_GOOD_PARTS = "no defect-free images in this split: false-reject rate cannot be measured"
 NO_DEFECTIVE_PARTS = "no defective images in this split: escape rate cannot be measured"
-
-
-def reject_class_ids(class_names: Sequence[str], reject_classes: Sequence[str] | set[str] | None) -> list[int]:
-    """Class indices that make a part a reject; None means every class is a defect."""
-    if reject_classes is None:
-        return list(range(len(class_names)))
-    unknown = sorted(set(reject_classes) - set(class_names))
-    if unknown:
-        raise UsageError(
-            f"reject classes {unknown} are not classes of this dataset (classes: {', '.join(class_names)})"
-        )
-    if not reject_classes:
-        raise UsageError("the reject classes are empty: name at least one class that makes a part a reject")
-    return [index for index, name in enumerate(class_names) if name in set(reject_classes)]
-
-
-def thresholds_array(class_names: Sequence[str], conf: Mapping[str, float] | float) -> np.ndarray:
-    """Per-class confidence thresholds in class order, from one value or a name -> value mapping."""
-    if isinstance(conf, Mapping):
-        missing = [name for name in class_names if name not in conf]
-        unknown = sorted(set(conf) - set(class_names))
-        if missing or unknown:
-            raise UsageError(
-                "the confidence thresholds do not fit the classes: "
-                + (f"missing {missing}; " if missing else "")
-                + (f"unknown {unknown}; " if unknown else "")
-                + f"expected one threshold for each of {list(class_names)}"
-            )
-        values = np.array([float(conf[name]) for name in class_names], dtype=np.float64)
-    else:
-        values = np.full(len(class_names), float(conf), dtype=np.float64)
-    if np.any((values < 0) | (values > 1)):
-        raise UsageError(f"confidence thresholds must lie in [0, 1], got {values.tolist()}")
-    return values
-
-
-def passing_mask(detections: Detections, thresholds: np.ndarray) -> np.ndarray:
-    """Detections whose confidence reaches their class's threshold."""
-    if len(detections) == 0:
-        return np.zeros(0, dtype=bool)
-    return detections.confidence >= thresholds[detections.class_id].astype(np.float32)
 
 
 def defective_parts(ground_truth: Sequence[GroundTruth], reject_ids: Sequence[int]) -> np.ndarray:
@@ -67,27 +28,29 @@ def defective_parts(ground_truth: Sequence[GroundTruth], reject_ids: Sequence[in
     return np.array([bool(np.isin(truth.class_id, reject_ids).any()) for truth in ground_truth], dtype=bool)
 
 
+def rejected_parts(predictions: Sequence[Detections], class_names: Sequence[str], rules: RejectRules) -> np.ndarray:
+    """(images,) the station's decision on each part: True where it rejects."""
+    return np.array([rules.rejects(detections, class_names) for detections in predictions], dtype=bool)
+
+
+def eligible_predictions(predictions: Sequence[Detections], rules: RejectRules) -> list[Detections]:
+    """The detections the rules can count at some confidence: outside the ROI or too small, none can."""
+    if rules.min_box_area_px <= 0 and rules.roi_polygon is None:
+        return list(predictions)
+    return [detections.filter(rules.eligible_mask(detections)) for detections in predictions]
+
+
 def reject_scores(predictions: Sequence[Detections], class_count: int) -> np.ndarray:
     """(images, classes) highest confidence of each class on each image, 0 where the class is absent.
 
-    The decision for any set of per-class thresholds depends only on these maxima, which lets the
-    threshold search evaluate thousands of candidates with array operations.
+    The decision for any set of per-class thresholds depends only on these maxima (of the eligible
+    detections), which lets the threshold search evaluate thousands of candidates with array operations.
     """
     scores = np.zeros((len(predictions), class_count), dtype=np.float64)
     for index, detections in enumerate(predictions):
         if len(detections):
             np.maximum.at(scores[index], detections.class_id, detections.confidence.astype(np.float64))
     return scores
-
-
-def rejected_parts(scores: np.ndarray, thresholds: np.ndarray, reject_ids: Sequence[int]) -> np.ndarray:
-    """(images,) True where a reject class's best detection reaches its threshold.
-
-    Compares in float32 like :func:`passing_mask`, so both give the same decision at a boundary.
-    """
-    ids = list(reject_ids)
-    selected = scores[:, ids].astype(np.float32)
-    return ((selected > 0) & (selected >= thresholds[ids].astype(np.float32))).any(axis=1)
 
 
 @dataclass(frozen=True)
@@ -133,6 +96,8 @@ class DecisionMetrics:
 
     reject_classes: list[str]
     thresholds: dict[str, float]
+    min_box_area_px: float
+    roi_polygon: list[list[float]] | None  # frame pixels; None: the whole image
     defective: int
     good: int
     true_rejects: int
@@ -142,6 +107,8 @@ class DecisionMetrics:
     escape_rate: float | None
     false_reject_rate: float | None
     recall: float | None
+    escaped_parts: list[str] = field(default_factory=list)  # images of defective parts the station accepts
+    false_rejected_parts: list[str] = field(default_factory=list)  # images of good parts it rejects
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -152,13 +119,15 @@ def decision_metrics(
     ground_truth: Sequence[GroundTruth],
     predictions: Sequence[Detections],
     class_names: Sequence[str],
-    thresholds: np.ndarray,
-    reject_ids: Sequence[int],
+    rules: RejectRules,
 ) -> DecisionMetrics:
-    """Escape rate, false-reject rate and counts for one set of per-class thresholds."""
+    """Escape rate, false-reject rate and counts when the station sorts these parts with ``rules``."""
+    class_names = list(class_names)
+    reject_ids = rules.reject_ids(class_names)
     defective = defective_parts(ground_truth, reject_ids)
-    rejected = rejected_parts(reject_scores(predictions, len(class_names)), thresholds, reject_ids)
+    rejected = rejected_parts(predictions, class_names, rules)
     rates = part_rates(defective, rejected)
+    images = [str(truth.image_path) for truth in ground_truth]
     notes = []
     if rates.good == 0:
         notes.append(NO_GOOD_PARTS)
@@ -166,8 +135,12 @@ def decision_metrics(
         notes.append(NO_DEFECTIVE_PARTS)
     return DecisionMetrics(
         reject_classes=[class_names[i] for i in reject_ids],
-        thresholds={name: float(value) for name, value in zip(class_names, thresholds)},
+        thresholds={name: rules.threshold(name) for name in class_names},
+        min_box_area_px=rules.min_box_area_px,
+        roi_polygon=rules.to_dict()["roi_polygon"],
         recall=rates.recall,
+        escaped_parts=[image for image, bad, out in zip(images, defective, rejected) if bad and not out],
+        false_rejected_parts=[image for image, bad, out in zip(images, defective, rejected) if out and not bad],
         notes=notes,
         **asdict(rates),
     )
@@ -192,6 +165,7 @@ def operating_curve(
     """Rates on an even grid of global thresholds in [0, 1], plus every observed part score.
 
     Observed scores are included so the steps of the curve sit exactly where decisions change.
+    Give the :func:`eligible_predictions` when the station has an ROI or a min box area.
     """
     defective = defective_parts(ground_truth, reject_ids)
     part_score = reject_scores(predictions, class_count)[:, list(reject_ids)].max(axis=1, initial=0.0)

@@ -13,11 +13,12 @@ import numpy as np
 
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
-from yolodefect.evaluation.coco_metrics import CocoResult, coco_average_precision
-from yolodefect.evaluation.decisions import decision_metrics, passing_mask, reject_class_ids, thresholds_array
+from yolodefect.evaluation.average_precision import AveragePrecision, average_precision
+from yolodefect.evaluation.decisions import decision_metrics
 from yolodefect.evaluation.ground_truth import GroundTruth
 from yolodefect.evaluation.matching import MATCH_IOU, image_confusion, match_image
 from yolodefect.evaluation.metrics import ClassMetrics, EvalMetrics, PrecisionRecallCurve
+from yolodefect.inference.rules import RejectRules
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +51,14 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def _pr_curve(coco: CocoResult, class_names: Sequence[str]) -> PrecisionRecallCurve:
-    precision = coco.precision_at_50
+def _pr_curve(ap: AveragePrecision, class_names: Sequence[str]) -> PrecisionRecallCurve:
+    precision = ap.precision_at_50
     with np.errstate(all="ignore"):
         valid = ~np.isnan(precision)
         mean = np.where(valid.any(axis=0), np.nansum(precision, axis=0) / np.maximum(valid.sum(axis=0), 1), np.nan)
     as_list = lambda row: [None if np.isnan(v) else float(v) for v in row]  # noqa: E731
     return PrecisionRecallCurve(
-        recall=coco.recall_grid.tolist(),
+        recall=ap.recall_grid.tolist(),
         precision={name: as_list(precision[k]) for k, name in enumerate(class_names)},
         mean_precision=as_list(mean),
     )
@@ -70,20 +71,30 @@ def evaluate_detections(
     *,
     conf_thresholds: Mapping[str, float] | float = 0.25,
     reject_classes: set[str] | Sequence[str] | None = None,
+    rules: RejectRules | None = None,
+    ap_predictions: Sequence[Detections] | None = None,
 ) -> EvalMetrics:
     """Evaluate predictions (made at a low confidence, e.g. 0.001) against ground truth.
 
-    AP uses every prediction. Precision/recall/F1, the confusion matrix and the part decisions use
+    AP uses every prediction, scored as Ultralytics' validator scores them (mAP50 and mAP50-95 agree with
+    ``yolo val`` on the same predictions; COCO's figures are kept as ``coco_map50``/``coco_map50_95``).
+    ``ap_predictions`` (one per image) are scored for AP instead of ``predictions`` when the model's AP
+    is measured on other predictions than its operating point (Ultralytics' validator's). Precision/recall/F1, the confusion matrix and the part decisions use
     only the detections reaching ``conf_thresholds`` (one value, or one per class name).
     ``reject_classes`` are the classes that make a part a reject (None: all of them).
+    ``rules`` (the station's reject rules, min box area and ROI included) replaces both: then only
+    the detections the station could count make P/R/F1, the confusion matrix and the decisions.
     """
     class_names = list(class_names)
     _check_inputs(ground_truth, predictions, class_names)
-    thresholds = thresholds_array(class_names, conf_thresholds)
-    reject_ids = reject_class_ids(class_names, reject_classes)
+    if rules is None:
+        rules = RejectRules.per_class(class_names, conf_thresholds, reject_classes)
+    rules.check_classes(class_names, owner="dataset")
     class_count = len(class_names)
 
-    coco = coco_average_precision(list(ground_truth), list(predictions), class_names)
+    if ap_predictions is not None:
+        _check_inputs(ground_truth, ap_predictions, class_names)
+    ap = average_precision(ground_truth, predictions if ap_predictions is None else ap_predictions, class_names)
 
     confusion = np.zeros((class_count + 1, class_count + 1), dtype=np.int64)
     true_positives = np.zeros(class_count, dtype=np.int64)
@@ -91,7 +102,7 @@ def evaluate_detections(
     instances = np.zeros(class_count, dtype=np.int64)
     images_with = np.zeros(class_count, dtype=np.int64)
     for truth, detections in zip(ground_truth, predictions):
-        kept = detections.filter(passing_mask(detections, thresholds))
+        kept = detections.filter(rules.confident_mask(detections, class_names))
         match = match_image(truth.xyxy, truth.class_id, kept.xyxy, kept.confidence, kept.class_id, MATCH_IOU)
         confusion += image_confusion(match, truth.class_id, kept.class_id, class_count)
         true_positives += np.bincount(kept.class_id[match.same_class], minlength=class_count)
@@ -108,31 +119,33 @@ def evaluate_detections(
                 name=name,
                 instances=n_gt,
                 images=int(images_with[k]),
-                ap50=coco.ap50[k],
-                ap50_95=coco.ap50_95[k],
+                ap50=ap.ap50[k],
+                ap50_95=ap.ap50_95[k],
                 precision=_ratio(tp, n_det),
                 recall=_ratio(tp, n_gt),
                 # 2TP / (2TP + FP + FN) is F1 and stays defined when precision is not (no detections).
                 f1=_ratio(2 * tp, 2 * tp + fp + fn),
-                threshold=float(thresholds[k]),
+                threshold=rules.threshold(name),
                 true_positives=tp,
                 false_positives=fp,
                 false_negatives=fn,
             )
         )
 
-    decisions = decision_metrics(ground_truth, predictions, class_names, thresholds, reject_ids)
+    decisions = decision_metrics(ground_truth, predictions, class_names, rules)
     with_truth = [m for m in per_class if m.instances > 0]
     notes = list(decisions.notes)
     if not with_truth:
         notes.append("no ground-truth boxes in this split: AP, precision and recall cannot be measured")
     return EvalMetrics(
-        implementation=coco.implementation,
+        implementation=ap.implementation,
         class_names=class_names,
         images=len(ground_truth),
         instances=int(instances.sum()),
-        map50=coco.map50,
-        map50_95=coco.map50_95,
+        map50=ap.map50,
+        map50_95=ap.map50_95,
+        coco_map50=ap.coco_map50,
+        coco_map50_95=ap.coco_map50_95,
         # A class the model never reports counts as precision 0 here, or missing it would raise the mean.
         precision=_mean([m.precision or 0.0 for m in with_truth]),
         recall=_mean([m.recall for m in with_truth]),
@@ -142,6 +155,6 @@ def evaluate_detections(
         confusion_labels=[*class_names, "background"],
         confusion_matrix=confusion.tolist(),
         decisions=decisions,
-        pr_curve=_pr_curve(coco, class_names),
+        pr_curve=_pr_curve(ap, class_names),
         notes=notes,
     )

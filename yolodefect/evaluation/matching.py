@@ -1,12 +1,14 @@
 """Greedy one-to-one matching of detections to ground truth, and the confusion matrix built on it.
 
-The rule is COCO's: detections in descending confidence claim the unclaimed ground-truth box with
-the highest IoU, if that IoU is at least the threshold. Per-class precision/recall and the
-confusion-matrix diagonal come from the same matching, so their counts always agree.
+The rule is COCO's and Ultralytics' validator's: detections in descending confidence claim the
+unclaimed ground-truth box with the highest IoU, if that IoU is at least the threshold. Per-class
+precision/recall and the confusion-matrix diagonal come from the same matching, so their counts
+always agree; AP uses it at each of the ten IoU thresholds 0.5:0.95.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,23 +30,39 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, intersection / union, 0.0)
 
 
-def greedy_match(iou: np.ndarray, confidence: np.ndarray, iou_threshold: float = MATCH_IOU) -> np.ndarray:
-    """For each detection (rows of ``iou``), the index of the ground truth it claims, or -1.
+def greedy_match_at(iou: np.ndarray, confidence: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:
+    """(detections, thresholds): the ground-truth index each detection (rows of ``iou``) claims at each IoU
+    threshold, or -1.
 
-    Ties in confidence keep input order (stable sort), so the result is deterministic.
+    Detections in descending confidence claim the unclaimed box with the highest IoU if it reaches the
+    threshold, independently at each threshold. This is both COCO's rule and Ultralytics' validator's
+    (``match_predictions``), so AP50-95 counts the same true positives as theirs. Ties in confidence keep
+    input order (stable sort), so the result is deterministic.
     """
+    thresholds = np.atleast_1d(np.asarray(iou_thresholds, dtype=np.float64))
     n_det, n_gt = iou.shape
-    matched_gt = np.full(n_det, -1, dtype=np.int64)
+    matched_gt = np.full((n_det, len(thresholds)), -1, dtype=np.int64)
     if n_det == 0 or n_gt == 0:
         return matched_gt
-    free = np.ones(n_gt, dtype=bool)
+    claimed = np.zeros((n_gt, len(thresholds)), dtype=bool)
+    columns = np.arange(len(thresholds))
+    # Only detections reaching the lowest threshold with some box can claim one; skipping the rest keeps
+    # this fast with the hundreds of low-confidence predictions AP is computed from.
+    reaching = iou.max(axis=1) >= thresholds.min()
     for det in np.argsort(-np.asarray(confidence), kind="stable"):
-        candidates = np.where(free, iou[det], -1.0)
-        best = int(np.argmax(candidates))
-        if candidates[best] >= iou_threshold:
-            matched_gt[det] = best
-            free[best] = False
+        if not reaching[det]:
+            continue
+        available = np.where(claimed, -1.0, iou[det][:, None])  # (boxes, thresholds)
+        best = available.argmax(axis=0)
+        hit = available[best, columns] >= thresholds
+        matched_gt[det, hit] = best[hit]
+        claimed[best[hit], columns[hit]] = True
     return matched_gt
+
+
+def greedy_match(iou: np.ndarray, confidence: np.ndarray, iou_threshold: float = MATCH_IOU) -> np.ndarray:
+    """For each detection (rows of ``iou``), the index of the ground truth it claims at ``iou_threshold``, or -1."""
+    return greedy_match_at(iou, confidence, [iou_threshold])[:, 0]
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,19 @@ import numpy as np
 from yolodefect.evaluation.decisions import DecisionMetrics
 
 
-def _jsonable(value: object) -> object:
+def jsonable(value: object) -> object:
+    """``value`` with numpy arrays and scalars as Python lists and numbers, NaN as None: ready for json.dumps."""
     # NaN is not valid JSON; the metrics use None for "cannot be measured" instead.
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     return value
 
 
@@ -49,7 +50,7 @@ class ClassMetrics:
 
 @dataclass(frozen=True)
 class PrecisionRecallCurve:
-    """COCO's interpolated precision at IoU 0.5 on its 101 recall points, per class and averaged."""
+    """The precision envelope at IoU 0.5 on 101 recall points (as Ultralytics' AP uses it), per class and averaged."""
 
     recall: list[float]
     precision: dict[str, list[float | None]]
@@ -70,7 +71,7 @@ class EvalMetrics:
     class_names: list[str]
     images: int
     instances: int
-    map50: float | None
+    map50: float | None  # Ultralytics' validator's AP (what training logs and ``yolo val`` print)
     map50_95: float | None
     precision: float | None
     recall: float | None
@@ -82,10 +83,12 @@ class EvalMetrics:
     decisions: DecisionMetrics
     pr_curve: PrecisionRecallCurve
     notes: list[str] = field(default_factory=list)
+    coco_map50: float | None = None  # the same predictions scored by COCO's rules (pycocotools' interpolation)
+    coco_map50_95: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (NaN becomes None)."""
-        return _jsonable(asdict(self))  # type: ignore[return-value]
+        return jsonable(asdict(self))  # type: ignore[return-value]
 
     def class_by_name(self, name: str) -> ClassMetrics:
         for metrics in self.per_class:

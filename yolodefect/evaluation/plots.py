@@ -29,7 +29,7 @@ def _as_array(values: list[float | None]) -> np.ndarray:
 
 
 def plot_pr_curves(metrics: EvalMetrics, path: Path) -> Path:
-    """Precision-recall curve at IoU 0.5 per class (COCO interpolation) and their mean."""
+    """Precision-recall curve at IoU 0.5 per class (the precision envelope Ultralytics' AP integrates) and their mean."""
     figure = _figure((7, 5))
     axes = figure.add_subplot()
     recall = np.asarray(metrics.pr_curve.recall)

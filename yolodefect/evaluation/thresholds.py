@@ -1,30 +1,34 @@
-"""Choosing the confidence thresholds the inspection station runs at, and their YAML file.
+"""Choosing the confidence thresholds the inspection station runs at.
 
 The objective is the station's, not mAP's: reject at least ``target_recall`` of the defective
-parts (recall = 1 - escape rate) while rejecting as few good parts as possible.
+parts (recall = 1 - escape rate) while rejecting as few good parts as possible. The search runs on
+per-class score maxima for speed; the result is then measured with the station's own
+:class:`~yolodefect.inference.rules.RejectRules`, so what thresholds.yaml says it achieved is what
+``eval --thresholds`` and ``watch --thresholds`` decide. The file itself is
+:mod:`yolodefect.inference.thresholds_file`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-import yaml
 
 from yolodefect.detections import Detections
-from yolodefect.errors import FormatError, UsageError
+from yolodefect.errors import UsageError
 from yolodefect.evaluation.decisions import (
     NO_GOOD_PARTS,
     defective_parts,
+    eligible_predictions,
     part_rates,
-    reject_class_ids,
     reject_scores,
     rejected_parts,
 )
 from yolodefect.evaluation.ground_truth import GroundTruth
+from yolodefect.inference.rules import RejectRules, build_reject_rules
+from yolodefect.inference.thresholds_file import Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -34,39 +38,14 @@ MIN_CONF = 0.001
 RECALL_TOLERANCE = 1e-9
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Per-class confidence thresholds and what they achieved on the split they were chosen on."""
+def _rejected_by_maxima(scores: np.ndarray, thresholds: np.ndarray, reject_ids: Sequence[int]) -> np.ndarray:
+    """(images,) the search's fast form of the station's decision, from per-class score maxima.
 
-    conf: dict[str, float]
-    target_recall: float | None  # None in a hand-written file that states no target
-    target_reached: bool
-    recall: float | None
-    escape_rate: float | None
-    false_reject_rate: float | None
-    reject_classes: list[str]
-    per_class: bool = False
-    split: str | None = None
-    model: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        """The thresholds.yaml layout the inspection station reads."""
-        return {
-            "conf": {name: float(value) for name, value in self.conf.items()},
-            "target_recall": self.target_recall,
-            "target_reached": bool(self.target_reached),
-            "achieved": {
-                "recall": self.recall,
-                "escape_rate": self.escape_rate,
-                "false_reject_rate": self.false_reject_rate,
-            },
-            "reject_classes": list(self.reject_classes),
-            "per_class": bool(self.per_class),
-            "split": self.split,
-            "model": self.model,
-            "notes": list(self.notes),
-        }
+    Compares in float32 like :meth:`RejectRules.mask`, so both give the same decision at a boundary.
+    """
+    ids = list(reject_ids)
+    selected = scores[:, ids].astype(np.float32)
+    return ((selected > 0) & (selected >= thresholds[ids].astype(np.float32))).any(axis=1)
 
 
 def _rates(defective: np.ndarray, rejected: np.ndarray) -> tuple[float, float | None]:
@@ -123,7 +102,7 @@ def _coordinate_ascent(
         for r in reject_ids:
             others = [c for c in reject_ids if c != r]
             rejected_by_others = (
-                rejected_parts(scores, thresholds, others) if others else np.zeros(len(scores), dtype=bool)
+                _rejected_by_maxima(scores, thresholds, others) if others else np.zeros(len(scores), dtype=bool)
             )
             column = scores[:, r]
             higher = np.unique(column[column > thresholds[r]])
@@ -156,6 +135,8 @@ def choose_thresholds(
     target_recall: float = 0.99,
     per_class: bool = False,
     reject_classes: set[str] | Sequence[str] | None = None,
+    min_box_area_px: float = 0.0,
+    roi_polygon: Any = None,
     split: str | None = None,
     model: str | None = None,
 ) -> Thresholds:
@@ -165,13 +146,18 @@ def choose_thresholds(
     class's threshold is then raised in turn while recall stays at the target. When even the
     lowest threshold misses the target, the lowest is returned and ``target_reached`` is False.
     Non-reject classes get the global threshold (it only affects their precision/recall).
+    ``min_box_area_px`` and ``roi_polygon`` are the station's: detections they exclude cannot
+    reject at any threshold, so they are left out of the search.
     """
     if not 0 < target_recall <= 1:
         raise UsageError(f"target recall must lie in (0, 1], got {target_recall}")
     if len(ground_truth) != len(predictions):
         raise UsageError(f"{len(predictions)} predictions for {len(ground_truth)} images")
     class_names = list(class_names)
-    reject_ids = reject_class_ids(class_names, reject_classes)
+    base = build_reject_rules(reject_classes=reject_classes, min_box_area_px=min_box_area_px, roi_polygon=roi_polygon)
+    base.check_classes(class_names, owner="dataset")
+    reject_ids = base.reject_ids(class_names)
+    predictions = eligible_predictions(predictions, base)
     defective = defective_parts(ground_truth, reject_ids)
     if not defective.any():
         raise UsageError(
@@ -203,16 +189,24 @@ def choose_thresholds(
         # Global value from the global sweep: the images it must pass are those scoring below it.
         global_value = _with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
         if per_class:
-            rejected = rejected_parts(scores, thresholds, reject_ids)
+            rejected = _rejected_by_maxima(scores, thresholds, reject_ids)
             for r in reject_ids:
                 thresholds[r] = _with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
         other_ids = [k for k in range(len(class_names)) if not (per_class and k in reject_ids)]
         thresholds[other_ids] = global_value
 
-    final = part_rates(defective, rejected_parts(scores, thresholds, reject_ids))
+    conf = {name: float(value) for name, value in zip(class_names, thresholds)}
+    # What the file promises is measured by the station's rule itself, not by the search's shortcut.
+    station = RejectRules(base.reject_classes, conf, min_box_area_px=base.min_box_area_px, roi_polygon=base.roi_polygon)
+    final = part_rates(defective, rejected_parts(predictions, class_names, station))
+    if base.min_box_area_px > 0 or base.roi_polygon is not None:
+        notes.append(
+            f"chosen for a station with min box area {base.min_box_area_px:g} px and ROI "
+            f"{station.to_dict()['roi_polygon']}: run it with the same --min-area and --roi"
+        )
     logger.debug("chose thresholds %s: recall %s, FRR %s", thresholds.tolist(), final.recall, final.false_reject_rate)
     return Thresholds(
-        conf={name: float(value) for name, value in zip(class_names, thresholds)},
+        conf=conf,
         target_recall=float(target_recall),
         target_reached=reached,
         recall=final.recall,
@@ -223,61 +217,4 @@ def choose_thresholds(
         split=split,
         model=model,
         notes=notes,
-    )
-
-
-def write_thresholds_yaml(path: Path | str, thresholds: Thresholds) -> Path:
-    """Write thresholds.yaml (the file the inspection station loads); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(thresholds.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
-
-
-def _optional_rate(data: dict, key: str, path: Path) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise FormatError(path, f"achieved.{key} must be a number in [0, 1] or null, got {value!r}")
-    return float(value)
-
-
-def read_thresholds_yaml(path: Path | str) -> Thresholds:
-    """Read a thresholds.yaml written by :func:`write_thresholds_yaml` (or by hand: only ``conf`` is required)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"thresholds file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise FormatError(path, f"not valid YAML: {error}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("conf"), dict) or not data["conf"]:
-        raise FormatError(path, "expected a mapping with 'conf: {class_name: threshold, ...}'")
-    conf: dict[str, float] = {}
-    for name, value in data["conf"].items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise FormatError(path, f"threshold for {name!r} must be a number in [0, 1], got {value!r}", where="conf")
-        conf[str(name)] = float(value)
-    achieved = data.get("achieved") or {}
-    if not isinstance(achieved, dict):
-        raise FormatError(path, "'achieved' must be a mapping of recall, escape_rate, false_reject_rate")
-    reject = data.get("reject_classes")
-    if reject is not None and (not isinstance(reject, list) or not all(isinstance(x, str) for x in reject)):
-        raise FormatError(path, "'reject_classes' must be a list of class names")
-    target = data.get("target_recall")
-    if target is not None and (not isinstance(target, (int, float)) or not 0 < target <= 1):
-        raise FormatError(path, f"'target_recall' must be a number in (0, 1], got {target!r}")
-    return Thresholds(
-        conf=conf,
-        target_recall=float(target) if target is not None else None,
-        target_reached=bool(data.get("target_reached", True)),
-        recall=_optional_rate(achieved, "recall", path),
-        escape_rate=_optional_rate(achieved, "escape_rate", path),
-        false_reject_rate=_optional_rate(achieved, "false_reject_rate", path),
-        reject_classes=list(reject) if reject is not None else list(conf),
-        per_class=bool(data.get("per_class", False)),
-        split=data.get("split"),
-        model=data.get("model"),
-        notes=[str(note) for note in data.get("notes") or []],
     )

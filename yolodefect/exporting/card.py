@@ -1,6 +1,6 @@
 """The model card written next to an exported model: what it is, how it was made, how well and fast it runs.
 
-The inspection station shows it when it loads the model (``yolodefect.stream.detector.load_model_card``
+The inspection station shows it when it loads the model (``yolodefect.inference.identity.load_model_card``
 finds ``best_int8.onnx`` -> ``best_int8.card.json``), so it must answer on its own: which checkpoint, which
 classes, what precision, validated how, deployable or not.
 """
@@ -11,8 +11,9 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from yolodefect.evaluation.metrics import _jsonable
+from yolodefect.evaluation.metrics import jsonable
 from yolodefect.exporting.result import ExportResult
+from yolodefect.inference.identity import card_path, file_sha256
 from yolodefect.machine import machine_info, machine_line
 
 SCHEMA = "yolodefect.model-card/1"
@@ -25,15 +26,11 @@ CARD_FIELDS = (
 
 def card_paths(model_path: Path) -> tuple[Path, Path]:
     """The station's naming rule (``best_int8.onnx`` -> ``best_int8.card.json``) and its Markdown twin."""
-    from yolodefect.stream.detector import card_path
-
     json_path = card_path(model_path)
     return json_path, json_path.with_suffix("").with_suffix(".card.md")
 
 
 def build_card(result: ExportResult) -> dict:
-    from yolodefect.stream.detector import file_sha256
-
     info = machine_info()
     cand, ref = result.candidate, result.reference
     card = {
@@ -82,7 +79,7 @@ def build_card(result: ExportResult) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "notes": list(result.notes),
     }
-    return _jsonable(card)  # type: ignore[return-value]
+    return jsonable(card)  # type: ignore[return-value]
 
 
 def _rate(value: float | None) -> str:

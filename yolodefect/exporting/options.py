@@ -1,14 +1,16 @@
-"""``ExportOptions``: what the user asked for, checked before any work starts."""
+"""``ExportOptions``: what the user asked for, checked when built (before any work starts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from yolodefect.errors import UsageError
 from yolodefect.exporting.formats import ExportFormat, FormatSpec, format_spec
 from yolodefect.inference.model_file import check_imgsz
+from yolodefect.option_checks import flag, whole_number
+from yolodefect.progress import ProgressCallback
 
 DEFAULT_CALIBRATION_IMAGES = 300
 
@@ -54,7 +56,10 @@ class ExportOptions:
     calibration: str | None = None
     simplify: bool = True
     device: str | None = None
-    progress: bool = True
+    progress: ProgressCallback | None = field(default=None, compare=False, repr=False)  # told (stage, done, total)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     @property
     def spec(self) -> FormatSpec:
@@ -66,7 +71,7 @@ class ExportOptions:
 
 
 def check_options(options: ExportOptions) -> FormatSpec:
-    """Reject impossible or meaningless combinations; returns the format's table row."""
+    """Reject impossible or meaningless combinations (run by ``ExportOptions`` itself); returns the format's row."""
     try:
         spec = options.spec
     except ValueError as error:
@@ -76,9 +81,7 @@ def check_options(options: ExportOptions) -> FormatSpec:
             raise UsageError(f"--imgsz must be a positive whole number of pixels, got {options.imgsz!r}")
         check_imgsz(options.imgsz)  # the stride is applied once the checkpoint is loaded
     for name, minimum in (("calib", 1), ("latency_runs", 1), ("threads", 1), ("warmup", 0)):
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= {minimum}, got {value!r}")
+        whole_number(flag(name), getattr(options, name), minimum)
     if not isinstance(options.max_drop, (int, float)) or isinstance(options.max_drop, bool):
         raise UsageError(f"--max-drop is in mAP50 points (e.g. 1.0), got {options.max_drop!r}")
     if options.calibration is not None:

@@ -9,7 +9,7 @@ from yolodefect.evaluation.metrics import EvalMetrics
 from yolodefect.exporting.calibration import CalibrationSet
 from yolodefect.exporting.formats import ExportFormat, Precision
 from yolodefect.exporting.gate import GateResult
-from yolodefect.exporting.latency import Latency
+from yolodefect.inference.timing import Latency
 
 
 def path_size(path: Path) -> int:

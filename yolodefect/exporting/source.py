@@ -14,8 +14,9 @@ from yolodefect.data.yolo_dataset import DataConfig, label_path_for, load_data_c
 from yolodefect.errors import DatasetError, UsageError
 from yolodefect.exporting.formats import FormatSpec
 from yolodefect.exporting.options import ExportOptions
-from yolodefect.inference.model_file import (CHECKPOINT, DEFAULT_IMGSZ, load_yolo, missing_model, model_stride,
+from yolodefect.inference.model_file import (CHECKPOINT, DEFAULT_IMGSZ, load_yolo, missing_model, read_model_file,
                                              resolve_imgsz)
+from yolodefect.inference.names import names_list
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def _requirements(spec: FormatSpec) -> None:
 
 def load_source_model(path: Path) -> SourceModel:
     """Load a detection checkpoint; UsageError when missing or not a .pt, ModelFileError when unreadable."""
-    from yolodefect.stream.detector import file_sha256
-
     if not path.exists():
         raise missing_model(path, "the PyTorch checkpoint, e.g. runs/train/weights/best.pt")
     if path.is_dir() or path.suffix.lower() != ".pt":
@@ -61,14 +60,10 @@ def load_source_model(path: Path) -> SourceModel:
     task = getattr(yolo, "task", None)
     if task != "detect":
         raise UsageError(f"model {path} is a {task!r} model; yolodefect exports detection models only")
-    names = yolo.names
-    class_names = [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-    train_imgsz = yolo.overrides.get("imgsz")
-    if isinstance(train_imgsz, (list, tuple)):
-        train_imgsz = int(max(train_imgsz))
+    model = read_model_file(path, loaded=yolo)
+    train_imgsz = max(model.imgsz) if isinstance(model.imgsz, tuple) else model.imgsz
     architecture = str(yolo.overrides.get("model") or getattr(yolo.model, "yaml", {}).get("yaml_file") or "unknown")
-    return SourceModel(path, file_sha256(path), class_names, int(train_imgsz) if train_imgsz else None,
-                       model_stride(yolo), architecture)
+    return SourceModel(path, model.sha256, names_list(model.class_names), train_imgsz, model.stride, architecture)
 
 
 def export_imgsz(requested: int | None, model: SourceModel) -> tuple[int, str | None]:

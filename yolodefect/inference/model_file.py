@@ -8,18 +8,24 @@
   so a file nobody named must not be loaded just because it lies where the command runs.
 * :func:`resolve_imgsz`: the one image-size rule: a positive number of pixels, at most :data:`MAX_IMGSZ`,
   rounded up to a multiple of the model's stride (as Ultralytics does) with a note saying so.
+* :class:`ModelFile` (made by :func:`read_model_file`): what a model file is and says about itself (format, class
+  names, size, stride, SHA-256, precision, card); eval, export, watch and compare all read a model this way.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import numbers
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 from yolodefect.errors import FormatError, UsageError
+from yolodefect.inference.identity import file_sha256, guess_precision, load_model_card
+from yolodefect.inference.names import names_dict
 
 ImageSize = int | tuple[int, int]
 
@@ -228,3 +234,99 @@ def _show(size: Any) -> str:
     if isinstance(size, (tuple, list)):
         return str(tuple(size))
     return repr(size) if not isinstance(size, numbers.Integral) or isinstance(size, bool) else str(size)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What a model file is and says about itself, read without running it.
+
+    Its identity (``name``, ``sha256``, ``precision``) is what every station event records.
+    """
+
+    path: Path
+    format: str  # "pt", or the export's suffix / "openvino" for a folder
+    class_names: dict[int, str]  # {id: name}; empty when an export's metadata names no classes
+    imgsz: ImageSize | None  # the size a .pt was trained at or an export was exported at, when it says
+    fixed_shape: bool  # an export that only accepts ``imgsz`` (not exported with dynamic=True)
+    stride: int  # the model's largest stride: image sizes are multiples of it
+    sha256: str  # of the file, or of an export folder's files
+    precision: str  # the card's, else guessed from the name ("int8" for *_int8*, else "fp32")
+    card: dict[str, Any] | None = field(default=None, compare=False)  # the model card next to it, if any
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_model_file(path: Path | str, *, loaded: Any = None) -> ModelFile:
+    """The :class:`ModelFile` of a .pt checkpoint or an Ultralytics export.
+
+    ``loaded`` is an ``ultralytics.YOLO`` already made from ``path``, to avoid loading twice (a .pt is loaded to read
+    its names and training size; an export's metadata is read without its runtime). Raises UsageError when the file
+    is missing and :class:`ModelFileError` when it cannot be read.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".pt":
+        model = loaded if loaded is not None else load_yolo(path, task="detect")
+        # A checkpoint remembers its training arguments; imgsz is the size it learned at.
+        return _model_file(path, "pt", names_dict(model.names), parse_imgsz(model.overrides.get("imgsz")),
+                           fixed_shape=False, stride=model_stride(model))
+    if loaded is None:
+        check_model_file(path)  # a damaged export gets the same one message as a damaged .pt
+    # Exports carry Ultralytics metadata; reading it needs no runtime (OpenVINO, TensorRT) installed.
+    from ultralytics.nn.backends.base import BaseBackend
+
+    try:
+        metadata = BaseBackend.read_metadata(path) or {}
+    except Exception as error:  # damaged metadata surfaces as YAML, Unicode or protobuf errors
+        raise ModelFileError(path, f"its Ultralytics metadata is unreadable ({type(error).__name__})") from error
+    kind = "openvino" if path.is_dir() and path.name.endswith("_openvino_model") else path.suffix.lstrip(".") or "dir"
+    args = _literal(metadata.get("args")) or {}
+    imgsz = parse_imgsz(metadata.get("imgsz"))
+    dynamic = bool(args.get("dynamic", False)) if isinstance(args, dict) else False
+    names = _names_or_empty(metadata.get("names"))
+    if not names and loaded is not None:
+        names = _names_or_empty(getattr(loaded, "names", None))
+    return _model_file(path, kind, names, imgsz, fixed_shape=imgsz is not None and not dynamic,
+                       stride=_stride(metadata.get("stride")))
+
+
+def _model_file(path: Path, kind: str, names: dict[int, str], imgsz: ImageSize | None, *, fixed_shape: bool,
+                stride: int) -> ModelFile:
+    card = load_model_card(path)
+    return ModelFile(path, kind, names, imgsz, fixed_shape, stride, sha256=file_sha256(path),
+                     precision=guess_precision(path, card), card=card)
+
+
+def _literal(value: Any) -> Any:
+    """Ultralytics' ONNX metadata stores dicts and tuples as their repr."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _names_or_empty(names: Any) -> dict[int, str]:
+    try:
+        return names_dict(names) if names is not None else {}
+    except ValueError:
+        return {}  # unreadable names in metadata: the loaded model's own, or none
+
+
+def parse_imgsz(value: Any) -> ImageSize | None:
+    """An image size as a model file states it (an int, an (h, w) pair, or their repr): a square pair is its side."""
+    value = _literal(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return value[0] if value[0] == value[1] else (int(value[0]), int(value[1]))
+    return None
+
+
+def _stride(value: Any) -> int:
+    try:
+        return int(value) if value is not None and int(value) > 0 else DEFAULT_STRIDE
+    except (TypeError, ValueError):
+        return DEFAULT_STRIDE

@@ -6,75 +6,22 @@ shape), so its tests run on a fake and production runs on :class:`UltralyticsDet
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from yolodefect.adapters import from_ultralytics
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
-from yolodefect.inference.model_file import missing_model
-from yolodefect.stream.events import ModelInfo
+from yolodefect.inference.runner import ULTRALYTICS_IOU, PredictSettings, UltralyticsRunner
+from yolodefect.inference.tiles import tile_origins  # the grid convert --tile trains on
+from yolodefect.stream.events import ModelIdentity
 
 logger = logging.getLogger(__name__)
 
 Detector = Callable[[np.ndarray], Detections]
 """BGR uint8 (H, W, 3) image in, detections in that image's pixels out."""
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a weights file, or of an export folder's files (names and bytes, sorted) for OpenVINO."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def card_path(model_path: Path) -> Path:
-    """``best.pt`` -> ``best.card.json``; an OpenVINO folder ``x_openvino_model`` -> ``x_openvino_model.card.json``."""
-    return model_path.with_name(model_path.name + ".card.json") if model_path.is_dir() else model_path.with_suffix(".card.json")
-
-
-def load_model_card(model_path: Path | str) -> dict[str, Any] | None:
-    """The model card next to the model, if any (shown on the station's panel; never required)."""
-    path = card_path(Path(model_path))
-    if not path.is_file():
-        return None
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        logger.warning("model card %s is unreadable (%s); ignored", path, exc)
-        return None
-    if not isinstance(card, dict):
-        logger.warning("model card %s is not a JSON object; ignored", path)
-        return None
-    return card
-
-
-def _precision(model_path: Path, card: dict[str, Any] | None) -> str:
-    if card and isinstance(card.get("precision"), str) and card["precision"]:
-        return str(card["precision"])
-    # Without a card the file name is the only hint; Ultralytics names INT8 exports *_int8*.
-    return "int8" if "int8" in model_path.name.lower() else "fp32"
-
-
-def model_info_for(model_path: Path | str, card: dict[str, Any] | None = None) -> ModelInfo:
-    """Name, SHA-256 and precision of the weights, as every event records them."""
-    path = Path(model_path)
-    if not path.exists():
-        raise missing_model(path)
-    card = card if card is not None else load_model_card(path)
-    return ModelInfo(name=path.name, sha256=file_sha256(path), precision=_precision(path, card))
 
 
 class UltralyticsDetector:
@@ -93,48 +40,31 @@ class UltralyticsDetector:
         imgsz: int | tuple[int, int] | None = None,
         device: str = "cpu",
         conf_floor: float = 0.05,
-        iou: float = 0.7,
+        iou: float = ULTRALYTICS_IOU,
         half: bool = False,
         tracking: bool = False,
         tracker: str = "bytetrack.yaml",
     ):
-        from yolodefect.evaluation.predictors import load_detection_model
-
-        path = Path(model_path)
         if not 0.0 <= conf_floor <= 1.0:
             raise UsageError(f"conf_floor must lie in [0, 1], got {conf_floor}")
-        loaded = load_detection_model(path, imgsz)
-        self.model, info, self.imgsz = loaded.yolo, loaded.info, loaded.imgsz
-        for note in loaded.notes:  # e.g. imgsz rounded up to the stride: the operator sees the size really used
+        # One frame at a time, padded only to the stride (Ultralytics' predict defaults for rect and max_det).
+        settings = PredictSettings(conf=conf_floor, iou=iou, device=device, half=half)
+        self.runner = UltralyticsRunner(model_path, settings, imgsz=imgsz)
+        for note in self.runner.notes:  # e.g. imgsz rounded up to the stride: the operator sees the size really used
             logger.warning(note)
-        self.class_names: dict[int, str] = (
-            dict(enumerate(info.class_names)) if info.class_names else {int(k): str(v) for k, v in self.model.names.items()}
-        )
-        self.card = load_model_card(path)
-        self.model_info = model_info_for(path, self.card)
-        self.device = device
+        self.model_file = self.runner.model_file
+        self.imgsz = self.runner.imgsz
+        self.class_names: dict[int, str] = self.runner.class_names
+        self.card = self.model_file.card
+        self.model_info = ModelIdentity.of(self.model_file)  # what every event records
         self.conf_floor = conf_floor
-        self.iou = iou
-        self.half = half
         self.tracking = tracking
         self.tracker = tracker
 
-    def _kwargs(self) -> dict[str, Any]:
-        return dict(
-            imgsz=self.imgsz, device=self.device, conf=self.conf_floor, iou=self.iou, verbose=False, save=False,
-            **({"quantize": 16} if self.half else {}),  # Ultralytics 8.4 spells half precision this way
-        )
-
     def __call__(self, image: np.ndarray) -> Detections:
         if self.tracking:
-            results = self.model.track(image, persist=True, tracker=self.tracker, **self._kwargs())
-            detections = from_ultralytics(results[0])
-            if detections.tracker_id is None:
-                # Ultralytics hides tracks until they are confirmed; say so explicitly (no ids yet).
-                detections.tracker_id = np.full(len(detections), -1, dtype=np.int64)
-            return detections
-        results = self.model.predict(image, **self._kwargs())
-        return from_ultralytics(results[0])
+            return self.runner.track_frame(image, self.tracker)
+        return self.runner.predict_frame(image)
 
 
 class TiledDetector:
@@ -173,20 +103,6 @@ class TiledDetector:
                 parts.append(Detections(found.xyxy + np.array([x, y, x, y], dtype=np.float32), found.confidence,
                                         found.class_id))
         return merge_tiles(parts, self.match_threshold)
-
-
-def tile_origins(size_wh: tuple[int, int], tile_wh: tuple[int, int], overlap: float) -> list[tuple[int, int]]:
-    """Top-left corners of tiles covering the image; the last row/column is flush with the edge."""
-
-    def starts(extent: int, tile: int) -> list[int]:
-        if extent <= tile:
-            return [0]
-        step = max(1, int(tile * (1.0 - overlap)))
-        values = list(range(0, extent - tile, step))
-        values.append(extent - tile)
-        return values
-
-    return [(x, y) for y in starts(size_wh[1], tile_wh[1]) for x in starts(size_wh[0], tile_wh[0])]
 
 
 def merge_tiles(parts: list[Detections], match_threshold: float = 0.5) -> Detections:

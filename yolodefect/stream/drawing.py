@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from yolodefect.detections import Detections
-from yolodefect.stream.rules import class_name
+from yolodefect.inference.names import class_name
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _REJECT_BGR = (0, 0, 255)

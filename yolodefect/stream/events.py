@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any, Literal, cast, get_args
 
 from yolodefect.errors import YoloDefectError
+from yolodefect.inference.model_file import ModelFile
 
 SCHEMA_VERSION = 1
 
@@ -89,8 +90,8 @@ class Defect:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """Which model made the decision, so a reject can be traced back to exact weights."""
+class ModelIdentity:
+    """Which model made the decision, so a reject can be traced back to exact weights (the event's ``model``)."""
 
     name: str
     sha256: str
@@ -102,11 +103,16 @@ class ModelInfo:
         if not self.name or not self.precision:
             raise EventError("model name and precision must be non-empty (e.g. 'best.pt', 'fp16')")
 
+    @classmethod
+    def of(cls, model: ModelFile) -> ModelIdentity:
+        """The identity of a model file: the one place it is taken from the file."""
+        return cls(name=model.name, sha256=model.sha256, precision=model.precision)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "precision": self.precision}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelIdentity:
         try:
             return cls(name=str(data["name"]), sha256=str(data["sha256"]), precision=str(data["precision"]))
         except (KeyError, TypeError) as exc:
@@ -127,7 +133,7 @@ class Event:
     part_id: str | int | None
     defects: list[Defect]
     image_size_wh: tuple[int, int]
-    model: ModelInfo
+    model: ModelIdentity
     snapshot_paths: dict[str, str] = field(default_factory=dict)
     message: str | None = None
 
@@ -195,7 +201,7 @@ class Event:
                 part_id=data.get("part_id"),
                 defects=[Defect.from_dict(d) for d in data.get("defects") or []],
                 image_size_wh=(width, height),
-                model=ModelInfo.from_dict(data["model"]),
+                model=ModelIdentity.from_dict(data["model"]),
                 snapshot_paths={str(k): str(v) for k, v in (data.get("snapshot_paths") or {}).items()},
                 message=data.get("message"),
             )
@@ -223,7 +229,7 @@ def new_event(
     captured_at: datetime | str,
     latency_ms: float,
     image_size_wh: tuple[int, int],
-    model: ModelInfo,
+    model: ModelIdentity,
     defects: Sequence[Defect] = (),
     part_id: str | int | None = None,
     snapshot_paths: Mapping[str, str] | None = None,

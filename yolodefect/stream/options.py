@@ -24,6 +24,7 @@ import yaml
 
 from yolodefect.errors import UsageError
 from yolodefect.inference.model_file import check_imgsz
+from yolodefect.inference.rules import DEFAULT_CONF, RejectRules, parse_roi
 from yolodefect.stream.redact import redact_urls
 
 FailSafe = Literal["off", "reject"]
@@ -64,7 +65,7 @@ class WatchOptions:
     # -- reject rules
     thresholds: Path | None = field(default=None, metadata=_help(
         "thresholds.yaml from 'yolodefect eval --target-recall' (per-class confidence, reject classes)."))
-    conf: float = field(default=0.25, metadata=_help("Confidence threshold for classes without their own."))
+    conf: float = field(default=DEFAULT_CONF, metadata=_help("Confidence threshold for classes without their own."))
     class_conf: Mapping[str, float] = field(default_factory=dict, metadata=_help(
         "Per-class thresholds (class: value); override the thresholds file."))
     reject_classes: tuple[str, ...] | None = field(default=None, metadata=_help(
@@ -169,6 +170,8 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "reject_classes":
         if value is None:
             return None
+        if isinstance(value, (str, list, tuple)) and not "".join(str(v) for v in value).replace(",", "").strip():
+            return ()  # empty: the reject rules refuse it in the words eval uses (see _check)
         return _names(name, value)
     if name == "sinks":
         return _names(name, value) if value not in ((), []) else DEFAULT_SINKS
@@ -177,7 +180,7 @@ def _coerce(name: str, value: Any) -> Any:
             raise _fail(name, "a mapping of class name to threshold", value)
         return {str(k): _number(f"class_conf.{k}", v, "a number in [0, 1]") for k, v in value.items()}
     if name == "roi":
-        return None if value is None else _polygon(value)
+        return None if value is None else parse_roi(value)
     raise AssertionError(f"no coercion for option {name}")  # a new field without a rule is a bug of ours
 
 
@@ -198,19 +201,6 @@ def _names(name: str, value: Any) -> tuple[str, ...]:
     return items
 
 
-def _polygon(value: Any) -> tuple[tuple[float, float], ...]:
-    if isinstance(value, str):
-        # CLI form "x,y x,y x,y" or "x,y;x,y;x,y".
-        value = [pair.split(",") for pair in value.replace(";", " ").split()]
-    try:
-        points = tuple((float(x), float(y)) for x, y in value)
-    except (TypeError, ValueError):
-        raise _fail("roi", "a list of [x, y] points (or 'x,y x,y x,y')", value) from None
-    if len(points) < 3:
-        raise _fail("roi", "at least 3 points", value)
-    return points
-
-
 def _check(options: WatchOptions) -> None:
     positive = {"stall_timeout_s": options.stall_timeout_s, "stats_interval_s": options.stats_interval_s}
     for name, value in positive.items():
@@ -228,12 +218,13 @@ def _check(options: WatchOptions) -> None:
         check_imgsz(options.imgsz, option="imgsz")  # the rule every command applies; rounding needs the model
     if options.min_frames < 1:
         raise _fail("min_frames", ">= 1", options.min_frames)
-    if not 0 <= options.conf <= 1 or not all(0 <= v <= 1 for v in options.class_conf.values()):
-        raise UsageError("confidence thresholds (conf, class_conf) must lie in [0, 1]")
+    # The reject rules check their own values, worded as eval words the same mistakes.
+    RejectRules(reject_classes=options.reject_classes, conf_thresholds=options.class_conf, default_conf=options.conf,
+                min_box_area_px=options.min_area, roi_polygon=options.roi)
     if not 0 <= options.tile_overlap < 1:
         raise _fail("tile_overlap", "a fraction in [0, 1)", options.tile_overlap)
-    if options.min_area < 0 or options.flush_timeout_s < 0 or (options.part_merge_px or 0) < 0:
-        raise UsageError("min_area, flush_timeout_s and part_merge_px must be >= 0")
+    if options.flush_timeout_s < 0 or (options.part_merge_px or 0) < 0:
+        raise UsageError("flush_timeout_s and part_merge_px must be >= 0")
 
 
 def _unknown_key(key: str, origin: str) -> UsageError:

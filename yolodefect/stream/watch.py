@@ -43,16 +43,19 @@ import numpy as np
 
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
+from yolodefect.inference.model_file import read_model_file
+from yolodefect.inference.names import ClassNames, class_name, names_dict
+from yolodefect.inference.rules import RejectRules, build_reject_rules
+from yolodefect.inference.thresholds_file import read_thresholds_yaml
 from yolodefect.shipped import with_shipped_model
 from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
-from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector, model_info_for
+from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector
 from yolodefect.stream.drawing import Overlay, draw_frame
-from yolodefect.stream.events import Decision, Defect, Event, ModelInfo, new_event, utc_now_iso
+from yolodefect.stream.events import Decision, Defect, Event, ModelIdentity, new_event, utc_now_iso
 from yolodefect.stream.evidence import EvidenceWriter, VideoSink
 from yolodefect.stream.options import (DEFAULT_OUTBOX, WatchOptions, check_outputs_outside_source, load_station_config,
                                       merge_options, resolve_options)
 from yolodefect.stream.parts import ImagePartDecider, PartDecision, TrackPartDecider
-from yolodefect.stream.rules import ClassNames, RejectRules, class_name, load_thresholds, names_dict
 from yolodefect.stream.sinks import sink_from_url
 from yolodefect.stream.sources import (
     CaptureFactory,
@@ -88,29 +91,23 @@ _WINDOW = "yolodefect watch"
 
 
 def build_rules(options: WatchOptions) -> RejectRules:
-    """Reject rules from the options: thresholds file, then per-class overrides, then the rest."""
-    conf: dict[str, float] = {}
-    reject = options.reject_classes
-    if options.thresholds is not None:
-        file = load_thresholds(options.thresholds)
-        conf.update(file.conf)
-        if reject is None:
-            reject = tuple(file.reject_classes)
-    conf.update(options.class_conf)
-    return RejectRules(
-        reject_classes=frozenset(reject) if reject is not None else None,
-        conf_thresholds=conf,
-        default_conf=options.conf,
+    """Reject rules from the options, resolved as ``yolodefect eval`` resolves the same settings:
+    thresholds file, then per-class overrides, then ``conf`` for the rest."""
+    return build_reject_rules(
+        thresholds=read_thresholds_yaml(options.thresholds) if options.thresholds is not None else None,
+        conf=options.conf,
+        class_conf=options.class_conf,
+        reject_classes=options.reject_classes,
         min_box_area_px=options.min_area,
         roi_polygon=options.roi,
     )
 
 
-def _fallback_model_info(detector: Detector) -> ModelInfo:
+def _fallback_model_info(detector: Detector) -> ModelIdentity:
     # A custom detector has no weights file to hash; the hash of its type name keeps events valid and
     # still tells runs of different detectors apart.
     name = getattr(detector, "__qualname__", None) or type(detector).__qualname__
-    return ModelInfo(name=str(name), sha256=hashlib.sha256(str(name).encode()).hexdigest(), precision="unknown")
+    return ModelIdentity(name=str(name), sha256=hashlib.sha256(str(name).encode()).hexdigest(), precision="unknown")
 
 
 def _has_display() -> bool:
@@ -154,7 +151,7 @@ class _FrameResult:
 class _Station:
     """The per-run state of :func:`watch`; one instance per call."""
 
-    def __init__(self, options: WatchOptions, detector: Detector, class_names: Mapping[int, str], model: ModelInfo,
+    def __init__(self, options: WatchOptions, detector: Detector, class_names: Mapping[int, str], model: ModelIdentity,
                  rules: RejectRules, source: FrameSource, dispatcher: Dispatcher, track_mode: bool,
                  stop: threading.Event, board: StatsBoard):
         self.options = options
@@ -409,7 +406,9 @@ class _SignalHandlers:
             signal.signal(signum, previous)
 
 
-def _make_detector(options: WatchOptions, rules: RejectRules, track_mode: bool) -> Detector:
+def make_detector(options: WatchOptions, rules: RejectRules, track_mode: bool) -> Detector:
+    """The model stage exactly as ``watch`` builds it for ``options`` (benchmarks time this very object);
+    in track mode the confidence floor drops to min(threshold, 0.1) so the tracker sees weak boxes too."""
     floor = min(rules.min_threshold(), _TRACK_CONF_FLOOR) if track_mode else rules.min_threshold()
     detector: Detector = UltralyticsDetector(options.model, imgsz=options.imgsz, device=options.device,
                                              conf_floor=floor, half=options.half)
@@ -423,7 +422,7 @@ def watch(
     *,
     detector: Detector | None = None,
     class_names: ClassNames | None = None,
-    model_info: ModelInfo | None = None,
+    model_info: ModelIdentity | None = None,
     stop_event: threading.Event | None = None,
     on_stats: Callable[[WatchStats], None] | None = None,
     install_signal_handlers: bool = False,
@@ -456,7 +455,7 @@ def watch(
     if track_mode and options.emit_pass:
         logger.warning("emit_pass applies to part mode only: in track mode a good part has no track, so no pass events")
     if detector is None:
-        detector = _make_detector(options, rules, track_mode)
+        detector = make_detector(options, rules, track_mode)
     names = class_names if class_names is not None else getattr(detector, "class_names", None)
     if names is None:
         raise UsageError("the detector has no class_names; pass class_names= to watch()")
@@ -465,7 +464,8 @@ def watch(
     if model_info is None:
         model_info = getattr(detector, "model_info", None)
     if model_info is None:
-        model_info = model_info_for(options.model) if options.model is not None else _fallback_model_info(detector)
+        model_info = (ModelIdentity.of(read_model_file(options.model)) if options.model is not None
+                      else _fallback_model_info(detector))
 
     sinks = [sink_from_url(spec) for spec in options.sinks]
     dispatcher = Dispatcher.open(options.outbox, sinks)

@@ -1,9 +1,12 @@
-"""Batch-1 latency of one or more models on this machine, measured side by side.
+"""Batch-1 latency of one or more models on this machine, measured side by side: the one timing rule
+``export``, ``compare`` and every benchmark quote.
 
-Models of the same runtime are interleaved in short blocks (5 runs of A, 5 of B, ...) so that a machine
-whose load changes during the measurement (shared CI runners, a training job next door) slows every
-model alike and the speed-up stays meaningful. ONNX Runtime sessions run with ``threads`` intra-op
-threads and spin-waiting off: spinning threads of one session would steal the cores of the other.
+A :class:`Runner` is one model ready to run one inference on a fixed (1, 3, S, S) input; :func:`measure`
+times runners and returns one :class:`Latency` each. Models of the same runtime are interleaved in short
+blocks (5 runs of A, 5 of B, ...) so that a machine whose load changes during the measurement (shared CI
+runners, a training job next door) slows every model alike and the speed-up stays meaningful. ONNX Runtime
+sessions run with ``threads`` intra-op threads and spin-waiting off: spinning threads of one session would
+steal the cores of the other.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from yolodefect.errors import YoloDefectError
+
 logger = logging.getLogger(__name__)
 
-BLOCK = 5
+BLOCK = 5  # runs of one model before the next model of its runtime gets its turn
 
 
 @dataclass(frozen=True)
 class Latency:
     """Milliseconds per batch-1 inference (model only: no decoding, letterbox or NMS)."""
 
-    runtime: str
+    runtime: str  # e.g. "onnxruntime 1.20.1 CPU", "torch 2.5.1 CPU": the engine first, then its version
     median_ms: float
     p95_ms: float
     mean_ms: float
@@ -38,9 +43,17 @@ class Latency:
     threads: int
     precision: str | None = None  # what the runtime really computed in, when it decides (OpenVINO's hint)
     settings: str = ""  # session settings that matter for the figure
+    input_shape: tuple[int, ...] | None = None  # the tensor timed, e.g. (1, 3, 640, 640)
+
+    @property
+    def engine(self) -> str:
+        """The runtime's name without version: "torch", "onnxruntime", "openvino", ..."""
+        return self.runtime.split()[0] if self.runtime else ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape) if self.input_shape is not None else None
+        return data
 
 
 @dataclass
@@ -53,9 +66,11 @@ class Runner:
     precision: str | None = None
     settings: str = ""
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # held while it is timed
+    input_shape: tuple[int, ...] | None = None
 
 
-def _input(image: np.ndarray | None, imgsz: int) -> np.ndarray:
+def model_input(image: np.ndarray | None, imgsz: int) -> np.ndarray:
+    """The tensor a runner feeds: ``image`` (already letterboxed, NCHW float) or fixed noise of (1, 3, S, S)."""
     if image is not None:
         return np.ascontiguousarray(image, dtype=np.float32)
     return np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
@@ -77,9 +92,11 @@ def onnxruntime_runner(label: str, path: Path, imgsz: int, threads: int, image: 
     import onnxruntime as ort
 
     session = onnxruntime_session(path, threads)
-    feed = {session.get_inputs()[0].name: _input(image, imgsz)}
+    data = model_input(image, imgsz)
+    feed = {session.get_inputs()[0].name: data}
     settings = f"CPUExecutionProvider, ORT_ENABLE_ALL, {threads} intra-op threads, spin-wait off"
-    return Runner(label, f"onnxruntime {ort.__version__} CPU", lambda: session.run(None, feed), settings=settings)
+    return Runner(label, f"onnxruntime {ort.__version__} CPU", lambda: session.run(None, feed), settings=settings,
+                  input_shape=tuple(data.shape))
 
 
 def openvino_runner(label: str, folder: Path, imgsz: int, threads: int, image: np.ndarray | None = None,
@@ -94,7 +111,7 @@ def openvino_runner(label: str, folder: Path, imgsz: int, threads: int, image: n
         config["INFERENCE_PRECISION_HINT"] = precision_hint
     compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
     request = compiled.create_infer_request()
-    data = _input(image, imgsz)
+    data = model_input(image, imgsz)
     try:
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
@@ -102,7 +119,7 @@ def openvino_runner(label: str, folder: Path, imgsz: int, threads: int, image: n
         precision = None
     settings = f"CPU, PERFORMANCE_HINT LATENCY, {threads} threads, INFERENCE_PRECISION_HINT {precision}"
     return Runner(label, f"openvino {ov.__version__} CPU", lambda: request.infer({0: data}), precision=precision,
-                  settings=settings)
+                  settings=settings, input_shape=tuple(data.shape))
 
 
 @contextlib.contextmanager
@@ -117,22 +134,32 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def torch_module_runner(label: str, module: Any, imgsz: int, threads: int, image: np.ndarray | None = None,
+                        settings: str = "") -> Runner:
+    """Any ``torch.nn.Module`` (in eval mode) on CPU under ``inference_mode`` with ``threads`` threads."""
+    import torch
+
+    tensor = torch.from_numpy(model_input(image, imgsz))
+    module = module.eval()
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return module(tensor)
+
+    # torch.set_num_threads is process-wide and slow to change: set it once around the timing, not per call.
+    return Runner(label, f"torch {torch.__version__} CPU", run,
+                  settings=", ".join(filter(None, [settings, f"inference_mode, {threads} threads"])),
+                  context=lambda: torch_threads(threads), input_shape=tuple(tensor.shape))
+
+
 def torch_runner(label: str, checkpoint: Path, imgsz: int, threads: int, image: np.ndarray | None = None) -> Runner:
     """The PyTorch checkpoint on CPU exactly as Ultralytics runs it (AutoBackend: fused, channels_last on x86)."""
     import torch
     from ultralytics.nn.autobackend import AutoBackend
 
     backend = AutoBackend(str(checkpoint), device=torch.device("cpu"), fuse=True, verbose=False)
-    tensor = torch.from_numpy(_input(image, imgsz))
-
-    def run() -> Any:
-        with torch.inference_mode():
-            return backend(tensor)
-
-    # torch.set_num_threads is process-wide and slow to change: set it once around the timing, not per call.
-    return Runner(label, f"torch {torch.__version__} CPU", run,
-                  settings=f"Ultralytics AutoBackend (fused, channels_last), inference_mode, {threads} threads",
-                  context=lambda: torch_threads(threads))
+    return torch_module_runner(label, backend, imgsz, threads, image,
+                               settings="Ultralytics AutoBackend (fused, channels_last)")
 
 
 def ultralytics_runner(label: str, path: Path, imgsz: int, device: str, image: np.ndarray | None = None) -> Runner:
@@ -142,7 +169,7 @@ def ultralytics_runner(label: str, path: Path, imgsz: int, device: str, image: n
 
     backend = AutoBackend(str(path), device=torch.device(f"cuda:{device}" if device.isdigit() else device),
                           verbose=False)
-    tensor = torch.from_numpy(_input(image, imgsz)).to(backend.device)
+    tensor = torch.from_numpy(model_input(image, imgsz)).to(backend.device)
     if getattr(backend, "fp16", False):
         tensor = tensor.half()
     synchronize = torch.cuda.synchronize if tensor.is_cuda else (lambda: None)
@@ -152,7 +179,22 @@ def ultralytics_runner(label: str, path: Path, imgsz: int, device: str, image: n
         synchronize()
         return out
 
-    return Runner(label, f"{type(backend).__name__} on {backend.device}", run)
+    return Runner(label, f"{type(backend).__name__} on {backend.device}", run, input_shape=tuple(tensor.shape))
+
+
+def model_runner(label: str, path: Path, *, imgsz: int, threads: int, device: str = "cpu",
+                 image: np.ndarray | None = None, precision_hint: str | None = None) -> Runner:
+    """The runner for a model file as ``export`` times it: a .pt checkpoint in PyTorch (AutoBackend), an .onnx
+    file in ONNX Runtime, an OpenVINO folder (or .xml) in OpenVINO (``precision_hint``: force e.g. "f32"), and
+    anything else (TensorRT .engine) through Ultralytics' AutoBackend on ``device``."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".xml":
+        return openvino_runner(label, path, imgsz, threads, image, precision_hint=precision_hint)
+    if path.suffix == ".onnx":
+        return onnxruntime_runner(label, path, imgsz, threads, image)
+    if path.suffix == ".pt":
+        return torch_runner(label, path, imgsz, threads, image)
+    return ultralytics_runner(label, path, imgsz, device, image)
 
 
 def _time_interleaved(runners: list[Runner], runs: int, warmup: int) -> dict[str, list[float]]:
@@ -173,12 +215,17 @@ def _time_interleaved(runners: list[Runner], runs: int, warmup: int) -> dict[str
 
 
 def measure(runners: list[Runner], *, runs: int, warmup: int, threads: int) -> dict[str, Latency]:
-    """Warm every runner up, then time ``runs`` inferences of each.
+    """Warm every runner up (``warmup`` untimed calls), then time ``runs`` inferences of each; by label.
 
     Runners of the same runtime are interleaved in blocks; different runtimes are timed one after the
     other, because their thread pools (PyTorch's OpenMP, OpenVINO's TBB) keep spinning after a call and
     would slow whichever runtime runs next.
     """
+    if runs < 1 or warmup < 0:
+        raise YoloDefectError(f"latency runs {runs}, warm-up {warmup}: time at least 1 run after >= 0 warm-up runs")
+    labels = [runner.label for runner in runners]
+    if len(set(labels)) != len(labels):
+        raise YoloDefectError(f"latency runners need distinct labels, got {labels}")
     groups: dict[str, list[Runner]] = {}
     for runner in runners:
         groups.setdefault(runner.runtime.split()[0], []).append(runner)
@@ -199,6 +246,7 @@ def measure(runners: list[Runner], *, runs: int, warmup: int, threads: int) -> d
             threads=threads,
             precision=runner.precision,
             settings=runner.settings,
+            input_shape=runner.input_shape,
         )
         logger.info("latency %s: median %.2f ms, p95 %.2f ms (%d runs)", runner.label,
                     result[runner.label].median_ms, result[runner.label].p95_ms, len(values))

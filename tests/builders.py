@@ -1,0 +1,58 @@
+"""The records tests build over and over, built one way: station events and detections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from yolodefect.detections import Detections
+from yolodefect.stream.events import Defect, Event, ModelIdentity, new_event
+
+TEST_MODEL = ModelIdentity("best.pt", "0" * 64, "fp16")
+DEFECT_BOX = (1, 2, 3, 4)
+
+
+def make_event_record(index: int = 1, decision: str = "reject", *, classes: Sequence[str] | None = None,
+                      **overrides: Any) -> Event:
+    """A valid station event for frame (and part) ``index``: one 'scratch' defect when rejected, none otherwise.
+
+    ``classes`` gives the defects' classes instead (one 0.9 box each); any other event field can be overridden.
+    """
+    if classes is None:
+        classes = ("scratch",) if decision == "reject" else ()
+    fields: dict[str, Any] = dict(
+        decision=decision, source="cam0", frame_index=index, captured_at=datetime.now(timezone.utc),
+        latency_ms=10.0, image_size_wh=(640, 480), model=TEST_MODEL,
+        defects=[Defect(name, 0.9, DEFECT_BOX) for name in classes], part_id=index,
+        message="camera lost" if decision == "error" else None,
+    )
+    fields.update(overrides)
+    return new_event(**fields)
+
+
+def make_event(index: int = 1, decision: str = "reject", *, classes: Sequence[str] | None = None,
+               **overrides: Any) -> dict[str, Any]:
+    """:func:`make_event_record` as the JSON-able dict the outbox and the sinks carry."""
+    return make_event_record(index, decision, classes=classes, **overrides).to_dict()
+
+
+def detections(boxes: Sequence[Sequence[float]] = (), conf: float | Sequence[float] = 0.9,
+               classes: int | str | Sequence[int | str] = 0, *, names: Sequence[str] | None = None,
+               track_ids: Sequence[int] | None = None) -> Detections:
+    """Detections of xyxy ``boxes``; ``conf`` and ``classes`` are one value for every box or one per box.
+
+    Classes may be given by name when ``names`` (the model's class names) is given. ``track_ids`` makes
+    them tracked detections (also when empty, as a tracker hands back a frame without boxes).
+    """
+    count = len(boxes)
+    if names is not None:
+        classes = [names.index(c) for c in classes] if not isinstance(classes, str) else names.index(classes)
+    return Detections(
+        xyxy=np.array(boxes, dtype=np.float32).reshape(count, 4),
+        confidence=np.broadcast_to(np.asarray(conf, dtype=np.float32), (count,)).copy(),
+        class_id=np.broadcast_to(np.asarray(classes, dtype=np.int64), (count,)).copy(),
+        tracker_id=None if track_ids is None else np.asarray(track_ids, dtype=np.int64),
+    )
