@@ -1,11 +1,13 @@
-"""The records tests build over and over, built one way: station events and detections."""
+"""The records tests build over and over, built one way: station events, detections and small videos."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from yolodefect.detections import Detections
@@ -56,3 +58,15 @@ def detections(boxes: Sequence[Sequence[float]] = (), conf: float | Sequence[flo
         class_id=np.broadcast_to(np.asarray(classes, dtype=np.int64), (count,)).copy(),
         tracker_id=None if track_ids is None else np.asarray(track_ids, dtype=np.int64),
     )
+
+
+def write_video(path: Path, frames: int, *, size_wh: tuple[int, int] = (64, 48), fps: float = 30.0,
+                draw: Callable[[int], np.ndarray] | None = None) -> Path:
+    """A real mp4 file of ``frames`` frames; ``draw(i)`` makes frame i (default: a grey level rising by 4 per frame)."""
+    width, height = size_wh
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert writer.isOpened(), f"OpenCV cannot write {path}"
+    for i in range(frames):
+        writer.write(draw(i) if draw is not None else np.full((height, width, 3), (4 * i) % 256, np.uint8))
+    writer.release()
+    return path

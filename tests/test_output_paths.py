@@ -24,6 +24,7 @@ from yolodefect.errors import UsageError
 from yolodefect.stream.events import Event
 from yolodefect.stream.options import DEFAULT_OUTBOX, WatchOptions, check_outputs_outside_source
 from yolodefect.stream.watch import watch
+from tests.builders import write_video
 
 NAMES = ["scratch"]
 
@@ -32,13 +33,6 @@ def one_defect(image: np.ndarray) -> Detections:
     """Every frame has a defect, so a run writes events, evidence and video from the first frame."""
     return Detections(np.array([[2.0, 2.0, 20.0, 20.0]]), np.array([0.9]), np.array([0]))
 
-
-def write_video(path: Path, frames: int = 4) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
-    for i in range(frames):
-        writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
-    writer.release()
-    return path
 
 
 def write_images(folder: Path, count: int = 2) -> Path:
@@ -66,24 +60,24 @@ Case = Callable[[Path], tuple[dict[str, Any], str, str]]
 
 
 def sink_is_the_video(tmp: Path) -> tuple[dict[str, Any], str, str]:
-    write_video(tmp / "v.mp4")
+    write_video(tmp / "v.mp4", 4)
     return dict(source="v.mp4", sinks=("v.mp4",)), "--sink v.mp4", "v.mp4"
 
 
 def sink_is_a_symlink_to_the_video(tmp: Path) -> tuple[dict[str, Any], str, str]:
-    write_video(tmp / "v.mp4")
+    write_video(tmp / "v.mp4", 4)
     (tmp / "events.jsonl").symlink_to(tmp / "v.mp4")
     return dict(source="v.mp4", sinks=("events.jsonl",)), "--sink events.jsonl", "v.mp4"
 
 
 def file_url_sink_is_the_video(tmp: Path) -> tuple[dict[str, Any], str, str]:
-    write_video(tmp / "v.mp4")
+    write_video(tmp / "v.mp4", 4)
     url = f"file://{tmp / 'v.mp4'}"
     return dict(source="v.mp4", sinks=(url,)), f"--sink {url}", "v.mp4"
 
 
 def save_is_the_video_behind_a_source_symlink(tmp: Path) -> tuple[dict[str, Any], str, str]:
-    write_video(tmp / "v.mp4")
+    write_video(tmp / "v.mp4", 4)
     (tmp / "camera.mp4").symlink_to(tmp / "v.mp4")
     return dict(source="camera.mp4", save="v.mp4"), "--save v.mp4", "camera.mp4"
 
@@ -164,7 +158,7 @@ def test_outputs_beside_the_source_run_and_write_there(tmp_path: Path, monkeypat
     """The check refuses only real overlaps: outputs next to a folder, a glob and a video all work."""
     monkeypatch.chdir(tmp_path)
     write_images(tmp_path / "parts")
-    write_video(tmp_path / "v.mp4")
+    write_video(tmp_path / "v.mp4", 4)
     # A glob's folder is not its source: only what the pattern matches is.
     glob_run = WatchOptions(source="parts/*.png", sinks=("parts/events.jsonl",), outbox="parts/outbox.sqlite",
                             evidence_dir="parts/evidence")
@@ -185,7 +179,7 @@ def test_live_and_stdin_sources_have_no_path_to_protect() -> None:
 
 
 def test_cli_refuses_a_sink_into_the_source_video_with_exit_2(tmp_path: Path) -> None:
-    video = write_video(tmp_path / "v.mp4")
+    video = write_video(tmp_path / "v.mp4", 4)
     before = tree_state(tmp_path)
     result = CliRunner().invoke(app, ["watch", "--source", str(video), "--sink", str(video),
                                       "--outbox", str(tmp_path / "outbox.sqlite")])

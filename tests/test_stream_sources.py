@@ -23,6 +23,7 @@ from yolodefect.stream.sources import (
     WatchedFolderSource,
     open_source,
 )
+from tests.builders import write_video
 
 SIZE_WH = (64, 48)
 
@@ -44,14 +45,6 @@ def read_number(image: np.ndarray) -> int:
     return sum(1 << bit for bit in range(6) if image[:, bit * 10 + 3:bit * 10 + 7].mean() > 127)
 
 
-def write_video(path: Path, frames: int) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, SIZE_WH)
-    assert writer.isOpened()
-    for i in range(frames):
-        writer.write(numbered_image(i))
-    writer.release()
-    return path
-
 
 def write_image(path: Path, level: int) -> Path:
     assert cv2.imwrite(str(path), level_image(level))
@@ -72,7 +65,7 @@ def collect(source, limit: int | None = None, timeout_s: float = 10.0) -> list[F
 
 
 def test_video_file_every_frame_in_order(tmp_path: Path) -> None:
-    source = open_source(str(write_video(tmp_path / "v.mp4", 40)))
+    source = open_source(str(write_video(tmp_path / "v.mp4", 40, draw=numbered_image)))
     assert isinstance(source, VideoFileSource) and not source.live and not source.per_part
     frames = collect(source)
     assert [f.index for f in frames] == list(range(40))
@@ -84,7 +77,7 @@ def test_video_file_every_frame_in_order(tmp_path: Path) -> None:
 
 def test_video_file_is_decoded_on_the_consumers_thread_and_drops_nothing(tmp_path: Path) -> None:
     # A read-ahead thread would take a core from the model's thread pool (see file_sources).
-    source = open_source(str(write_video(tmp_path / "v.mp4", 24)))
+    source = open_source(str(write_video(tmp_path / "v.mp4", 24, draw=numbered_image)))
     numbers, readers = [], set()
     for frame in source:
         readers |= {t.name for t in threading.enumerate() if t.name.startswith("read-")}
@@ -106,14 +99,14 @@ def test_stdin_slow_consumer_drops_nothing(tmp_path: Path) -> None:
 
 
 def test_video_file_loop(tmp_path: Path) -> None:
-    source = open_source(str(write_video(tmp_path / "v.mp4", 10)), SourceOptions(loop=True))
+    source = open_source(str(write_video(tmp_path / "v.mp4", 10, draw=numbered_image)), SourceOptions(loop=True))
     frames = collect(source, limit=25)
     assert [f.index for f in frames] == list(range(25))
     assert [read_number(f.image) for f in frames] == [i % 10 for i in range(25)]
 
 
 def test_fps_cap_paces_frames(tmp_path: Path) -> None:
-    source = open_source(str(write_video(tmp_path / "v.mp4", 10)), SourceOptions(fps_cap=50))
+    source = open_source(str(write_video(tmp_path / "v.mp4", 10, draw=numbered_image)), SourceOptions(fps_cap=50))
     start = time.monotonic()
     assert len(collect(source)) == 10
     assert time.monotonic() - start >= 0.15  # 9 gaps of 20 ms, with slack for timer resolution

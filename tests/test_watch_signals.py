@@ -20,16 +20,10 @@ import pytest
 from yolodefect.detections import Detections
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.watch import watch
+from tests.builders import write_video
 
 NAMES = ["scratch", "pit"]
 
-
-def write_video(path: Path, frames: int = 30) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
-    for i in range(frames):
-        writer.write(np.full((48, 64, 3), 4 * i, np.uint8))
-    writer.release()
-    return path
 
 
 def write_images(folder: Path, count: int) -> Path:
@@ -78,7 +72,7 @@ def test_signal_stops_cleanly_and_flushes_the_outbox(tmp_path: Path, signum: int
     script.write_text(STATION)
     events_path, outbox = tmp_path / "events.jsonl", tmp_path / "outbox.sqlite"
     process = subprocess.Popen(
-        [sys.executable, str(script), str(write_video(tmp_path / "loop.mp4")), str(events_path), str(outbox)],
+        [sys.executable, str(script), str(write_video(tmp_path / "loop.mp4", 30)), str(events_path), str(outbox)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
