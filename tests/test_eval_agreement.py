@@ -105,3 +105,28 @@ def test_ap_predictions_replace_the_operating_predictions_for_ap_only():
     metrics = evaluate_detections(truth, missed, ["scratch"], ap_predictions=found)
     assert metrics.map50 == pytest.approx(0.995)  # AP from the validator's predictions
     assert metrics.recall == 0.0 and metrics.decisions.escapes == 1  # the operating point from the station's
+
+
+def test_eval_never_lets_the_validator_rewrite_a_dataset_jpeg(demo_data, tmp_path):
+    # Ultralytics' dataset check re-saves, in place, any JPEG whose last two bytes are not the end marker, even a
+    # whole one with NUL padding; eval must leave the dataset as it found it and say why its mAP is the station's.
+    import shutil
+
+    from PIL import Image
+
+    from tests.conftest import DEMO_MODEL
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    png = sorted((data / "images" / "val").glob("*.png"))[0]
+    jpeg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpeg, quality=95)
+    png.unlink()
+    jpeg.write_bytes(jpeg.read_bytes() + b"\x00" * 256)
+    before = jpeg.read_bytes()
+
+    result = evaluate(DEMO_MODEL, data, imgsz=SHIPPED_TILE)
+
+    assert jpeg.read_bytes() == before
+    assert result.metrics.map50 is not None
+    assert any("would re-save them in place" in note and jpeg.name in note for note in result.notes), result.notes

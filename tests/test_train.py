@@ -122,6 +122,27 @@ def test_check_errors_stop_training(steel, tmp_path):
     plan_training(broken, TrainOptions(run_check=False))  # --no-check trains anyway
 
 
+@pytest.mark.parametrize("run_check", [True, False])
+def test_train_never_hands_ultralytics_a_jpeg_it_would_resave_in_place(steel, tmp_path, run_check):
+    # Ultralytics "restores" a JPEG whose last two bytes are not the end marker by re-saving it over the file.
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(steel, data, symlinks=False)
+    png = sorted((data / "images" / "train").glob("*.png"))[0]
+    jpeg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpeg, quality=95)
+    png.unlink()
+    jpeg.write_bytes(jpeg.read_bytes() + b"\x00" * 100)
+    before = jpeg.read_bytes()
+    with pytest.raises(YoloDefectError, match=rf"1 JPEG\(s\) such as {jpeg} have bytes after their end-of-image "
+                                              r"marker .* Ultralytics would re-save them in place"):
+        plan_training(data, TrainOptions(run_check=run_check))
+    assert jpeg.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_train_two_epochs_writes_best_model_metrics_and_eval(steel, tmp_path):
     options = TrainOptions(model="yolo11n.yaml", project=tmp_path / "runs", name="t", **{**TINY, "epochs": 2})

@@ -27,6 +27,7 @@ from yolodefect.evaluation.ultralytics_val import validator_predictions
 from yolodefect.inference.model_file import check_imgsz
 from yolodefect.inference.rules import DEFAULT_CONF, build_reject_rules
 from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml, write_thresholds_yaml
+from yolodefect.jpeg import files_ultralytics_would_resave
 from yolodefect.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,13 @@ def evaluate(
     logger.info("predicting %d %s images with %s", len(ground_truth), split, model)
     predictions = predictor([truth.image_path for truth in ground_truth])
     ap_predictions = None
-    if ultralytics_predictor is not None and validator_map:
+    rewritten = files_ultralytics_would_resave(truth.image_path for truth in ground_truth) if validator_map else []
+    if ultralytics_predictor is not None and validator_map and rewritten:
+        # Evaluating must never modify the dataset; mAP then comes from the station's predictions (same AP rule).
+        notes.append(f"mAP is scored on the station's predictions, not Ultralytics' validator's: {len(rewritten)} "
+                     f"JPEG(s) such as {rewritten[0]} do not end with the end-of-image marker, and the validator "
+                     "would re-save them in place (`yolodefect convert` writes clean copies)")
+    elif ultralytics_predictor is not None and validator_map:
         # mAP as `yolo val` and training logs report it: on the predictions of Ultralytics' own validator.
         ap_predictions = validator_predictions(ultralytics_predictor.runner.yolo, config, split,
                                                [truth.image_path for truth in ground_truth], imgsz=used_imgsz,

@@ -9,6 +9,10 @@ decodes a cut file into a half-grey picture, PIL's ``verify`` accepts it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
 JPEG_START = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
 
@@ -51,3 +55,24 @@ def jpeg_bytes_after_end(content: bytes) -> int:
         return 0
     end = _end_of_image(content)
     return 0 if end is None or end < 0 else len(content) - end
+
+
+def files_ultralytics_would_resave(images: Iterable[Path | str]) -> list[Path]:
+    """JPEGs whose last two bytes are not the end-of-image marker.
+
+    Ultralytics' dataset check (training and ``yolo val``) "restores" such a file by re-saving it in place,
+    even a whole image with NUL padding or a trailer: our commands must not hand it one of a user's files.
+    """
+    found = []
+    for image in images:
+        if Path(image).suffix.lower() not in (".jpg", ".jpeg"):
+            continue
+        try:
+            with open(image, "rb") as handle:
+                handle.seek(-len(JPEG_END), os.SEEK_END)
+                tail = handle.read()
+        except OSError:
+            continue  # unreadable: Ultralytics reports it, and skips it, without writing
+        if tail != JPEG_END:
+            found.append(Path(image))
+    return found

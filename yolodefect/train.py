@@ -20,12 +20,13 @@ import numpy as np
 from PIL import Image
 
 from yolodefect.data.check import CheckReport, check_dataset
-from yolodefect.data.yolo_dataset import load_data_config
+from yolodefect.data.yolo_dataset import DataConfig, load_data_config
 from yolodefect.errors import DatasetError, UsageError, YoloDefectError
 from yolodefect.inference.model_file import (CHECKPOINT, check_imgsz, check_model_file, fetch_ultralytics_weights,
                                              is_ultralytics_weights, load_yolo, model_stride, resolve_imgsz,
                                              weights_dir)
 from yolodefect.inference.names import names_list
+from yolodefect.jpeg import files_ultralytics_would_resave
 from yolodefect.option_checks import flag, fraction, optional_bool, whole_number
 
 if TYPE_CHECKING:
@@ -347,6 +348,17 @@ def check_overrides(overrides: dict) -> None:
             raise UsageError(f"--set {key}=...: Ultralytics has no training argument {key!r}{hint}")
 
 
+def _refuse_files_ultralytics_would_resave(config: DataConfig) -> None:
+    """Ultralytics re-saves, in place, every JPEG not ending with its end marker when it loads the dataset: never
+    hand it a user's file that it would modify (also with --no-check: this is not a quality check)."""
+    images = [image for split in ("train", "val") if split in config.split_dirs for image in config.images(split)]
+    found = files_ultralytics_would_resave(images)
+    if found:
+        raise DatasetError(f"{len(found)} JPEG(s) such as {found[0]} have bytes after their end-of-image marker "
+                           "(NUL padding or a trailer): Ultralytics would re-save them in place when it loads the "
+                           "dataset, modifying your files; `yolodefect convert` writes clean copies to train on")
+
+
 def plan_training(data: Path, options: TrainOptions = TrainOptions()) -> TrainPlan:
     """Check the dataset and decide every argument; nothing is trained yet."""
     data = Path(data)
@@ -354,6 +366,7 @@ def plan_training(data: Path, options: TrainOptions = TrainOptions()) -> TrainPl
     if config.yaml_path is None:
         raise DatasetError(f"{data} has no data.yaml: make one with `yolodefect convert`")
     check_model_option(options.model)  # the options' values were checked when they were built
+    _refuse_files_ultralytics_would_resave(config)
     report = check_dataset(data) if options.run_check else None
     if report is not None and report.has_errors:
         raise DatasetError(f"check found {len(report.errors)} error(s) in {data}, first: {report.errors[0]}. "

@@ -337,7 +337,8 @@ def _verify_image(image_path: Path, content: bytes) -> tuple[tuple[int, int] | N
             _warning(
                 image_path,
                 f"JPEG ends with {facts.jpeg_trailer_words} after its end-of-image marker: the image is "
-                "complete, but Ultralytics re-encodes it on first load (convert writes it without them)",
+                "complete, but Ultralytics re-saves it in place when it loads it, so `yolodefect train` refuses it "
+                "(`yolodefect convert` writes it without them)",
             )
         )
     if min(width, height) < MIN_IMAGE_SIDE:
