@@ -62,3 +62,12 @@ def test_synth_json_output_is_parseable_and_complete(tmp_path):
     assert report["images_written"] == 20
     assert set(report["splits"]) == {"train", "val", "test"}
     assert (tmp_path / "data" / "data.yaml").is_file()
+
+
+def test_an_error_with_brackets_is_printed_whole(demo_data):
+    # The red line is rich markup: a message's own "[x, y]" must not be taken for a style tag and vanish.
+    from tests.conftest import DEMO_MODEL
+
+    result = CliRunner().invoke(app, ["eval", str(DEMO_MODEL), str(demo_data), "--roi", "0,0 100,0 100"])
+    assert result.exit_code == 2
+    assert "the ROI must be a list of [x, y] points in frame pixels" in result.output

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from yolodefect.errors import UsageError, YoloDefectError
@@ -66,20 +67,20 @@ def user_errors(debug: bool) -> Iterator[None]:
     except UsageError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except YoloDefectError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt as error:  # Ctrl-C, or a Terminated (SIGTERM) that carries its own exit code
-        err_console.print(f"[yellow]{str(error) or 'interrupted'}[/yellow]")
+        err_console.print(f"[yellow]{escape(str(error)) or 'interrupted'}[/yellow]")
         raise typer.Exit(getattr(error, "exit_code", 130)) from None
     except Exception as error:  # a bug of ours or of a dependency: still no traceback unless asked
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] unexpected {type(error).__name__}: {error} "
+        err_console.print(f"[red]error:[/red] unexpected {type(error).__name__}: {escape(str(error))} "
                           "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
