@@ -27,12 +27,12 @@ runner = CliRunner()
 # -- each options dataclass checks itself -----------------------------------------------------------
 
 @pytest.mark.parametrize("options_class, given, message", [
-    (ConvertOptions, dict(overlap=1.5), r"--overlap must be a fraction in \[0, 1\), got 1.5"),
+    (ConvertOptions, dict(overlap=1.5), r"--overlap 1.5: the tile overlap is a fraction of a tile in \[0, 0.9\)"),
     (ConvertOptions, dict(split="0.5,0.6"), r"--split '0.5,0.6'"),
     (ConvertOptions, dict(format="pascal"), r"--format 'pascal': choose one of .*voc"),
     (ConvertOptions, dict(min_visibility=2), r"--min-visibility must be a fraction in \[0, 1\]"),
     (ConvertOptions, dict(background_tiles=-0.1), r"--background-tiles must be a fraction"),
-    (ConvertOptions, dict(tile=16), r"--tile 16: tiles must be at least 32 pixels"),
+    (ConvertOptions, dict(tile=16), r"--tile 16: tiles must be a whole number of at least 32 pixels"),
     (ConvertOptions, dict(transfer="move"), r"choose one of link, copy"),
     (ConvertOptions, dict(mask_threshold=300), r"--mask-threshold is a grey level in 0..255"),
     (ConvertOptions, dict(seed=-1), r"--seed must be a whole number >= 0"),
@@ -62,7 +62,7 @@ def test_a_bad_value_is_one_red_line_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(yolodefect.cli.app, ["convert", str(tmp_path / "missing-source"), str(out), "--overlap", "1.5"])
     assert result.exit_code == 2, result.output
-    assert "--overlap must be a fraction in [0, 1), got 1.5" in result.output
+    assert "--overlap 1.5: the tile overlap is a fraction of a tile in [0, 0.9)" in result.output
     assert "Traceback" not in result.output and not out.exists()
 
 

@@ -89,7 +89,8 @@ def test_unknown_key_without_near_match_lists_the_options(tmp_path: Path) -> Non
         ({"show": "yes please"}, "true or false"),
         ({"fps_cap": 0}, "> 0"),
         ({"sinks": [1, 2]}, "list of strings"),
-        ({"tile_overlap": 1.0}, r"\[0, 1\)"),
+        ({"tile_overlap": 1.0}, r"tile_overlap 1.0: the tile overlap is a fraction of a tile in \[0, 0.9\)"),
+        ({"tile": 16}, r"tile 16: tiles must be a whole number of at least 32 pixels"),
     ],
 )
 def test_bad_values_are_usage_errors(values: dict, message: str) -> None:

@@ -73,3 +73,17 @@ def test_tile_starts(extent: int, tile: int, overlap: float, expected: list[int]
 
 def test_tile_origins_run_row_by_row() -> None:
     assert tile_origins((600, 500), (416, 416), 0.2) == [(0, 0), (184, 0), (0, 84), (184, 84)]
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(16, 0.2), (416, 0.95), (416, -0.1)])
+def test_convert_and_watch_refuse_the_same_tile_grids(tile, overlap):
+    # One rule for the grid the model is trained on and the grid the station slices frames with.
+    from yolodefect.data.convert import ConvertOptions
+    from yolodefect.errors import UsageError
+    from yolodefect.stream.options import WatchOptions
+
+    with pytest.raises(UsageError) as convert_error:
+        ConvertOptions(tile=tile, overlap=overlap)
+    with pytest.raises(UsageError) as watch_error:
+        WatchOptions(source="frames", tile=tile, tile_overlap=overlap)
+    assert str(convert_error.value).split(":", 1)[1] == str(watch_error.value).split(":", 1)[1]

@@ -31,6 +31,7 @@ from yolodefect.data.writer import (
     write_item,
 )
 from yolodefect.errors import FormatError, UsageError
+from yolodefect.inference.tiles import check_tile_grid
 from yolodefect.option_checks import choice, fraction, optional_bool, whole_number
 from yolodefect.progress import ProgressCallback, no_progress
 
@@ -67,10 +68,7 @@ class ConvertOptions:
             if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
                 raise UsageError(f"--{name} must be a tuple of strings, got {value!r}")
         choice("--copy/--link", self.transfer, ("link", "copy"))
-        if self.tile is not None:
-            whole_number("--tile", self.tile, 1)
-            tile_windows(self.tile, self.tile, tile=self.tile, overlap=self.overlap)  # the tiler's own limits
-        fraction("--overlap", self.overlap, inclusive=False)
+        check_tile_grid(self.tile, self.overlap)  # the one rule watch --tile applies too
         fraction("--min-visibility", self.min_visibility)
         fraction("--background-tiles", self.background_tiles)
         whole_number("--min-area", self.mask_min_area, 0)

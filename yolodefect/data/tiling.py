@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from yolodefect.data.records import Box
-from yolodefect.errors import UsageError
-from yolodefect.inference.tiles import tile_origins
+from yolodefect.inference.tiles import check_tile_grid, tile_origins
 
 
 @dataclass(frozen=True)
@@ -20,12 +19,9 @@ class TileWindow:
 
 
 def tile_windows(width: int, height: int, *, tile: int, overlap: float) -> list[TileWindow]:
-    """Windows of ``tile`` pixels covering the image, overlapping by ``overlap`` (0..0.9) of a tile: the
+    """Windows of ``tile`` pixels covering the image, overlapping by ``overlap`` (a fraction of a tile): the
     grid of :func:`yolodefect.inference.tiles.tile_origins`, the one ``watch --tile`` runs on."""
-    if tile < 32:
-        raise UsageError(f"--tile {tile}: tiles must be at least 32 pixels")
-    if not 0 <= overlap < 0.9:
-        raise UsageError(f"--overlap {overlap}: use a fraction in [0, 0.9)")
+    check_tile_grid(tile, overlap)
     return [TileWindow(x, y, min(x + tile, width), min(y + tile, height))
             for x, y in tile_origins((width, height), (tile, tile), overlap)]
 

@@ -9,6 +9,22 @@ The last tile of a row or column ends flush with the image border instead of pad
 
 from __future__ import annotations
 
+from yolodefect.errors import UsageError
+
+MIN_TILE_PX = 32  # a YOLO stride; smaller tiles hold no context around a defect
+MAX_OVERLAP = 0.9  # at 0.9 a tile starts every tenth of a tile already: ~100 model calls per tile area
+
+
+def check_tile_grid(tile: int | None, overlap: float, *, tile_option: str = "--tile",
+                    overlap_option: str = "--overlap") -> None:
+    """UsageError unless ``tile`` (when set) is a whole number of at least MIN_TILE_PX pixels and ``overlap`` a
+    fraction in [0, MAX_OVERLAP): one rule for convert's training tiles and watch's inference tiles."""
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE_PX):
+        raise UsageError(f"{tile_option} {tile!r}: tiles must be a whole number of at least {MIN_TILE_PX} pixels")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < MAX_OVERLAP:
+        raise UsageError(f"{overlap_option} {overlap!r}: the tile overlap is a fraction of a tile in "
+                         f"[0, {MAX_OVERLAP:g})")
+
 
 def tile_step(tile: int, overlap: float) -> int:
     """Pixels between the starts of two neighbouring tiles (at least 1)."""

@@ -15,7 +15,7 @@ import numpy as np
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
 from yolodefect.inference.runner import ULTRALYTICS_IOU, PredictSettings, UltralyticsRunner
-from yolodefect.inference.tiles import tile_origins  # the grid convert --tile trains on
+from yolodefect.inference.tiles import check_tile_grid, tile_origins  # the grid convert --tile trains on
 from yolodefect.stream.events import ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -77,10 +77,8 @@ class TiledDetector:
 
     def __init__(self, detector: Detector, tile_wh: tuple[int, int] = (640, 640), *, overlap: float = 0.2,
                  match_threshold: float = 0.5):
-        if min(tile_wh) < 32:
-            raise UsageError(f"tile size must be at least 32 px, got {tile_wh}")
-        if not 0.0 <= overlap < 1.0:
-            raise UsageError(f"tile overlap is a fraction of the tile in [0, 1), got {overlap}")
+        for side in tile_wh:
+            check_tile_grid(int(side), overlap, tile_option="tile", overlap_option="tile_overlap")
         self.detector = detector
         self.tile_wh = (int(tile_wh[0]), int(tile_wh[1]))
         self.overlap = overlap

@@ -25,6 +25,7 @@ import yaml
 from yolodefect.errors import UsageError
 from yolodefect.inference.model_file import check_imgsz
 from yolodefect.inference.rules import DEFAULT_CONF, RejectRules, parse_roi
+from yolodefect.inference.tiles import check_tile_grid
 from yolodefect.stream.redact import redact_urls
 
 FailSafe = Literal["off", "reject"]
@@ -221,8 +222,7 @@ def _check(options: WatchOptions) -> None:
     # The reject rules check their own values, worded as eval words the same mistakes.
     RejectRules(reject_classes=options.reject_classes, conf_thresholds=options.class_conf, default_conf=options.conf,
                 min_box_area_px=options.min_area, roi_polygon=options.roi)
-    if not 0 <= options.tile_overlap < 1:
-        raise _fail("tile_overlap", "a fraction in [0, 1)", options.tile_overlap)
+    check_tile_grid(options.tile, options.tile_overlap, tile_option="tile", overlap_option="tile_overlap")
     if options.flush_timeout_s < 0 or (options.part_merge_px or 0) < 0:
         raise UsageError("flush_timeout_s and part_merge_px must be >= 0")
 
