@@ -70,3 +70,17 @@ def write_video(path: Path, frames: int, *, size_wh: tuple[int, int] = (64, 48),
         writer.write(draw(i) if draw is not None else np.full((height, width, 3), (4 * i) % 256, np.uint8))
     writer.release()
     return path
+
+
+def nul_padded_jpeg(png: Path, padding: int) -> Path:
+    """Replace the image ``png`` by a JPEG of it with ``padding`` NUL bytes after its end marker; returns the JPEG.
+
+    A whole image that Ultralytics' dataset check still "restores" by re-saving it in place.
+    """
+    from PIL import Image
+
+    jpeg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpeg, quality=95)
+    png.unlink()
+    jpeg.write_bytes(jpeg.read_bytes() + b"\x00" * padding)
+    return jpeg

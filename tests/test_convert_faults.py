@@ -315,7 +315,7 @@ def test_a_reused_pid_does_not_keep_a_stale_folder_forever(tmp_path, caplog):
     stale.mkdir()
     me = StagingOwner.current()
     if me.process_start is None:
-        pytest.skip("process start times need Linux /proc")
+        pytest.skip("psutil cannot read this process's start time here")
     # This test's own pid, but started at another time: the process that wrote the marker is gone.
     (stale / MARKER_NAME).write_text(json.dumps({**me.__dict__, "process_start": me.process_start - 1}))
     with caplog.at_level(logging.INFO, logger="yolodefect.data.staging"):

@@ -112,17 +112,12 @@ def test_eval_never_lets_the_validator_rewrite_a_dataset_jpeg(demo_data, tmp_pat
     # whole one with NUL padding; eval must leave the dataset as it found it and say why its mAP is the station's.
     import shutil
 
-    from PIL import Image
-
+    from tests.builders import nul_padded_jpeg
     from tests.conftest import DEMO_MODEL
 
     data = tmp_path / "data"
     shutil.copytree(demo_data, data)
-    png = sorted((data / "images" / "val").glob("*.png"))[0]
-    jpeg = png.with_suffix(".jpg")
-    Image.open(png).convert("RGB").save(jpeg, quality=95)
-    png.unlink()
-    jpeg.write_bytes(jpeg.read_bytes() + b"\x00" * 256)
+    jpeg = nul_padded_jpeg(sorted((data / "images" / "val").glob("*.png"))[0], 256)
     before = jpeg.read_bytes()
 
     result = evaluate(DEMO_MODEL, data, imgsz=SHIPPED_TILE)

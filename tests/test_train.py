@@ -127,15 +127,11 @@ def test_train_never_hands_ultralytics_a_jpeg_it_would_resave_in_place(steel, tm
     # Ultralytics "restores" a JPEG whose last two bytes are not the end marker by re-saving it over the file.
     import shutil
 
-    from PIL import Image
+    from tests.builders import nul_padded_jpeg
 
     data = tmp_path / "data"
     shutil.copytree(steel, data, symlinks=False)
-    png = sorted((data / "images" / "train").glob("*.png"))[0]
-    jpeg = png.with_suffix(".jpg")
-    Image.open(png).convert("RGB").save(jpeg, quality=95)
-    png.unlink()
-    jpeg.write_bytes(jpeg.read_bytes() + b"\x00" * 100)
+    jpeg = nul_padded_jpeg(sorted((data / "images" / "train").glob("*.png"))[0], 100)
     before = jpeg.read_bytes()
     with pytest.raises(YoloDefectError, match=rf"1 JPEG\(s\) such as {jpeg} have bytes after their end-of-image "
                                               r"marker .* Ultralytics would re-save them in place"):

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil  # an Ultralytics dependency: process start times on every platform
+
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".yolodefect-staging.json"
@@ -46,7 +48,7 @@ class StagingOwner:
     pid: int
     host: str
     started_at: str  # ISO time, for people reading the marker
-    process_start: int | None  # the kernel's start time of pid (Linux), so a reused pid is told apart
+    process_start: float | None  # when pid started (psutil's create_time), so a reused pid is told apart
 
     @classmethod
     def current(cls) -> StagingOwner:
@@ -57,29 +59,17 @@ class StagingOwner:
         """Whether this process may still be running (True when it cannot be told: never remove then)."""
         if self.host != socket.gethostname():
             return True  # another machine's pid means nothing here
-        if os.name != "posix":
-            return True  # os.kill(pid, 0) would end the process on Windows, not probe it
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, owned by someone else
         now_start = _process_start(self.pid)
-        return self.process_start is None or now_start is None or now_start == self.process_start
+        if now_start is None:
+            return psutil.pid_exists(self.pid)  # gone, or (rarely) its start time cannot be read
+        return self.process_start is None or now_start == self.process_start
 
 
-def _process_start(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``); None elsewhere."""
+def _process_start(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch, as psutil reads it per platform); None if it is not running."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
-    fields = stat[stat.rfind(")") + 2:].split()
-    try:
-        return int(fields[19])  # field 22 of proc(5), the 20th after the name
-    except (IndexError, ValueError):
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
@@ -92,7 +82,7 @@ def read_marker(folder: Path) -> StagingOwner | None:
     try:
         data = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
         return StagingOwner(int(data["pid"]), str(data["host"]), str(data.get("started_at", "")),
-                            None if data.get("process_start") is None else int(data["process_start"]))
+                            None if data.get("process_start") is None else float(data["process_start"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 

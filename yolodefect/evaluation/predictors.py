@@ -11,7 +11,8 @@ from pathlib import Path
 
 from yolodefect.detections import Detections
 from yolodefect.inference.names import names_list
-from yolodefect.inference.runner import ULTRALYTICS_MAX_DET, PredictSettings, UltralyticsRunner
+from yolodefect.inference.runner import (ULTRALYTICS_IOU, ULTRALYTICS_MAX_DET, VALIDATION_CONF, PredictSettings,
+                                         UltralyticsRunner)
 from yolodefect.progress import ProgressCallback
 
 Predictor = Callable[[list[Path]], list[Detections]]
@@ -33,8 +34,8 @@ class UltralyticsPredictor:
         imgsz: int | tuple[int, int] | None = None,
         device: str = "cpu",
         batch: int = 8,
-        conf: float = 0.001,
-        iou: float = 0.7,
+        conf: float = VALIDATION_CONF,
+        iou: float = ULTRALYTICS_IOU,
         half: bool = False,
         max_det: int = ULTRALYTICS_MAX_DET,
         progress: ProgressCallback | None = None,
@@ -57,8 +58,8 @@ def predict_with_ultralytics(
     imgsz: int | tuple[int, int] | None = None,
     device: str = "cpu",
     batch: int = 8,
-    conf: float = 0.001,
-    iou: float = 0.7,
+    conf: float = VALIDATION_CONF,
+    iou: float = ULTRALYTICS_IOU,
     half: bool = False,
     progress: ProgressCallback | None = None,
 ) -> list[Detections]:

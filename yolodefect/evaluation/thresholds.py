@@ -28,12 +28,13 @@ from yolodefect.evaluation.decisions import (
 )
 from yolodefect.evaluation.ground_truth import GroundTruth
 from yolodefect.inference.rules import RejectRules, build_reject_rules
+from yolodefect.inference.runner import VALIDATION_CONF
 from yolodefect.inference.thresholds_file import Thresholds
 
 logger = logging.getLogger(__name__)
 
-# Lowest threshold offered when the model detected nothing at all; matches the predictor's floor.
-MIN_CONF = 0.001
+# Lowest threshold offered when the model detected nothing at all: the predictor's floor.
+MIN_CONF = VALIDATION_CONF
 # Recall is a ratio of counts; a tolerance keeps 99/100 >= 0.99 true despite float rounding.
 RECALL_TOLERANCE = 1e-9
 

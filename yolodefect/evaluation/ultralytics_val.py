@@ -22,12 +22,10 @@ import yaml
 from yolodefect.data.yolo_dataset import DataConfig
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
+from yolodefect.inference.runner import ULTRALYTICS_IOU, ULTRALYTICS_MAX_DET, VALIDATION_CONF
 
 logger = logging.getLogger(__name__)
 
-VAL_CONF = 0.001  # Ultralytics' validator defaults
-VAL_IOU = 0.7
-VAL_MAX_DET = 300
 
 
 def _capturing_validator(captured: dict[str, Detections]) -> type:
@@ -79,8 +77,9 @@ def validator_predictions(
             data.write_text(yaml.safe_dump({"path": str(config.root), "train": split_dir, "val": split_dir,
                                             split: split_dir, "names": dict(enumerate(config.class_names))}),
                             encoding="utf-8")
-            yolo.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=VAL_CONF,
-                     iou=VAL_IOU, max_det=VAL_MAX_DET, rect=rect, plots=False, save_json=False, save_txt=False, verbose=False,
+            yolo.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, conf=VALIDATION_CONF,
+                     iou=ULTRALYTICS_IOU, max_det=ULTRALYTICS_MAX_DET, rect=rect, plots=False, save_json=False,
+                     save_txt=False, verbose=False,
                      project=folder, name="val", exist_ok=True, validator=_capturing_validator(captured))
     finally:
         LOGGER.setLevel(level)

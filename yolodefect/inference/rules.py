@@ -174,26 +174,31 @@ class RejectRules:
             keep &= centres_in_polygon(detections.xyxy, self.roi_polygon)
         return keep
 
+    def _class_rules(self, detections: Detections, class_names: ClassNames) -> tuple[np.ndarray, np.ndarray]:
+        """Per detection: its class's threshold (float32) and whether its class rejects; looked up once per class."""
+        names = names_dict(class_names)
+        ids, inverse = np.unique(detections.class_id, return_inverse=True)
+        labels = [class_name(names, c) for c in ids.tolist()]
+        inverse = inverse.reshape(-1)
+        thresholds = np.array([self.threshold(label) for label in labels], dtype=np.float32)[inverse]
+        rejecting = np.array([self.rejects_class(label) for label in labels], dtype=bool)[inverse]
+        return thresholds, rejecting
+
     def confident_mask(self, detections: Detections, class_names: ClassNames) -> np.ndarray:
         """(N,) eligible boxes reaching their class's threshold, whatever the class (eval's P/R/F1 count these)."""
         if len(detections) == 0:
             return np.zeros(0, dtype=bool)
-        names = names_dict(class_names)
-        ids, inverse = np.unique(detections.class_id, return_inverse=True)
-        per_id = np.array([self.threshold(class_name(names, c)) for c in ids.tolist()], dtype=np.float32)
+        thresholds, _ = self._class_rules(detections, class_names)
         # float32 on both sides: the decision at a boundary is the same wherever it is computed.
-        keep = detections.confidence.astype(np.float32) >= per_id[inverse.reshape(-1)]
-        return keep & self.eligible_mask(detections)
+        return (detections.confidence.astype(np.float32) >= thresholds) & self.eligible_mask(detections)
 
     def mask(self, detections: Detections, class_names: ClassNames) -> np.ndarray:
         """(N,) True for the detections that count as defects."""
-        keep = self.confident_mask(detections, class_names)
-        if self.reject_classes is not None and len(detections):
-            names = names_dict(class_names)
-            ids, inverse = np.unique(detections.class_id, return_inverse=True)
-            rejecting = np.array([self.rejects_class(class_name(names, c)) for c in ids.tolist()], dtype=bool)
-            keep &= rejecting[inverse.reshape(-1)]
-        return keep
+        if len(detections) == 0:
+            return np.zeros(0, dtype=bool)
+        thresholds, rejecting = self._class_rules(detections, class_names)
+        confident = detections.confidence.astype(np.float32) >= thresholds
+        return confident & rejecting & self.eligible_mask(detections)
 
     def apply(self, detections: Detections, class_names: ClassNames) -> Detections:
         """The detections that count as defects (a new Detections; tracker ids kept)."""

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 ULTRALYTICS_MAX_DET = 300  # Ultralytics' default max_det
 ULTRALYTICS_IOU = 0.7  # Ultralytics' default NMS IoU
-
+VALIDATION_CONF = 0.001  # Ultralytics' validator's confidence floor: AP needs the whole ranking
 
 
 @dataclass(frozen=True)

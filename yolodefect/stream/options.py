@@ -360,7 +360,10 @@ def _glob_parts(pattern: str) -> tuple[str, ...]:
 
 
 def _glob_reaches(pattern: tuple[str, ...], parts: tuple[str, ...], *, below: bool) -> bool:
-    """Whether the recursive glob matches the path ``parts`` or, with ``below``, could match a path under it."""
+    """Whether the recursive glob matches the path ``parts`` or, with ``below``, could match a path under it.
+
+    By hand because the outputs need not exist yet (``glob.glob`` only finds files that do) and Python 3.11 has no
+    recursive pattern matcher for paths (``glob.translate`` and ``**`` in ``PurePath.match`` came in 3.13)."""
     if not parts:
         return bool(pattern) if below else all(part == "**" for part in pattern)
     if not pattern:
