@@ -254,11 +254,13 @@ def test_watch_with_a_model_path(tiny_model: Path, tmp_path: Path) -> None:
 def test_watch_tracks_with_a_model_path_on_video(tiny_model: Path, tmp_path: Path) -> None:
     from yolodefect.data.conveyor import write_conveyor_video
 
+    # 4 frames of empty belt to learn, then the model on every frame while a part enters.
     video = write_conveyor_video(tmp_path / "line.mp4", parts=2, defective={0}, frame_size=(160, 96),
-                                 part_size=(64, 48), gap_px=16, speed_px_per_frame=16).path
-    options = WatchOptions(source=str(video), model=tiny_model, imgsz=64, conf=0.0, max_frames=6, min_frames=2,
-                           sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
+                                 part_size=(64, 48), gap_px=16, speed_px_per_frame=16, lead_in_frames=5).path
+    options = WatchOptions(source=str(video), model=tiny_model, imgsz=64, conf=0.0, max_frames=10, min_frames=2,
+                           belt_frames=4, sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
                            save=tmp_path / "annotated.mp4")
     summary = watch(options)
-    assert summary.stats.mode == "track" and summary.stats.frames == 6 and summary.flushed
+    assert summary.stats.mode == "track" and summary.stats.frames == 10 and summary.flushed
+    assert summary.stats.belt_frames == 4
     assert (tmp_path / "annotated.mp4").stat().st_size > 0

@@ -1,8 +1,9 @@
 """The station end to end on a synthetic conveyor video, with a fake detector that sees the ground truth.
 
 The fake stands in for a perfect model so that what is tested is the pipeline: reading every frame,
-tracking (Ultralytics' ByteTrack), debouncing, one reject per defective part, evidence, the durable
-outbox and the JSONL sink. Running a real model on the video is a separate, slower test.
+learning the empty belt from the first frames, finding and tracking the parts, one decision per part,
+evidence, the durable outbox and the JSONL sink. Running a real model on the video is a separate,
+slower test; the part finder's hard cases (small gaps, texture, flicker) are in test_stream_line.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from yolodefect.data.synth import render_part
-from yolodefect.detections import Detections
+from yolodefect.detections import Detections, box_iou
 from yolodefect.data.conveyor import ConveyorTruth, write_conveyor_video
 from yolodefect.stream.events import Event, load_schema
 from yolodefect.stream.options import WatchOptions
@@ -32,21 +33,26 @@ except ImportError:  # a dev dependency; Event.from_dict still checks every fiel
     jsonschema = None
 
 DEFECTIVE = {1, 4, 6}
+BELT_FRAMES = WatchOptions().belt_frames  # the station learns the belt from these first frames of the video
 
 
 class GroundTruthDetector:
-    """Returns the boxes of the defects visible on each frame (frames arrive in order: files drop nothing)."""
+    """Returns the boxes of the defects visible on each frame.
 
-    def __init__(self, truth: ConveyorTruth, confidence: float = 0.9):
+    Frames arrive in order (files drop nothing), and the station passes none of the ``first_frame`` frames it
+    learns the empty belt from to the detector, so the n-th call is frame ``first_frame + n``.
+    """
+
+    def __init__(self, truth: ConveyorTruth, confidence: float = 0.9, first_frame: int = BELT_FRAMES):
         self.truth = truth
         self.confidence = confidence
         self.class_names = list(truth.class_names)
-        self.calls = 0
+        self.frame_index = first_frame
 
     def __call__(self, image: np.ndarray) -> Detections:
         assert image.shape == (self.truth.frame_size[1], self.truth.frame_size[0], 3)
-        visible = self.truth.visible_defects(self.calls)
-        self.calls += 1
+        visible = self.truth.visible_defects(self.frame_index)
+        self.frame_index += 1
         if not visible:
             return Detections.empty()
         return Detections(
@@ -59,23 +65,28 @@ class GroundTruthDetector:
 @pytest.fixture(scope="module")
 def conveyor(tmp_path_factory: pytest.TempPathFactory) -> ConveyorTruth:
     folder = tmp_path_factory.mktemp("conveyor")
-    # seed 3 puts two defects on parts 1 and 6: they must still give one event each.
-    return write_conveyor_video(folder / "line.mp4", parts=8, defective=DEFECTIVE, seed=3)
+    # seed 3 puts two defects on parts 1 and 6: they must still give one event each. The lead-in of empty
+    # belt is longer than the station's belt learning, so no part is in view while it learns.
+    return write_conveyor_video(folder / "line.mp4", parts=8, defective=DEFECTIVE, seed=3,
+                                lead_in_frames=BELT_FRAMES + 5)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def part_at(truth: ConveyorTruth, event: dict[str, Any]) -> int:
-    """Which part the event's first defect lies on, from the known part positions."""
-    x1, _, x2, _ = event["defects"][0]["bbox_xyxy"]
-    centre = (x1 + x2) / 2
-    for part in truth.parts:
-        left = truth.part_left(part.index, event["frame_index"])
-        if left <= centre <= left + truth.part_size[0]:
-            return part.index
-    raise AssertionError(f"event at x={centre} on frame {event['frame_index']} is on no part")
+def part_of(truth: ConveyorTruth, event: dict[str, Any]) -> int:
+    """Which part the event's part box is, from the known part positions on the event's frame (IoU >= 0.9)."""
+    frame = event["frame_index"]
+    in_view = truth.parts_in_view(frame)
+    boxes = np.array([truth.part_box(index, frame) for index in in_view], dtype=np.float32).reshape(-1, 4)
+    iou = box_iou(np.array([event["part_bbox_xyxy"]], dtype=np.float32), boxes)[0]
+    assert len(iou) and iou.max() >= 0.9, f"part box {event['part_bbox_xyxy']} on frame {frame} is no part: {boxes}"
+    return in_view[int(iou.argmax())]
+
+
+def inside(box: list[float], outer: list[float]) -> bool:
+    return outer[0] <= box[0] and outer[1] <= box[1] and box[2] <= outer[2] and box[3] <= outer[3]
 
 
 def outbox_rows(path: Path) -> int:
@@ -99,6 +110,7 @@ def test_conveyor_video_reads_back(conveyor: ConveyorTruth) -> None:
     assert count == conveyor.frames
     assert conveyor.defective_parts == DEFECTIVE
     assert sorted(len(p.defects) for p in conveyor.parts if p.defective) == [1, 2, 2]
+    assert conveyor.parts_in_view(BELT_FRAMES + 4) == []  # the belt is empty while the station learns it
     for part in conveyor.parts:  # every defect is fully in view at some frame
         for box in part.defects:
             assert any(part.index == v.part_index and v.class_name == box.class_name
@@ -107,19 +119,22 @@ def test_conveyor_video_reads_back(conveyor: ConveyorTruth) -> None:
 
 def test_each_defective_part_rejected_exactly_once(conveyor: ConveyorTruth, tmp_path: Path) -> None:
     seen: list[WatchStats] = []
-    options = options_for(tmp_path, conveyor.path, part_merge_px=150, min_frames=3, stats_interval_s=0.05)
+    options = options_for(tmp_path, conveyor.path, min_frames=3, stats_interval_s=0.05)
     summary = watch(options, detector=GroundTruthDetector(conveyor), on_stats=seen.append)
 
     events = read_events(tmp_path / "events.jsonl")
     assert [e["decision"] for e in events] == ["reject"] * 3
-    assert sorted(part_at(conveyor, e) for e in events) == sorted(DEFECTIVE)
+    assert [part_of(conveyor, e) for e in events] == sorted(DEFECTIVE)
+    # Part ids count the parts in the order they were decided, good ones included: part i is id i + 1.
+    assert [e["part_id"] for e in events] == [index + 1 for index in sorted(DEFECTIVE)]
     assert len({e["event_id"] for e in events}) == 3
-    assert len({e["part_id"] for e in events}) == 3
 
     stats = summary.stats
     assert summary.stopped_by == "end" and summary.flushed and summary.undelivered == {}
-    assert (stats.frames, stats.rejects, stats.passes, stats.errors, stats.events) == (conveyor.frames, 3, 0, 0, 3)
+    assert (stats.frames, stats.belt_frames, stats.rejects, stats.passes, stats.errors, stats.events, stats.parts) == (
+        conveyor.frames, BELT_FRAMES, 3, len(conveyor.parts) - 3, 0, 3, len(conveyor.parts))
     assert stats.dropped_frames == 0 and stats.mode == "track"
+    assert stats.off_part_detections == 0 and stats.open_parts == 0
     assert outbox_rows(tmp_path / "outbox.sqlite") == 0  # everything delivered, nothing left behind
     assert seen and seen[-1].running is False and seen[-1].rejects == 3
 
@@ -130,11 +145,14 @@ def test_each_defective_part_rejected_exactly_once(conveyor: ConveyorTruth, tmp_
         Event.from_dict(event)
         if validator is not None:
             validator.validate(event)
+        part = conveyor.parts[part_of(conveyor, event)]
         assert event["source"] == str(conveyor.path)
         assert event["image_size"] == list(conveyor.frame_size)
         assert event["latency_ms"] >= 0
         assert event["model"]["precision"] == "unknown"  # a fake detector has no weights
-        assert {d["class"] for d in event["defects"]} <= set(conveyor.class_names)
+        # Every defect of the part, each on the part's box, and nothing else.
+        assert sorted(d["class"] for d in event["defects"]) == sorted(box.class_name for box in part.defects)
+        assert all(inside(d["bbox_xyxy"], event["part_bbox_xyxy"]) for d in event["defects"])
         assert set(event["snapshot_paths"]) == {"raw", "annotated"}
         for kind, path in event["snapshot_paths"].items():
             assert Path(path).name == f"{event['event_id']}_{kind}.jpg"
@@ -143,12 +161,15 @@ def test_each_defective_part_rejected_exactly_once(conveyor: ConveyorTruth, tmp_
             assert image is not None and image.shape == (conveyor.frame_size[1], conveyor.frame_size[0], 3)
 
 
-def test_without_part_merging_each_defect_track_rejects_once(conveyor: ConveyorTruth, tmp_path: Path) -> None:
-    summary = watch(options_for(tmp_path, conveyor.path, evidence_dir=None), detector=GroundTruthDetector(conveyor))
+def test_with_pass_events_every_part_gets_exactly_one_event(conveyor: ConveyorTruth, tmp_path: Path) -> None:
+    summary = watch(options_for(tmp_path, conveyor.path, evidence_dir=None, emit_pass=True),
+                    detector=GroundTruthDetector(conveyor))
     events = read_events(tmp_path / "events.jsonl")
-    defects = sum(len(p.defects) for p in conveyor.parts)
-    assert summary.stats.rejects == len(events) == defects
-    assert sorted({part_at(conveyor, e) for e in events}) == sorted(DEFECTIVE)
+    assert [part_of(conveyor, e) for e in events] == [part.index for part in conveyor.parts]
+    assert [e["part_id"] for e in events] == [part.index + 1 for part in conveyor.parts]
+    assert [e["decision"] for e in events] == ["reject" if p.defective else "pass" for p in conveyor.parts]
+    assert all(e["defects"] == [] for e in events if e["decision"] == "pass")
+    assert summary.stats.events == summary.stats.parts == len(conveyor.parts) and summary.stats.errors == 0
     assert all(e["snapshot_paths"] == {} for e in events)
 
 
@@ -156,11 +177,12 @@ def test_annotated_video_and_max_frames(conveyor: ConveyorTruth, tmp_path: Path)
     options = options_for(tmp_path, conveyor.path, save=tmp_path / "annotated.mp4", max_frames=60, evidence_dir=None)
     summary = watch(options, detector=GroundTruthDetector(conveyor))
     assert summary.stopped_by == "max_frames" and summary.stats.frames == 60
+    assert summary.stats.belt_frames == BELT_FRAMES
     capture = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
     count = 0
     while capture.read()[0]:
         count += 1
-    assert count == 60
+    assert count == 60  # every frame of the source, the belt-learning ones included (frame for frame with it)
 
 
 def write_parts(folder: Path, defective: set[int], count: int) -> dict[bytes, list]:
@@ -218,42 +240,67 @@ def test_late_decisions_become_error_events(tmp_path: Path) -> None:
 
 def test_down_sink_does_not_block_detection(conveyor: ConveyorTruth, tmp_path: Path) -> None:
     # Port 9 (discard) refuses connections: the webhook fails every attempt.
-    options = options_for(tmp_path, conveyor.path, part_merge_px=150, evidence_dir=None, flush_timeout_s=0.5,
+    options = options_for(tmp_path, conveyor.path, evidence_dir=None, flush_timeout_s=0.5,
                           sinks=(str(tmp_path / "events.jsonl"), "http://127.0.0.1:9/hook"))
     start = time.monotonic()
     summary = watch(options, detector=GroundTruthDetector(conveyor))
     assert time.monotonic() - start < 20
-    assert len(read_events(tmp_path / "events.jsonl")) == 3  # the healthy sink got everything
+    events = read_events(tmp_path / "events.jsonl")  # the healthy sink got everything
+    assert [part_of(conveyor, e) for e in events] == sorted(DEFECTIVE)
     assert not summary.flushed
     assert summary.undelivered == {"webhook:http://127.0.0.1:9/hook": 3}  # kept for the next run
     assert outbox_rows(tmp_path / "outbox.sqlite") == 3
 
 
 class LockstepCamera:
-    """A live camera twice as fast as the station, deterministically: each detector call lets it grab
-    exactly two more frames, so the station sees every other frame (the one in between is dropped).
+    """A live camera twice as fast as the station, deterministically.
 
-    One white 8 px defect crosses the 320 px view at 16 px per camera frame, then a gap, then another.
+    While the station learns the belt (no detector calls) it runs free and shows the empty belt. From the
+    first detector call on (``locked``), each call lets it grab exactly two more frames, so the station sees
+    every other frame (the one in between is dropped). Counted in those lockstep frames, two grey parts, each
+    with one white 8 px defect at its centre, cross the 320 px view at 12 px per frame, with a gap between them.
     """
 
-    SPEED_PX = 16
-    PASSES = ((0, 20), (30, 50))  # camera frames during which a defect is in view
+    SIZE_WH = (320, 64)
+    SPEED_PX = 12
+    PART_WH = (80, 40)
+    STARTS = (0, 44)  # lockstep frame at which each part's right edge is at the entry edge
 
     def __init__(self) -> None:
-        self.grabbed = 0
-        self.permits = threading.Semaphore(1)
+        self.locked = False
+        self.reads = 0  # frames delivered (the source's frame index of the next one)
+        self.lockstep_reads = 0
+        self.first_locked: int | None = None  # frame index of lockstep frame 0
+        self.permits = threading.Semaphore(0)
+
+    @classmethod
+    def in_view(cls, part: int) -> range:
+        """The lockstep frames showing some of ``part``."""
+        start = cls.STARTS[part]
+        return range(start + 1, start + (cls.SIZE_WH[0] + cls.PART_WH[0]) // cls.SPEED_PX + 1)
 
     def isOpened(self) -> bool:
         return True
 
     def read(self) -> tuple[bool, np.ndarray]:
-        self.permits.acquire(timeout=1.0)  # a timeout so the reader can leave at shutdown
-        image = np.zeros((64, 320, 3), np.uint8)
-        for start, end in self.PASSES:
-            if start <= self.grabbed < end:
-                x = self.SPEED_PX * (self.grabbed - start)
-                image[28:36, x:x + 8] = 255
-        self.grabbed += 1
+        width, height = self.SIZE_WH
+        image = np.full((height, width, 3), 40, np.uint8)
+        if not self.locked:
+            time.sleep(0.002)
+        else:
+            self.permits.acquire(timeout=1.0)  # a timeout so the reader can leave at shutdown
+            if self.first_locked is None:
+                self.first_locked = self.reads
+            step = self.lockstep_reads
+            self.lockstep_reads += 1
+            part_w, part_h = self.PART_WH
+            top = (height - part_h) // 2
+            for start in self.STARTS:
+                right = self.SPEED_PX * (step - start)
+                image[top:top + part_h, max(0, right - part_w):max(0, min(width, right))] = 140
+                centre = right - part_w // 2
+                image[28:36, max(0, centre - 4):max(0, min(width, centre + 4))] = 255
+        self.reads += 1
         return True, image
 
     def release(self) -> None:
@@ -263,29 +310,33 @@ class LockstepCamera:
         return 0.0
 
 
-def test_camera_faster_than_the_station_still_rejects_each_defect_once(tmp_path: Path) -> None:
-    """Dropped frames double how far a defect moves between two tracker updates (32 px for an 8 px box)."""
+def test_camera_faster_than_the_station_still_rejects_each_part_once(tmp_path: Path) -> None:
+    """Dropped frames double how far a part moves between two updates of the part tracker (24 px for an 80 px part)."""
     camera = LockstepCamera()
 
     def white_square(image: np.ndarray) -> Detections:
-        wanted = camera.grabbed + 2
+        camera.locked = True
+        wanted = camera.lockstep_reads + 2
         camera.permits.release(2)
         deadline = time.monotonic() + 2.0
-        while camera.grabbed < wanted and time.monotonic() < deadline:
+        while camera.lockstep_reads < wanted and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(0.02)  # the reader puts the frame it grabbed last into the latest-frame slot
-        ys, xs = np.nonzero(image[:, :, 0] > 127)
+        ys, xs = np.nonzero(image[:, :, 0] > 200)
         if len(xs) == 0:
             return Detections.empty()
         return Detections(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float32),
                           np.array([0.9]), np.array([0]))
 
+    # After the belt: about 45 station frames = 90 lockstep frames, both parts through and gone.
     options = WatchOptions(source="0", sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
-                           max_frames=30, min_frames=3)
+                           max_frames=BELT_FRAMES + 45, min_frames=3)
     summary = watch(options, detector=white_square, class_names=["scratch"], capture_factory=lambda target: camera)
-    assert summary.stats.frames == 30 and summary.stats.dropped_frames >= 25
+    assert summary.stats.frames == BELT_FRAMES + 45 and summary.stats.dropped_frames >= 40
     events_file = tmp_path / "events.jsonl"
-    events = read_events(events_file) if events_file.exists() else []  # no file: both defects escaped
-    assert [e["decision"] for e in events] == ["reject", "reject"]
-    first_pass_end = LockstepCamera.PASSES[0][1]
-    assert events[0]["frame_index"] < first_pass_end <= LockstepCamera.PASSES[1][0] <= events[1]["frame_index"]
+    events = read_events(events_file) if events_file.exists() else []  # no file: both parts escaped
+    assert [(e["decision"], e["part_id"]) for e in events] == [("reject", 1), ("reject", 2)]
+    assert camera.first_locked is not None
+    for part, event in enumerate(events):
+        assert event["frame_index"] - camera.first_locked in LockstepCamera.in_view(part)
+        assert len(event["defects"]) == 1 and inside(event["defects"][0]["bbox_xyxy"], event["part_bbox_xyxy"])

@@ -20,6 +20,7 @@ import pytest
 from yolodefect.detections import Detections
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.watch import watch
+from yolodefect.data.conveyor import write_conveyor_video
 from tests.builders import write_video
 
 NAMES = ["scratch", "pit"]
@@ -130,14 +131,35 @@ def test_failing_model_gives_error_events_and_the_run_goes_on(tmp_path: Path) ->
 
 
 def test_failing_model_in_track_mode(tmp_path: Path) -> None:
-    video = write_video(tmp_path / "v.mp4", 12)
-    options = options_for(tmp_path, video, fail_safe="reject", min_frames=2)
-    summary = watch(options, detector=FlakyModel({0, 5}), class_names=NAMES)
+    belt_frames = 5
+    truth = write_conveyor_video(tmp_path / "line.mp4", parts=1, defective={0}, seed=1, frame_size=(160, 96),
+                                 part_size=(64, 48), speed_px_per_frame=8, lead_in_frames=belt_frames + 3)
+    # The model fails on an empty-belt frame and on a frame of the part's passage (both after the belt learning).
+    failing = {belt_frames + 1, truth.parts[0].first_frame + 8}
+
+    class FlakyOnTheLine:
+        """Raises on the frames in ``failing``, else finds the part's defects (frame = belt frames + call)."""
+
+        def __init__(self) -> None:
+            self.frame_index = belt_frames
+
+        def __call__(self, image: np.ndarray) -> Detections:
+            frame, self.frame_index = self.frame_index, self.frame_index + 1
+            if frame in failing:
+                raise RuntimeError("CUDA error: device lost")
+            visible = truth.visible_defects(frame)
+            return Detections(np.array([v.xyxy for v in visible]).reshape(-1, 4), np.full(len(visible), 0.9),
+                              np.array([v.class_id for v in visible], dtype=np.int64))
+
+    options = options_for(tmp_path, truth.path, fail_safe="reject", min_frames=2, belt_frames=belt_frames)
+    summary = watch(options, detector=FlakyOnTheLine(), class_names=list(truth.class_names))
     events = read_events(tmp_path / "events.jsonl")
     errors = [e for e in events if e["decision"] == "error"]
-    assert [e["frame_index"] for e in errors] == [0, 5] and all(e["part_id"] is None for e in errors)
-    assert [e["decision"] for e in events if e["decision"] != "error"] == ["reject"]  # one track, once
-    assert summary.stats.frames == 12
+    assert [e["frame_index"] for e in errors] == sorted(failing) and all(e["part_id"] is None for e in errors)
+    assert all("RuntimeError: CUDA error: device lost" in e["message"] for e in errors)
+    # A failed frame costs the part one look, not its decision: the part is still rejected, once.
+    assert [(e["decision"], e["part_id"]) for e in events if e["decision"] != "error"] == [("reject", 1)]
+    assert summary.stats.frames == truth.frames and summary.stats.failed_frames == 2
 
 
 def test_fail_safe_off_raises_after_flushing_what_was_made(tmp_path: Path) -> None:
@@ -158,21 +180,37 @@ def test_stop_event_from_another_thread(tmp_path: Path) -> None:
 
 
 class OnOffCamera:
-    """A camera that delivers ``frames`` frames, then fails every read (the cable is pulled)."""
+    """A camera that fails every read from line frame ``fail_from`` on (the cable is pulled), or never (None).
 
-    def __init__(self, frames: int | None):
-        self.remaining = frames
+    What it shows follows the line, not the clock: the empty belt until the station starts inspecting
+    (``line["started"]``, set by the detector: the belt is learned by then), then one grey part with a white
+    defect moving in at 4 px per line frame (``line["frame"]`` counts them over all cameras). An outage
+    stops the line's picture, not the part: after the reconnect the part is where it was."""
+
+    SPEED_PX = 4
+    SIZE_WH = (96, 48)
+    PART_W = 32
+
+    def __init__(self, line: dict[str, Any], fail_from: int | None):
+        self.line = line
+        self.fail_from = fail_from
 
     def isOpened(self) -> bool:
         return True
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         time.sleep(0.005)
-        if self.remaining is not None:
-            if self.remaining <= 0:
-                return False, None
-            self.remaining -= 1
-        return True, np.full((48, 64, 3), 90, np.uint8)
+        if self.fail_from is not None and self.line["frame"] >= self.fail_from:
+            return False, None
+        width, height = self.SIZE_WH
+        image = np.full((height, width, 3), 90, np.uint8)
+        if self.line["started"]:
+            right = self.SPEED_PX * self.line["frame"]
+            image[10:38, max(0, right - self.PART_W):max(0, min(width, right))] = 200
+            centre = right - self.PART_W // 2
+            image[20:28, max(0, centre - 4):max(0, min(width, centre + 4))] = 255
+            self.line["frame"] += 1
+        return True, image
 
     def release(self) -> None:
         pass
@@ -182,23 +220,34 @@ class OnOffCamera:
 
 
 def test_camera_outage_does_not_stop_the_station(tmp_path: Path) -> None:
-    cameras = [OnOffCamera(10), OnOffCamera(None)]
+    line: dict[str, Any] = {"started": False, "frame": 0}
+    # The cable is pulled at line frame 6: the part is 24 px into the view, before the decision line.
+    cameras = [OnOffCamera(line, fail_from=6), OnOffCamera(line, fail_from=None)]
     opened = []
 
     def factory(target: object) -> OnOffCamera:
         opened.append(target)
         return cameras.pop(0) if len(cameras) > 1 else cameras[0]
 
+    def white_defect(image: np.ndarray) -> Detections:
+        line["started"] = True
+        ys, xs = np.nonzero(image[:, :, 0] > 240)
+        if len(xs) == 0:
+            return Detections.empty()
+        return Detections(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float32),
+                          np.array([0.9]), np.array([1]))
+
+    # 5 belt frames, then at least 40 line frames: the part (32 px) has crossed the 96 px view by line frame 32.
     options = WatchOptions(source="0", sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
-                           max_frames=40, min_frames=2, part_merge_px=100)
-    summary = watch(options, detector=one_box, class_names=NAMES, capture_factory=factory)
-    assert summary.stopped_by == "max_frames" and summary.stats.frames == 40
+                           max_frames=45, min_frames=2, belt_frames=5)
+    summary = watch(options, detector=white_defect, class_names=NAMES, capture_factory=factory)
+    assert summary.stopped_by == "max_frames" and summary.stats.frames == 45
     assert summary.stats.reconnects == 1 and opened == [0, 0]
     assert summary.stats.mode == "track" and summary.stats.source == "camera:0"
-    # The defect never leaves the view: the tracker keeps its id across the short outage, or a new
-    # track starts after it; either way no more than one reject per track.
+    # The part is in view across the outage: it keeps its track and gets its one decision.
     events = read_events(tmp_path / "events.jsonl")
-    assert 1 <= len(events) <= 2 and len({e["part_id"] for e in events}) == len(events)
+    assert [(e["decision"], e["part_id"]) for e in events] == [("reject", 1)]
+    assert line["frame"] > 32  # the part did cross the view
 
 
 def test_nan_boxes_are_dropped_not_fatal(tmp_path: Path) -> None:

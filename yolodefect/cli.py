@@ -314,8 +314,15 @@ def watch(
     min_area: Annotated[Optional[float], typer.Option(help=_help_of("min_area"))] = None,
     roi: Annotated[Optional[str], typer.Option(help="Region of interest polygon 'x,y x,y x,y ...' in frame pixels.")] = None,
     tile: Annotated[Optional[int], typer.Option(help=_help_of("tile"))] = None,
+    trigger: Annotated[Optional[str], typer.Option(help=_help_of("trigger"))] = None,
+    parts: Annotated[Optional[str], typer.Option(help=_help_of("parts"))] = None,
+    belt: Annotated[Optional[Path], typer.Option(help=_help_of("belt"))] = None,
+    belt_frames: Annotated[Optional[int], typer.Option(help=_help_of("belt_frames"))] = None,
+    part_class: Annotated[Optional[str], typer.Option(help=_help_of("part_class"))] = None,
+    min_part_area: Annotated[Optional[float], typer.Option(help=_help_of("min_part_area"))] = None,
+    decide_at: Annotated[Optional[float], typer.Option(help=_help_of("decide_at"))] = None,
     min_frames: Annotated[Optional[int], typer.Option(help=_help_of("min_frames"))] = None,
-    part_merge_px: Annotated[Optional[float], typer.Option(help=_help_of("part_merge_px"))] = None,
+    min_part_frames: Annotated[Optional[int], typer.Option(help=_help_of("min_part_frames"))] = None,
     emit_pass: Annotated[Optional[bool], typer.Option("--emit-pass/--no-emit-pass", help=_help_of("emit_pass"))] = None,
     sink: Annotated[Optional[list[str]], typer.Option("--sink", help=_help_of("sinks"))] = None,
     mqtt: Annotated[Optional[str], typer.Option(help="Shorthand for --sink mqtt://host:port/topic (QoS 1).")] = None,
@@ -361,7 +368,9 @@ def watch(
         overrides = {
             "source": str(camera) if camera is not None else source, "model": model, "mode": mode, "imgsz": imgsz,
             "device": device, "thresholds": thresholds, "conf": conf, "reject_classes": tuple(reject) if reject else None,
-            "min_area": min_area, "roi": roi, "tile": tile, "min_frames": min_frames, "part_merge_px": part_merge_px, "emit_pass": emit_pass,
+            "min_area": min_area, "roi": roi, "tile": tile, "min_frames": min_frames, "emit_pass": emit_pass,
+            "trigger": trigger, "parts": parts, "belt": belt, "belt_frames": belt_frames, "part_class": part_class,
+            "min_part_area": min_part_area, "decide_at": decide_at, "min_part_frames": min_part_frames,
             "sinks": tuple(sinks) if sinks else None, "outbox": outbox, "evidence_dir": evidence, "save": save,
             "show": show, "fps_cap": fps, "loop": loop, "follow": follow, "fail_safe": fail_safe,
             "max_latency_ms": max_latency_ms, "max_frames": max_frames,
@@ -395,6 +404,61 @@ def watch(
             render_watch_summary(summary, err_console)
         if summary.not_persisted_event_ids:
             # They reached the sinks at best without durability: whoever runs the station must notice.
+            raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(
+    ctx: typer.Context,
+    video: Annotated[Path, typer.Argument(help="A recording of master parts passing the camera (never modified).")],
+    truth: Annotated[Path, typer.Option("--truth", help="CSV of the parts in the order they pass: part,truth[,classes] (good/defective).")],
+    model: Annotated[Optional[Path], typer.Option(help=_help_of("model"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Station YAML: the same model, belt and rule settings as watch.")] = None,
+    thresholds: Annotated[Optional[Path], typer.Option(help="Start from (or, with --verify, check) these thresholds.")] = None,
+    target_recall: Annotated[float, typer.Option(help="Share of defective parts the station must reject.")] = 0.99,
+    verify: Annotated[bool, typer.Option("--verify", help="Daily check: run at --thresholds; exit 1 when a known bad part passes.")] = False,
+    max_min_frames: Annotated[int, typer.Option(help="Search k (frames a defect must be seen on) in 1..this.")] = 10,
+    imgsz: Annotated[Optional[int], typer.Option(help=_help_of("imgsz"))] = None,
+    tile: Annotated[Optional[int], typer.Option(help=_help_of("tile"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_help_of("device"))] = None,
+    belt: Annotated[Optional[Path], typer.Option(help=_help_of("belt"))] = None,
+    belt_frames: Annotated[Optional[int], typer.Option(help=_help_of("belt_frames"))] = None,
+    decide_at: Annotated[Optional[float], typer.Option(help=_help_of("decide_at"))] = None,
+    min_frames: Annotated[Optional[int], typer.Option(help="With --verify: override the thresholds file's k.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/calibrate/<video>).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Choose (or verify) the station's thresholds on a run of known good and bad parts.
+
+    The station itself runs over VIDEO (same part finder, same rule as watch); its parts are paired in order with the truth file. Without --verify it chooses per-class thresholds and k (a defect must be seen on k of a part's frames) for --target-recall with the fewest false rejects, and writes thresholds.yaml for watch. With --verify it is the daily check with master parts: exit 1 when a known bad part passes or a part is not found.
+
+    [bold]Examples[/bold]
+
+      yolodefect calibrate masters.mp4 --truth masters.csv --model best_int8.onnx --thresholds runs/eval/best-val/thresholds.yaml
+
+      yolodefect calibrate today.mp4 --truth masters.csv --model best_int8.onnx --thresholds runs/calibrate/masters/thresholds.yaml --verify
+    """
+    from yolodefect.calibrate import CalibrateOptions, calibrate as run_calibrate
+    from yolodefect.render import render_calibration
+    from yolodefect.stream.options import resolve_options
+
+    with user_errors(_debug(ctx)):
+        station = resolve_options(config, {"model": model, "thresholds": thresholds, "imgsz": imgsz, "tile": tile,
+                                           "device": device, "belt": belt, "belt_frames": belt_frames,
+                                           "decide_at": decide_at, "min_frames": min_frames})
+        if station.model is None:
+            from yolodefect.shipped import with_shipped_model
+
+            station = with_shipped_model(station)
+        options = CalibrateOptions(target_recall=target_recall, verify=verify, max_min_frames=max_min_frames, out_dir=out)
+        with stdout_reserved(json_output):
+            result = run_calibrate(video, truth, station, options)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_calibration(result, err_console)
+            err_console.print(f"Results are in [bold]{result.out_dir}[/bold]", highlight=False)
+        if verify and not result.ok:
             raise typer.Exit(1)
 
 

@@ -21,11 +21,11 @@ from typing import Any
 from yolodefect.data.station_dataset import StationOptions
 from yolodefect.errors import UsageError, YoloDefectError
 from yolodefect.progress import ProgressCallback
-from yolodefect.shipped import SHIPPED_MODEL_NAME, SHIPPED_PART_MERGE_PX, SHIPPED_TILE, require_shipped_model
+from yolodefect.shipped import SHIPPED_MODEL_NAME, SHIPPED_TILE, require_shipped_model
 
 DEMO_KIND = "steel"
 TILE = SHIPPED_TILE  # the shipped model learned at this scale; the station runs it on tiles of this size
-PART_MERGE_PX = SHIPPED_PART_MERGE_PX  # defects this close to a rejected part's belong to that part (one event)
+BELT_FRAMES = 30  # the station learns the empty belt from the first frames of each video
 
 StepCallback = Callable[[str, str], None]  # (title, explanation)
 
@@ -52,6 +52,10 @@ class DemoOptions:
     def video_parts(self) -> int:
         return 5 if self.quick else 12
 
+    @property
+    def master_parts(self) -> int:
+        return 8 if self.quick else 16
+
 
 @dataclass
 class DemoResult:
@@ -65,6 +69,7 @@ class DemoResult:
     model: Path  # the model the station ran
     deployable: bool  # did the INT8 model pass its gate
     seconds: float
+    calibration: dict[str, Any] = field(default_factory=dict)  # the master-parts run: rates, k, thresholds
     files: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -82,14 +87,15 @@ class DemoResult:
 
 
 def part_of_event(truth, event: dict[str, Any]) -> int | None:
-    """The conveyor part under the event's first defect (None: on the belt between parts)."""
-    if not event.get("defects"):
+    """The conveyor part under the event's part box (or first defect); None: on the belt between parts."""
+    box = event.get("part_bbox_xyxy") or (event["defects"][0]["bbox_xyxy"] if event.get("defects") else None)
+    if box is None:
         return None
-    x1, _, x2, _ = event["defects"][0]["bbox_xyxy"]
+    x1, _, x2, _ = box
     centre = (x1 + x2) / 2
     for part in truth.parts:
         left = truth.part_left(part.index, event["frame_index"])
-        if left <= centre <= left + truth.part_size[0]:
+        if left <= centre <= left + part.size[0]:
             return part.index
     return None
 
@@ -199,39 +205,66 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
     # A rejected INT8 model must not run the line: fall back to the validated FP32 export.
     station_model = exported.model_path if exported.deployable else (exported.fp32_path or trained.best_model)
 
+    masters = out / "master_parts.mp4"
+
+    def calibration_step():
+        from yolodefect.calibrate import CalibrateOptions, calibrate
+        from yolodefect.data.part_truth import write_part_truth
+
+        truth = write_conveyor_video(masters, kind=DEMO_KIND, parts=options.master_parts, defective=0.5,
+                                     seed=3000 + options.seed, part_size=options.station.part_size,
+                                     speed_px_per_frame=16, lead_in_frames=BELT_FRAMES + 5, gap_px=(40, 120))
+        truth_csv = write_part_truth(out / "master_parts.csv", truth.known_parts())
+        station = WatchOptions(model=station_model, thresholds=thresholds, tile=TILE, belt_frames=BELT_FRAMES)
+        return calibrate(masters, truth_csv, station,
+                         CalibrateOptions(target_recall=0.99, out_dir=out / "calibration"))
+
+    calibration = steps.run(
+        "6. Calibrate the line with master parts",
+        f"{options.master_parts} known parts (half defective, listed in master_parts.csv) pass the camera; the station "
+        "decides each once, and the thresholds and k (frames a defect must be seen on) are chosen for this line.",
+        calibration_step,
+        lambda c: f"k={c.min_frames}, escape rate {_percent(c.escape_rate)}, false-reject rate "
+                  f"{_percent(c.false_reject_rate)} on {c.parts_found} parts -> {c.thresholds_path}")
+    line_thresholds = calibration.thresholds_path or thresholds
+
     video = out / "conveyor.mp4"
     truth = steps.run(
-        "6. Record a conveyor video",
+        "7. Record a conveyor video",
         f"{options.video_parts} new parts pass the camera; the video's ground truth (which parts are defective) "
         "is written next to it.",
         lambda: write_conveyor_video(video, kind=DEMO_KIND, parts=options.video_parts, defective=0.5,
                                      seed=2000 + options.seed, part_size=options.station.part_size,
-                                     speed_px_per_frame=16),
+                                     speed_px_per_frame=16, lead_in_frames=BELT_FRAMES + 5, gap_px=(40, 120)),
         lambda t: f"{t.frames} frames, defective parts {sorted(t.defective_parts)}")
     (out / "conveyor.truth.json").write_text(json.dumps(truth.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     events_path, evidence = out / "events.jsonl", out / "evidence"
-    watch_options = WatchOptions(source=str(video), model=station_model, thresholds=thresholds, tile=TILE,
-                                 part_merge_px=PART_MERGE_PX, sinks=(str(events_path),), outbox=out / "outbox.sqlite",
+    watch_options = WatchOptions(source=str(video), model=station_model, thresholds=line_thresholds, tile=TILE,
+                                 belt_frames=BELT_FRAMES, sinks=(str(events_path),), outbox=out / "outbox.sqlite",
                                  evidence_dir=evidence, save=None if options.quick else out / "annotated.mp4")
     steps.run(
-        "7. Watch the line",
-        "Detect on every frame, track each defect, and emit exactly one reject event per defective part "
-        "(JSON Lines here; MQTT, webhooks, OPC UA on the line), with raw and annotated evidence JPEGs.",
+        "8. Watch the line",
+        "Learn the empty belt, find each part, judge its defects over the frames it is seen on, and emit exactly one "
+        "event per defective part when it crosses the middle of the view (JSON Lines here; MQTT, webhooks, OPC UA "
+        "on the line), with raw and annotated evidence JPEGs.",
         lambda: watch(watch_options),
-        lambda s: f"{s.stats.frames} frames at {s.stats.fps:.0f} fps, {s.stats.rejects} reject events")
+        lambda s: f"{s.stats.frames} frames at {s.stats.fps:.0f} fps, {s.stats.parts + s.stats.errors} parts, "
+                  f"{s.stats.rejects} reject events")
 
     events = [json.loads(line) for line in events_path.read_text(encoding="utf-8").splitlines() if line.strip()] \
         if events_path.exists() else []
     rejected = sorted({p for e in events if e["decision"] == "reject" and (p := part_of_event(truth, e)) is not None})
     files = {"dataset": str(data), "model": str(trained.best_model), "thresholds": str(thresholds),
+             "line_thresholds": str(line_thresholds), "calibration": str(calibration.out_dir / "calibration.json"),
              "int8_model": str(exported.model_path), "model_card": str(exported.card_md), "video": str(video),
              "events": str(events_path), "evidence": str(evidence)}
     if watch_options.save is not None:
         files["annotated_video"] = str(watch_options.save)
     result = DemoResult(out=out, steps=steps.done, video=video, defective_parts=sorted(truth.defective_parts),
                         rejected_parts=rejected, events=events_path, evidence=evidence, model=Path(station_model),
-                        deployable=exported.deployable, seconds=round(time.perf_counter() - started, 1), files=files)
+                        deployable=exported.deployable, seconds=round(time.perf_counter() - started, 1), files=files,
+                        calibration={k: v for k, v in calibration.to_dict().items() if k != "parts"})
     _write_json_atomically(out / "demo.json", result.to_dict())
     return result
 

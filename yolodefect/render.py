@@ -172,6 +172,10 @@ def watch_panel(stats: WatchStats):
         table.add_row("video", f"[yellow]{stats.truncation}[/yellow]")
     unreadable = f" ({stats.unreadable_parts} unreadable images)" if stats.unreadable_parts else ""
     table.add_row("parts", f"[red]{stats.rejects} rejected[/red], {stats.passes} passed, {stats.errors} errors{unreadable}")
+    if stats.mode == "track":
+        learning = f"learning the empty belt ({stats.belt_frames} frames), " if stats.belt_frames and not stats.parts else ""
+        table.add_row("line", f"{learning}{stats.open_parts} part(s) in view; "
+                              f"{stats.off_part_detections} detection(s) on the belt (not defects)")
     for sink, backlog in stats.sink_backlog.items():
         error = stats.sink_errors.get(sink)
         table.add_row(f"sink {sink}", f"backlog {backlog}" + (f"  [yellow]{error}[/yellow]" if error else ""))
@@ -285,3 +289,36 @@ def render_demo(result, console: Console) -> None:
                   "  yolodefect watch --camera 0 --model runs/train/weights/best_int8.onnx "
                   "--thresholds runs/eval/best-val/thresholds.yaml --mqtt mqtt://broker:1883/line1/rejects",
                   highlight=False)
+
+
+def render_calibration(result, console: Console) -> None:
+    """The master-parts run: each part's decision against its truth, the rates, and what was written."""
+    table = Table(title=f"{'Verification' if result.verify else 'Calibration'} run: {result.video} vs {result.truth}",
+                  title_justify="left")
+    for column in ("part", "truth", "station", "frames", ""):
+        table.add_column(column)
+    for part in result.parts:
+        wrong = part.defective != part.rejected
+        verdict = ("[red]ESCAPE[/red]" if part.defective and not part.rejected
+                   else "[yellow]false reject[/yellow]" if wrong else "")
+        table.add_row(part.truth_id, "defective" if part.defective else "good", part.decision,
+                      str(part.frames) if part.frames else "", verdict)
+    console.print(table)
+    console.print(f"Parts found {result.parts_found} of {result.parts_expected}; escape rate {_rate(result.escape_rate)}, "
+                  f"false-reject rate {_rate(result.false_reject_rate)}; rule: a class must reach its threshold on "
+                  f"{result.min_frames} of a part's frames", highlight=False)
+    if result.search:
+        rows = ", ".join(f"k={row['min_frames']}: FRR {_rate(row['false_reject_rate'])}"
+                         + ("" if row["target_reached"] else " (target missed)") for row in result.search)
+        console.print(f"  searched: {rows}", highlight=False)
+    for note in result.notes:
+        console.print(f"  [yellow]{note}[/yellow]", highlight=False)
+    if result.thresholds_path is not None:
+        console.print(f"Thresholds for this line: [bold]{result.thresholds_path}[/bold] "
+                      f"(yolodefect watch --thresholds {result.thresholds_path})", highlight=False)
+    if result.verify:
+        if result.ok:
+            console.print("[green]PASSED[/green]: every known bad part was rejected", highlight=False)
+        else:
+            console.print(f"[red]FAILED[/red]: missed known bad part(s) {', '.join(result.missed_parts) or '-'}; "
+                          f"{result.parts_found} of {result.parts_expected} parts found", highlight=False)

@@ -14,8 +14,6 @@ from yolodefect.errors import UsageError
 
 SHIPPED_MODEL_NAME = "yolodefect-demo.pt"
 SHIPPED_TILE = 320
-# The demo conveyor's parts are 256 px wide: defects closer than this belong to one part (one event).
-SHIPPED_PART_MERGE_PX = 200.0
 
 
 def shipped_model_path() -> Path:
@@ -35,7 +33,7 @@ def require_shipped_model() -> Path:
 
 
 def with_shipped_model(options):
-    """``WatchOptions`` with the shipped model, its thresholds, tile size and part merging where none were given."""
+    """``WatchOptions`` with the shipped model, its thresholds and tile size where none were given."""
     if options.model is not None:
         return options
     changes = {"model": require_shipped_model()}
@@ -43,6 +41,4 @@ def with_shipped_model(options):
         changes["thresholds"] = shipped_thresholds_path()
     if options.tile is None:
         changes["tile"] = SHIPPED_TILE
-    if options.part_merge_px is None:
-        changes["part_merge_px"] = SHIPPED_PART_MERGE_PX
     return dataclasses.replace(options, **changes)

@@ -13,21 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from yolodefect.detections import box_iou
+
+__all__ = ["MATCH_IOU", "ImageMatch", "box_iou", "greedy_match", "greedy_match_at", "image_confusion", "match_image"]
+
 MATCH_IOU = 0.5
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of two xyxy arrays; COCO convention (no +1 on widths)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, intersection / union, 0.0)
 
 
 def greedy_match_at(iou: np.ndarray, confidence: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:

@@ -128,6 +128,45 @@ def _with_margin(value: float, below: float) -> float:
     return middle if np.float32(middle) > np.float32(below) else value
 
 
+def search_thresholds(
+    scores: np.ndarray, defective: np.ndarray, reject_ids: list[int], target_recall: float, *, per_class: bool = False,
+) -> tuple[np.ndarray, bool, list[str]]:
+    """Thresholds (classes,) from part scores: ``scores`` (parts, classes) is each part's score per class (0: none),
+    a part is rejected when a reject class's score reaches its threshold. Returns (thresholds, target reached, notes).
+
+    ``choose_thresholds`` feeds it per-image maxima; ``yolodefect calibrate`` feeds it, for a line rule
+    "k of a part's frames", each part's k-th best frame per class: one search for both."""
+    part_score = scores[:, reject_ids].max(axis=1) if reject_ids else np.zeros(len(scores))
+    notes: list[str] = []
+    chosen, reached = _global_sweep(part_score, defective, target_recall)
+    thresholds = np.full(scores.shape[1], chosen, dtype=np.float64)
+    if not reached:
+        missing = int((defective & (part_score <= 0)).sum())
+        notes.append(
+            f"target recall {target_recall} cannot be reached: {missing} of {int(defective.sum())} defective "
+            f"parts have no detection of a reject class at any confidence; using the lowest threshold {chosen:.4g}"
+        )
+    if not (~defective).any():
+        how = "; chose the highest threshold that reaches the target recall" if reached else ""
+        notes.append(NO_GOOD_PARTS + how)
+
+    if per_class and reached:
+        thresholds = _coordinate_ascent(scores, thresholds, reject_ids, defective, target_recall)
+    elif per_class:
+        notes.append("per-class thresholds skipped: the target is not reached even with one low threshold")
+
+    if reached:
+        # Global value from the global sweep: the parts it must pass are those scoring below it.
+        global_value = _with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
+        if per_class:
+            rejected = _rejected_by_maxima(scores, thresholds, reject_ids)
+            for r in reject_ids:
+                thresholds[r] = _with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
+        other_ids = [k for k in range(scores.shape[1]) if not (per_class and k in reject_ids)]
+        thresholds[other_ids] = global_value
+    return thresholds, reached, notes
+
+
 def choose_thresholds(
     ground_truth: Sequence[GroundTruth],
     predictions: Sequence[Detections],
@@ -166,35 +205,7 @@ def choose_thresholds(
             "chosen for a recall target; choose thresholds on a split with defects"
         )
     scores = reject_scores(predictions, len(class_names))
-    part_score = scores[:, reject_ids].max(axis=1)
-    notes: list[str] = []
-
-    chosen, reached = _global_sweep(part_score, defective, target_recall)
-    thresholds = np.full(len(class_names), chosen, dtype=np.float64)
-    if not reached:
-        missing = int((defective & (part_score <= 0)).sum())
-        notes.append(
-            f"target recall {target_recall} cannot be reached: {missing} of {int(defective.sum())} defective "
-            f"parts have no detection of a reject class at any confidence; using the lowest threshold {chosen:.4g}"
-        )
-    if not (~defective).any():
-        how = "; chose the highest threshold that reaches the target recall" if reached else ""
-        notes.append(NO_GOOD_PARTS + how)
-
-    if per_class and reached:
-        thresholds = _coordinate_ascent(scores, thresholds, reject_ids, defective, target_recall)
-    elif per_class:
-        notes.append("per-class thresholds skipped: the target is not reached even with one low threshold")
-
-    if reached:
-        # Global value from the global sweep: the images it must pass are those scoring below it.
-        global_value = _with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
-        if per_class:
-            rejected = _rejected_by_maxima(scores, thresholds, reject_ids)
-            for r in reject_ids:
-                thresholds[r] = _with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
-        other_ids = [k for k in range(len(class_names)) if not (per_class and k in reject_ids)]
-        thresholds[other_ids] = global_value
+    thresholds, reached, notes = search_thresholds(scores, defective, reject_ids, target_recall, per_class=per_class)
 
     conf = {name: float(value) for name, value in zip(class_names, thresholds)}
     # What the file promises is measured by the station's rule itself, not by the search's shortcut.

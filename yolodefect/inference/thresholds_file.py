@@ -29,6 +29,10 @@ class Thresholds:
     split: str | None = None
     model: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Set by a calibration run on a moving line (yolodefect calibrate): the run it was chosen on, and k of
+    # the line rule (a class must reach its threshold on k of a part's frames). None: chosen on still images.
+    calibrated_on: dict | None = None
+    min_frames: int | None = None
 
     def to_dict(self) -> dict:
         """The thresholds.yaml layout the inspection station reads."""
@@ -46,6 +50,8 @@ class Thresholds:
             "split": self.split,
             "model": self.model,
             "notes": list(self.notes),
+            **({"calibrated_on": dict(self.calibrated_on)} if self.calibrated_on is not None else {}),
+            **({"min_frames": int(self.min_frames)} if self.min_frames is not None else {}),
         }
 
 
@@ -96,6 +102,12 @@ def read_thresholds_yaml(path: Path | str) -> Thresholds:
     if target is not None and (not isinstance(target, (int, float)) or not 0 < target <= 1):
         raise FormatError(path, f"'target_recall' must be a number in (0, 1], got {target!r}")
     target_reached = bool(data.get("target_reached", True))
+    min_frames = data.get("min_frames")
+    if min_frames is not None and (isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1):
+        raise FormatError(path, f"'min_frames' must be a whole number >= 1, got {min_frames!r}")
+    calibrated_on = data.get("calibrated_on")
+    if calibrated_on is not None and not isinstance(calibrated_on, dict):
+        raise FormatError(path, "'calibrated_on' must be a mapping (video, parts, ...)")
     if not target_reached:
         logger.warning(
             "thresholds in %s did not reach their target recall on the evaluation split; "
@@ -113,4 +125,6 @@ def read_thresholds_yaml(path: Path | str) -> Thresholds:
         split=data.get("split"),
         model=data.get("model"),
         notes=[str(note) for note in data.get("notes") or []],
+        calibrated_on=calibrated_on,
+        min_frames=min_frames,
     )

@@ -20,6 +20,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _REJECT_BGR = (0, 0, 255)
 _IGNORED_BGR = (0, 200, 255)  # detections the rules do not count (low confidence, outside the ROI, ...)
 _ROI_BGR = (255, 200, 0)
+_PART_BGR = (80, 200, 80)
 _TEXT_BGR = (255, 255, 255)
 
 
@@ -55,10 +56,15 @@ def draw_frame(
     counted: np.ndarray | None = None,
     roi_polygon: Sequence[tuple[float, float]] | None = None,
     overlay: Overlay | None = None,
+    part_boxes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A copy of ``image`` with boxes (red: counts as a defect, amber: ignored by the rules), labels, ROI and overlay."""
+    """A copy of ``image`` with boxes (red: counts as a defect, amber: ignored by the rules), labels, ROI and overlay;
+    ``part_boxes`` (N, 4), the parts found on a line, in green under everything else."""
     out = image.copy()
     scale, thickness = _scale_for(out)
+    for box in (part_boxes if part_boxes is not None else ()):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), _PART_BGR, thickness)
     if roi_polygon is not None:
         pts = np.round(np.asarray(roi_polygon, dtype=np.float32)).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(out, [pts], isClosed=True, color=_ROI_BGR, thickness=thickness, lineType=cv2.LINE_AA)

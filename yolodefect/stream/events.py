@@ -136,6 +136,8 @@ class Event:
     model: ModelIdentity
     snapshot_paths: dict[str, str] = field(default_factory=dict)
     message: str | None = None
+    # On a moving line: the part's box on the event's frame (frame pixels); None where a frame is a part.
+    part_bbox_xyxy: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -154,6 +156,9 @@ class Event:
             raise EventError(f"part_id {self.part_id!r} must be a string, an integer or None")
         if len(self.image_size_wh) != 2 or min(self.image_size_wh) <= 0:
             raise EventError(f"image_size_wh {self.image_size_wh!r} must be two positive integers (width, height)")
+        if self.part_bbox_xyxy is not None and (
+                len(self.part_bbox_xyxy) != 4 or not all(math.isfinite(float(v)) for v in self.part_bbox_xyxy)):
+            raise EventError(f"part_bbox_xyxy {self.part_bbox_xyxy!r} must be 4 finite numbers (x1, y1, x2, y2)")
         if self.decision == "error" and not self.message:
             # An error event without a reason cannot be acted on at the line.
             raise EventError("an 'error' event needs a message saying what failed")
@@ -174,6 +179,7 @@ class Event:
             "model": self.model.to_dict(),
             "snapshot_paths": dict(self.snapshot_paths),
             "message": self.message,
+            **({"part_bbox_xyxy": [float(v) for v in self.part_bbox_xyxy]} if self.part_bbox_xyxy is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -204,6 +210,7 @@ class Event:
                 model=ModelIdentity.from_dict(data["model"]),
                 snapshot_paths={str(k): str(v) for k, v in (data.get("snapshot_paths") or {}).items()},
                 message=data.get("message"),
+                part_bbox_xyxy=tuple(float(v) for v in data["part_bbox_xyxy"]) if data.get("part_bbox_xyxy") else None,
             )
         except KeyError as exc:
             raise EventError(f"event is missing field {exc.args[0]!r}") from exc
@@ -234,6 +241,7 @@ def new_event(
     part_id: str | int | None = None,
     snapshot_paths: Mapping[str, str] | None = None,
     message: str | None = None,
+    part_bbox_xyxy: tuple[float, float, float, float] | None = None,
 ) -> Event:
     """Create an event with a fresh uuid4 ``event_id`` and ``emitted_at`` set to now (UTC)."""
     captured = to_utc_iso(captured_at) if isinstance(captured_at, datetime) else captured_at
@@ -251,6 +259,7 @@ def new_event(
         model=model,
         snapshot_paths=dict(snapshot_paths or {}),
         message=message,
+        part_bbox_xyxy=part_bbox_xyxy,
     )
 
 

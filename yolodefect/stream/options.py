@@ -30,6 +30,15 @@ from yolodefect.stream.redact import redact_urls
 
 FailSafe = Literal["off", "reject"]
 Mode = Literal["auto", "track", "part"]
+PartFinding = Literal["belt", "class"]
+
+DEFAULT_MIN_FRAMES = 3
+# Options that existed once: a station file naming them gets told what replaced them.
+_REMOVED = {
+    "part_merge_px": "parts are now found on the belt (parts: belt) or by a part class (parts: class), so defects "
+                     "on two parts can no longer be merged; remove part_merge_px",
+    "tracker": "the station tracks parts itself (a defect tracker no longer decides anything); remove tracker",
+}
 
 DEFAULT_SINKS = ("-",)
 DEFAULT_OUTBOX = Path("yolodefect-outbox.sqlite")
@@ -47,7 +56,11 @@ class WatchOptions:
     source: str | None = field(default=None, metadata=_help(
         "Camera index (0), stream URL (rtsp://...), video file, image file/folder/glob, or - for image paths on stdin."))
     mode: Mode = field(default="auto", metadata=_help(
-        "auto (images: one part per image; video/camera: track defects), part (every frame is one part) or track."))
+        "auto (images and triggers: one part per image; video/camera: track parts on a moving line), part (every "
+        "frame is one part) or track."))
+    trigger: str | None = field(default=None, metadata=_help(
+        "One part per external trigger (PLC/photo-eye): mqtt://host[:port]/topic or opc.tcp://host:port?node=ns=2;s=Name; "
+        "each trigger inspects the first frame the source captures after it (part id from the message)."))
     loop: bool = field(default=False, metadata=_help("Video files: restart at the end (demos, soak tests)."))
     follow: bool = field(default=False, metadata=_help("A folder source: keep watching it for new image files."))
     fps_cap: float | None = field(default=None, metadata=_help("Process at most this many frames per second."))
@@ -56,13 +69,12 @@ class WatchOptions:
     # -- model
     model: Path | None = field(default=None, metadata=_help(
         "Detection model: .pt, .onnx or an OpenVINO folder (default: the shipped demo model, on 320 px tiles, "
-        "part merging 200 px)."))
+        "learning the empty belt from the first frames on video)."))
     imgsz: int | None = field(default=None, metadata=_help("Inference size in pixels (default: the model's own)."))
     device: str = field(default="cpu", metadata=_help("Inference device: cpu, 0, cuda:0, mps ..."))
     half: bool = field(default=False, metadata=_help("FP16 inference (GPU only)."))
     tile: int | None = field(default=None, metadata=_help("Sliced inference with square tiles of this many pixels."))
     tile_overlap: float = field(default=0.2, metadata=_help("Tile overlap as a fraction of the tile."))
-    tracker: str = field(default="bytetrack.yaml", metadata=_help("Ultralytics tracker config: bytetrack.yaml, botsort.yaml or a path."))
     # -- reject rules
     thresholds: Path | None = field(default=None, metadata=_help(
         "thresholds.yaml from 'yolodefect eval --target-recall' (per-class confidence, reject classes)."))
@@ -75,10 +87,24 @@ class WatchOptions:
     roi: tuple[tuple[float, float], ...] | None = field(default=None, metadata=_help(
         "Region of interest polygon [[x, y], ...] in frame pixels; defects must have their centre inside."))
     # -- part decisions
-    min_frames: int = field(default=3, metadata=_help("Track mode: frames a defect must be seen in a row before it rejects."))
-    part_merge_px: float | None = field(default=None, metadata=_help(
-        "Track mode: defects within this many pixels of a rejected part's defects are the same part (one event)."))
-    emit_pass: bool = field(default=False, metadata=_help("Part mode: also emit an event for every good part."))
+    parts: PartFinding = field(default="belt", metadata=_help(
+        "Track mode: how parts are found: belt (what differs from the empty belt) or class (the model's part_class boxes)."))
+    belt_frames: int = field(default=30, metadata=_help(
+        "Track mode, parts=belt: learn the empty belt from this many frames (the first frames of the source, "
+        "which must show the empty belt, unless --belt is given)."))
+    belt: Path | None = field(default=None, metadata=_help(
+        "Track mode, parts=belt: a video or image folder of the empty belt to learn from (instead of the first frames)."))
+    part_class: str = field(default="part", metadata=_help("Track mode, parts=class: the model's class for whole parts."))
+    min_part_area: float | None = field(default=None, metadata=_help(
+        "Track mode, parts=belt: smallest part in square pixels (default 1% of the frame)."))
+    decide_at: float = field(default=0.5, metadata=_help(
+        "Track mode: decide a part when its centre has crossed this fraction of the frame from the entry edge."))
+    min_frames: int | None = field(default=None, metadata=_help(
+        "Track mode: a defect class must reach its threshold on at least this many of a part's frames to reject it "
+        f"(default: the calibrated thresholds file's, else {DEFAULT_MIN_FRAMES})."))
+    min_part_frames: int = field(default=5, metadata=_help(
+        "Track mode: a part seen on fewer frames (and fewer than min_frames) is not inspected: an error event."))
+    emit_pass: bool = field(default=False, metadata=_help("Also emit an event for every good part."))
     # -- outputs
     sinks: tuple[str, ...] = field(default=DEFAULT_SINKS, metadata=_help(
         "Where events go: events.jsonl, - (stdout), https://..., mqtt://..., opc.tcp://... (repeatable)."))
@@ -115,11 +141,12 @@ class WatchOptions:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WatchOptions))
 OPTION_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(WatchOptions)}
-_PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save")
+_PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save", "belt")
 _BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show")
-_OPTIONAL_INT = ("max_frames", "imgsz", "tile")
-_OPTIONAL_FLOAT = ("fps_cap", "max_latency_ms", "part_merge_px")
-_FLOAT = ("stall_timeout_s", "tile_overlap", "conf", "min_area", "flush_timeout_s", "stats_interval_s")
+_OPTIONAL_INT = ("max_frames", "imgsz", "tile", "min_frames")
+_INT = ("belt_frames", "min_part_frames")
+_OPTIONAL_FLOAT = ("fps_cap", "max_latency_ms", "min_part_area")
+_FLOAT = ("stall_timeout_s", "tile_overlap", "conf", "min_area", "flush_timeout_s", "stats_interval_s", "decide_at")
 
 
 def _fail(name: str, expected: str, value: Any) -> UsageError:
@@ -144,8 +171,8 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise _fail(name, "true or false", value)
         return value
-    if name in _OPTIONAL_INT or name == "min_frames":
-        if value is None and name != "min_frames":
+    if name in _OPTIONAL_INT or name in _INT:
+        if value is None and name in _OPTIONAL_INT:
             return None
         if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
             raise _fail(name, "a whole number", value)
@@ -160,7 +187,15 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, Path)):
             raise _fail(name, "a camera index, URL or path", value)
         return str(value)
-    if name in ("device", "tracker"):
+    if name == "trigger":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(name, "an mqtt:// or opc.tcp:// URL", value)
+        return value.strip()
+    if name == "parts":
+        return _choice(name, value, get_args(PartFinding))
+    if name in ("device", "part_class"):
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise _fail(name, "a string", value)
         return str(value)
@@ -217,17 +252,27 @@ def _check(options: WatchOptions) -> None:
             raise _fail(name, ">= 1 (or unset)", value)
     if options.imgsz is not None:
         check_imgsz(options.imgsz, option="imgsz")  # the rule every command applies; rounding needs the model
-    if options.min_frames < 1:
-        raise _fail("min_frames", ">= 1", options.min_frames)
+    for name in ("min_frames", "min_part_frames"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise _fail(name, ">= 1", value)
+    if options.belt_frames < 2:
+        raise _fail("belt_frames", ">= 2", options.belt_frames)
+    if not 0 < options.decide_at < 1:
+        raise _fail("decide_at", "a fraction of the frame in (0, 1)", options.decide_at)
+    if options.min_part_area is not None and options.min_part_area <= 0:
+        raise _fail("min_part_area", "> 0 square pixels (or unset)", options.min_part_area)
     # The reject rules check their own values, worded as eval words the same mistakes.
     RejectRules(reject_classes=options.reject_classes, conf_thresholds=options.class_conf, default_conf=options.conf,
                 min_box_area_px=options.min_area, roi_polygon=options.roi)
     check_tile_grid(options.tile, options.tile_overlap, tile_option="tile", overlap_option="tile_overlap")
-    if options.flush_timeout_s < 0 or (options.part_merge_px or 0) < 0:
-        raise UsageError("flush_timeout_s and part_merge_px must be >= 0")
+    if options.flush_timeout_s < 0:
+        raise UsageError("flush_timeout_s must be >= 0")
 
 
 def _unknown_key(key: str, origin: str) -> UsageError:
+    if key in _REMOVED:
+        return UsageError(f"option {key!r} in {origin} was removed: {_REMOVED[key]}")
     close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(FIELD_NAMES)}"
     return UsageError(f"unknown option {key!r} in {origin}{hint}")
@@ -272,9 +317,6 @@ def options_from_mapping(data: Mapping[str, Any], *, base: WatchOptions | None =
         if isinstance(sinks, (list, tuple)):
             values["sinks"] = [_resolve(sink.strip(), relative_to, source=True) if isinstance(sink, str) else sink
                                for sink in sinks]
-        tracker = values.get("tracker")
-        if isinstance(tracker, str) and (relative_to / tracker).is_file():
-            values["tracker"] = str(relative_to / tracker)
     return merge_options(base or WatchOptions(), values, origin=origin)
 
 

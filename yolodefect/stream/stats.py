@@ -40,6 +40,10 @@ class WatchStats:
     late_frames: int = 0  # over max_latency_ms
     failed_frames: int = 0  # processing raised
     parts: int = 0  # part decisions (reject + pass)
+    belt_frames: int = 0  # track mode: frames taken to learn the empty belt (not inspected)
+    open_parts: int = 0  # track mode: parts in view, not decided yet
+    off_part_detections: int = 0  # track mode: defect detections outside every part (belt): counted, never emitted
+    discarded_regions: int = 0  # track mode: regions that came and went without reaching the line (not parts)
     rejects: int = 0
     passes: int = 0
     errors: int = 0  # 'error' events
@@ -100,6 +104,10 @@ class StatsBoard:
             if self._first_frame_start is None:
                 self._first_frame_start = now - latency_ms / 1000.0
             self._last_frame_done = now
+
+    def set(self, name: str, value: int) -> None:
+        with self._lock:
+            self._counts[name] = value
 
     def count(self, name: str) -> int:
         with self._lock:

@@ -46,16 +46,18 @@ from yolodefect.errors import UsageError
 from yolodefect.inference.model_file import read_model_file
 from yolodefect.inference.names import ClassNames, class_name, names_dict
 from yolodefect.inference.rules import RejectRules, build_reject_rules
-from yolodefect.inference.thresholds_file import read_thresholds_yaml
+from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml
 from yolodefect.shipped import with_shipped_model
 from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
 from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector
 from yolodefect.stream.drawing import Overlay, draw_frame
 from yolodefect.stream.events import Decision, Defect, Event, ModelIdentity, new_event, utc_now_iso
 from yolodefect.stream.evidence import EvidenceWriter, VideoSink
-from yolodefect.stream.options import (DEFAULT_OUTBOX, WatchOptions, check_outputs_outside_source, load_station_config,
+from yolodefect.stream.options import (DEFAULT_MIN_FRAMES, DEFAULT_OUTBOX, WatchOptions, check_outputs_outside_source, load_station_config,
                                       merge_options, resolve_options)
-from yolodefect.stream.parts import ImagePartDecider, PartDecision, TrackPartDecider
+from yolodefect.stream.line import LineFrame, LinePartDecider
+from yolodefect.stream.part_finder import BeltModel, class_part_boxes
+from yolodefect.stream.parts import ImagePartDecider, PartDecision
 from yolodefect.stream.sinks import sink_from_url
 from yolodefect.stream.sources import (
     CaptureFactory,
@@ -67,7 +69,6 @@ from yolodefect.stream.sources import (
     open_source,
 )
 from yolodefect.stream.stats import StatsBoard, StatsTicker, StopReason, WatchStats, WatchSummary
-from yolodefect.stream.tracking import DefectTracker
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +83,16 @@ __all__ = [
     "watch",
 ]
 
-# Ultralytics keeps a lost track for track_buffer (30) frames and may re-find it under the same id;
-# remembering decided tracks for longer guarantees such a track cannot reject twice.
-_FORGET_AFTER_FRAMES = 150
-# ByteTrack's second association uses boxes down to its track_low_thresh (0.1).
-_TRACK_CONF_FLOOR = 0.1
 _WINDOW = "yolodefect watch"
 
 
-def build_rules(options: WatchOptions) -> RejectRules:
+def build_rules(options: WatchOptions, thresholds: Thresholds | None = None) -> RejectRules:
     """Reject rules from the options, resolved as ``yolodefect eval`` resolves the same settings:
     thresholds file, then per-class overrides, then ``conf`` for the rest."""
+    if thresholds is None and options.thresholds is not None:
+        thresholds = read_thresholds_yaml(options.thresholds)
     return build_reject_rules(
-        thresholds=read_thresholds_yaml(options.thresholds) if options.thresholds is not None else None,
+        thresholds=thresholds,
         conf=options.conf,
         class_conf=options.class_conf,
         reject_classes=options.reject_classes,
@@ -136,7 +134,16 @@ class _RateLimitedLog:
         log(message, *args)
 
 
-_Outcome = tuple[Decision, str | int | None, Detections, str | None]
+@dataclass(frozen=True)
+class _Outcome:
+    """One event to emit: ``frame`` is its evidence frame (the defects' coordinates), ``part_box`` the part on it."""
+
+    decision: Decision
+    part_id: str | int | None
+    defects: Detections
+    message: str | None
+    frame: Frame
+    part_box: np.ndarray | None = None
 
 
 @dataclass
@@ -146,6 +153,7 @@ class _FrameResult:
     decisions: list[PartDecision]
     error: str | None = None  # processing raised
     late_ms: float | None = None  # set when over max_latency_ms
+    part_boxes: np.ndarray | None = None  # track mode: the parts in view
 
 
 class _Station:
@@ -153,7 +161,8 @@ class _Station:
 
     def __init__(self, options: WatchOptions, detector: Detector, class_names: Mapping[int, str], model: ModelIdentity,
                  rules: RejectRules, source: FrameSource, dispatcher: Dispatcher, track_mode: bool,
-                 stop: threading.Event, board: StatsBoard):
+                 stop: threading.Event, board: StatsBoard, *, min_frames: int = 3, belt: BeltModel | None = None,
+                 keep_scores: bool = False, on_part: Callable[[PartDecision], None] | None = None):
         self.options = options
         self.detector = detector
         self.names = dict(class_names)
@@ -164,13 +173,19 @@ class _Station:
         self.track_mode = track_mode
         self.stop = stop
         self.board = board
-        # Built up front: importing Ultralytics' trackers takes seconds, which must not land on the first part.
-        self.tracker = DefectTracker(options.tracker, reject_conf=rules.min_threshold()) if track_mode else None
-        self.decider: ImagePartDecider | TrackPartDecider = (
-            TrackPartDecider(options.min_frames, part_merge_px=options.part_merge_px,
-                             forget_after_frames=_FORGET_AFTER_FRAMES)
-            if track_mode else ImagePartDecider(emit_pass=options.emit_pass)
-        )
+        self.on_part = on_part
+        self.image_decider = ImagePartDecider(emit_pass=options.emit_pass)
+        self.line: LinePartDecider | None = None
+        self.belt: BeltModel | None = belt
+        self._belt_images: list[np.ndarray] = []
+        self._previous_belt: np.ndarray | None = None
+        self.last_frame: Frame | None = None
+        if track_mode:
+            self.line = LinePartDecider(self._find_parts, self.names, rules, min_frames=min_frames,
+                                        min_part_frames=options.min_part_frames, decide_at=options.decide_at,
+                                        emit_pass=options.emit_pass, keep_scores=keep_scores)
+        self.part_class_id = _part_class_id(options, self.names) if track_mode and options.parts == "class" else None
+        self.off_part_log = _RateLimitedLog(60.0)
         self.evidence = EvidenceWriter(options.evidence_dir) if options.evidence_dir is not None else None
         self.video: VideoSink | None = None
         self.show = options.show and self._display_ok()
@@ -191,11 +206,43 @@ class _Station:
             self.nan_log(logger.warning, "the detector returned %d box(es) with NaN/inf values; ignored",
                          int((~finite).sum()))
             detections = detections.filter(finite)
-        if self.tracker is not None and detections.tracker_id is None:
-            detections = self.tracker.update(detections, frame.image, frame_index=frame.index)
-        counted = self.rules.mask(detections, self.names)
-        decisions = self.decider.update(frame, detections.filter(counted))
-        return _FrameResult(detections, counted, decisions)
+        if self.line is None:
+            counted = self.rules.mask(detections, self.names)
+            return _FrameResult(detections, counted, self.image_decider.update(frame, detections.filter(counted)))
+        seen = self.line.update(frame, detections)
+        self._count_line(seen)
+        return _FrameResult(detections, seen.counted, seen.decisions, part_boxes=seen.part_boxes)
+
+    def _count_line(self, seen: LineFrame) -> None:
+        if seen.off_part:
+            self.board.add("off_part_detections", seen.off_part)
+            self.off_part_log(logger.warning, "%d defect detection(s) outside every part on frame(s) of the belt: "
+                              "not emitted; if this keeps happening the model sees defects in the belt "
+                              "(retrain with belt images as background)", seen.off_part)
+        self.board.set("open_parts", self.line.open_parts if self.line is not None else 0)
+        self.board.set("discarded_regions", self.line.discarded_regions if self.line is not None else 0)
+
+    def _find_parts(self, frame: Frame, detections: Detections) -> tuple[np.ndarray, np.ndarray]:
+        """The part finder of this run (see :mod:`yolodefect.stream.part_finder`)."""
+        if self.part_class_id is not None:
+            return class_part_boxes(detections, self.part_class_id, self.rules.threshold(self.options.part_class))
+        if self.belt is None:
+            raise RuntimeError("the belt model is not learned yet")  # process() learns it before detecting
+        boxes, self._previous_belt = self.belt.find(frame.image, self._previous_belt)
+        return boxes, np.ones(len(detections), dtype=bool)
+
+    def _learning_belt(self, frame: Frame) -> bool:
+        """Take the first ``belt_frames`` frames as the empty belt; True while they are being taken."""
+        if self.line is None or self.part_class_id is not None or self.belt is not None or frame.error is not None:
+            return False
+        self._belt_images.append(frame.image)
+        if len(self._belt_images) < self.options.belt_frames:
+            return True
+        self.belt = BeltModel.learn(self._belt_images, min_area_px=self.options.min_part_area)
+        self._belt_images = []
+        logger.info("learned the empty belt from frames %d-%d; inspecting from frame %d on",
+                    frame.index - self.options.belt_frames + 1, frame.index, frame.index + 1)
+        return True
 
     def _unreadable(self, frame: Frame) -> _FrameResult:
         """A part whose file could not be decoded: an 'error' decision, never a silent pass."""
@@ -206,7 +253,15 @@ class _Station:
         return _FrameResult(Detections.empty(), np.zeros(0, dtype=bool), [], error=frame.error)
 
     def process(self, frame: Frame) -> None:
+        self.last_frame = frame
         try:
+            if self._learning_belt(frame):
+                self.board.add("belt_frames")
+                self.board.frame_done((time.monotonic() - frame.captured_monotonic) * 1000.0)
+                if self.options.save is not None or self.show:  # the saved video keeps every frame of the source
+                    self._output(draw_frame(frame.image, Detections.empty(), self.names,
+                                            overlay=Overlay(text="learning the empty belt")))
+                return
             result = self._detect(frame) if frame.error is None else self._unreadable(frame)
         except Exception as exc:
             if self.options.fail_safe != "reject":
@@ -223,40 +278,76 @@ class _Station:
                 result.late_ms = latency_ms
                 self.late_log(logger.warning, "frame %d took %.0f ms (> max_latency_ms %.0f); emitting error events",
                               frame.index, latency_ms, limit)
+        self._finish_frame(frame, result)
+
+    def finish(self, why: str) -> None:
+        """At the end of the run: no part in the station leaves without a decision (see LinePartDecider.finish)."""
+        if self.line is None or self.last_frame is None:
+            return
+        frame = self.last_frame
+        result = _FrameResult(Detections.empty(), np.zeros(0, dtype=bool), self.line.finish(frame, why))
+        self._finish_frame(frame, result, count_frame=False)
+
+    def _finish_frame(self, frame: Frame, result: _FrameResult, *, count_frame: bool = True) -> None:
+        for decision in result.decisions:
+            if self.on_part is not None:
+                self.on_part(decision)
+            if decision.decision == "pass" and not decision.emit and result.late_ms is None:
+                self.board.add("passes")  # inspected and good; nobody asked for pass events
+                self.board.add("parts")
         outcomes = list(self._outcomes(frame, result))
         annotated = None
-        if self._needs_drawing(outcomes):
+        if self._needs_drawing(frame, outcomes):
             try:
                 annotated = self._annotated(frame, result)
             except Exception as exc:  # a picture is not worth losing the event for
                 logger.warning("drawing frame %d failed (%s); continuing without the annotated image", frame.index, exc)
-        for decision, part_id, defects, message in outcomes:
-            self._emit(frame, decision, part_id, defects, message, annotated)
-        self.board.frame_done((time.monotonic() - frame.captured_monotonic) * 1000.0)
-        if annotated is not None:
+        for outcome in outcomes:
+            evidence = annotated if outcome.frame is frame else None
+            if evidence is None and self.evidence is not None and outcome.decision != "pass":
+                evidence = self._evidence_drawing(outcome)
+            self._emit(frame, outcome, evidence)
+        if count_frame:
+            self.board.frame_done((time.monotonic() - frame.captured_monotonic) * 1000.0)
+        if annotated is not None and count_frame:
             self._output(annotated)
 
+    def _evidence_drawing(self, outcome: _Outcome) -> np.ndarray | None:
+        """The annotated picture of a part decided on a later frame than the one that shows its defects."""
+        try:
+            overlay = Overlay(text=f"{outcome.decision.upper()} part {outcome.part_id}", alarm=True)
+            boxes = outcome.part_box.reshape(1, 4) if outcome.part_box is not None else None
+            return draw_frame(outcome.frame.image, outcome.defects, self.names, roi_polygon=self.options.roi,
+                              overlay=overlay, part_boxes=boxes)
+        except Exception as exc:  # a picture is not worth losing the event for
+            logger.warning("drawing evidence of part %s failed (%s)", outcome.part_id, exc)
+            return None
+
     def _outcomes(self, frame: Frame, result: _FrameResult) -> Iterator[_Outcome]:
-        """The events this frame produces: (decision, part id, defects, message)."""
+        """The events this frame produces."""
         part_hint: str | int | None = None if self.track_mode else (
             frame.part_hint if frame.part_hint is not None else frame.index)
+        empty = Detections.empty()
         if result.error is not None:
             # An unreadable file is named in track mode too: the part is known, only its picture is not.
-            yield "error", frame.part_hint if frame.error is not None else part_hint, Detections.empty(), result.error
+            yield _Outcome("error", frame.part_hint if frame.error is not None else part_hint, empty, result.error, frame)
             return
         if result.late_ms is not None:
             late = (f"decision too late: {result.late_ms:.0f} ms after capture "
                     f"(max_latency_ms {self.options.max_latency_ms:.0f}); treat the part as not inspected")
             for decision in result.decisions:
-                yield "error", decision.part_id, decision.defects, f"{late} (would have been {decision.decision})"
+                yield _Outcome("error", decision.part_id, decision.defects,
+                               f"{late} (would have been {decision.decision})", decision.frame, decision.part_box)
             if not result.decisions and not self.track_mode:
-                yield "error", part_hint, Detections.empty(), f"{late} (would have been pass)"
+                yield _Outcome("error", part_hint, empty, f"{late} (would have been pass)", frame)
             return
         for decision in result.decisions:
-            yield decision.decision, decision.part_id, decision.defects, None
+            if decision.emit:
+                yield _Outcome(decision.decision, decision.part_id, decision.defects, decision.message, decision.frame,
+                               decision.part_box)
 
-    def _needs_drawing(self, outcomes: list[_Outcome]) -> bool:
-        evidence = self.evidence is not None and any(decision != "pass" for decision, *_ in outcomes)
+    def _needs_drawing(self, frame: Frame, outcomes: list[_Outcome]) -> bool:
+        evidence = self.evidence is not None and any(o.decision != "pass" and o.frame is frame for o in outcomes)
         return self.options.save is not None or self.show or evidence
 
     def _annotated(self, frame: Frame, result: _FrameResult) -> np.ndarray:
@@ -268,13 +359,16 @@ class _Station:
             text, alarm = "REJECT " + ", ".join(str(d.part_id) for d in rejected), True
         overlay = Overlay(fps=self.board.fps(), rejects=self.board.count("rejects") + len(rejected), text=text, alarm=alarm)
         return draw_frame(frame.image, result.detections, self.names, counted=result.counted,
-                          roi_polygon=self.options.roi, overlay=overlay)
+                          roi_polygon=self.options.roi, overlay=overlay, part_boxes=result.part_boxes)
 
-    def _emit(self, frame: Frame, decision: Decision, part_id: str | int | None, defects: Detections,
-              message: str | None, annotated: np.ndarray | None) -> None:
+    def _emit(self, frame: Frame, outcome: _Outcome, annotated: np.ndarray | None) -> None:
+        """Emit one event decided on ``frame`` (latency runs from its capture), shown by ``outcome.frame``."""
+        decision, part_id, defects, shown = outcome.decision, outcome.part_id, outcome.defects, outcome.frame
+        part_box = None if outcome.part_box is None else tuple(round(float(v), 1) for v in outcome.part_box)
         event = new_event(
-            decision=decision, source=frame.source, frame_index=frame.index, captured_at=frame.captured_at,
-            latency_ms=0.0, image_size_wh=frame.size_wh, model=self.model, part_id=part_id, message=message,
+            decision=decision, source=shown.source, frame_index=shown.index, captured_at=shown.captured_at,
+            latency_ms=0.0, image_size_wh=shown.size_wh, model=self.model, part_id=part_id, message=outcome.message,
+            part_bbox_xyxy=part_box,
             defects=[
                 # float32 noise (0.8999999761) says nothing to a reader of the event; round it away.
                 Defect(class_name(self.names, int(c)), round(float(np.clip(s, 0.0, 1.0)), 4),
@@ -284,10 +378,10 @@ class _Station:
         )
         paths: dict[str, str] = {}
         if self.evidence is not None and decision != "pass":
-            images = {"raw": frame.image}
+            images = {"raw": shown.image}
             if annotated is not None:
                 images["annotated"] = annotated
-            paths = self.evidence.save(event.event_id, frame.captured_at, images)
+            paths = self.evidence.save(event.event_id, shown.captured_at, images)
         latency_ms = (time.monotonic() - frame.captured_monotonic) * 1000.0
         event = replace(event, latency_ms=latency_ms, emitted_at=utc_now_iso(), snapshot_paths=paths)
         outbox_was_failing = self.dispatcher.outbox_failure is not None
@@ -406,10 +500,10 @@ class _SignalHandlers:
             signal.signal(signum, previous)
 
 
-def make_detector(options: WatchOptions, rules: RejectRules, track_mode: bool) -> Detector:
-    """The model stage exactly as ``watch`` builds it for ``options`` (benchmarks time this very object);
-    in track mode the confidence floor drops to min(threshold, 0.1) so the tracker sees weak boxes too."""
-    floor = min(rules.min_threshold(), _TRACK_CONF_FLOOR) if track_mode else rules.min_threshold()
+def make_detector(options: WatchOptions, rules: RejectRules, conf_floor: float | None = None) -> Detector:
+    """The model stage exactly as ``watch`` builds it for ``options`` (benchmarks time this very object).
+    The model keeps boxes down to the lowest threshold of the rules (``conf_floor`` lower: calibration)."""
+    floor = rules.min_threshold() if conf_floor is None else min(conf_floor, rules.min_threshold())
     detector: Detector = UltralyticsDetector(options.model, imgsz=options.imgsz, device=options.device,
                                              conf_floor=floor, half=options.half)
     if options.tile is not None:
@@ -427,6 +521,8 @@ def watch(
     on_stats: Callable[[WatchStats], None] | None = None,
     install_signal_handlers: bool = False,
     capture_factory: CaptureFactory = default_capture_factory,
+    on_part: Callable[[PartDecision], None] | None = None,
+    conf_floor: float | None = None,
 ) -> WatchSummary:
     """Run the inspection station until the source ends, ``max_frames`` is reached or ``stop_event`` is set.
 
@@ -434,6 +530,8 @@ def watch(
     and ``model_info`` attributes are used when present, else pass them here. ``on_stats`` gets a
     :class:`WatchStats` every ``stats_interval_s`` (from a helper thread) and once at the end.
     ``install_signal_handlers`` makes SIGINT/SIGTERM stop the run cleanly (the CLI sets it).
+    ``on_part`` gets every part decision (on a line with the part's per-frame class scores) and
+    ``conf_floor`` lowers the model's confidence floor: ``yolodefect calibrate`` uses both.
     On return every event is in the outbox, and delivered unless a sink stayed down for
     ``flush_timeout_s`` (see ``WatchSummary.undelivered``); events the outbox could not store (full
     disk) were sent to the sinks directly and are listed in ``WatchSummary.not_persisted_event_ids``.
@@ -447,15 +545,18 @@ def watch(
         logger.info("no model given: running the shipped demonstration model %s (trained on synthetic parts; "
                     "give --model for your own)", options.model)
     stop = stop_event if stop_event is not None else threading.Event()
-    rules = build_rules(options)
+    thresholds = read_thresholds_yaml(options.thresholds) if options.thresholds is not None else None
+    rules = build_rules(options, thresholds)
     source_options = SourceOptions(fps_cap=options.fps_cap, loop=options.loop, follow=options.follow,
                                    stall_timeout_s=options.stall_timeout_s)
     source = open_source(options.source, source_options, stop_event=stop, capture_factory=capture_factory)
-    track_mode = options.mode == "track" or (options.mode == "auto" and not source.per_part)
-    if track_mode and options.emit_pass:
-        logger.warning("emit_pass applies to part mode only: in track mode a good part has no track, so no pass events")
+    triggered = options.trigger is not None  # one part per trigger: the trigger is the part finder
+    track_mode = not triggered and (options.mode == "track" or (options.mode == "auto" and not source.per_part))
+    min_frames = line_min_frames(options, thresholds)
+    if track_mode:
+        _warn_unless_calibrated(options, thresholds)
     if detector is None:
-        detector = make_detector(options, rules, track_mode)
+        detector = make_detector(options, rules, conf_floor)
     names = class_names if class_names is not None else getattr(detector, "class_names", None)
     if names is None:
         raise UsageError("the detector has no class_names; pass class_names= to watch()")
@@ -468,13 +569,24 @@ def watch(
                       else _fallback_model_info(detector))
 
     sinks = [sink_from_url(spec) for spec in options.sinks]
-    dispatcher = Dispatcher.open(options.outbox, sinks)
+    if triggered:
+        from yolodefect.stream.trigger import open_triggered_source
+
+        source = open_triggered_source(options.trigger, source, stop)
+    try:
+        dispatcher = Dispatcher.open(options.outbox, sinks)
+    except BaseException:
+        _close_trigger(source)
+        raise
     board = StatsBoard(WatchStats(source=source.name, mode="track" if track_mode else "part",
                                   model=model_info.to_dict(), model_card=getattr(detector, "card", None)))
     try:
-        station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board)
+        belt = learn_belt(options.belt, options, stop) if track_mode and options.belt is not None else None
+        station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board,
+                           min_frames=min_frames, belt=belt, keep_scores=on_part is not None, on_part=on_part)
     except BaseException:
         dispatcher.close(timeout_s=0.0)  # releases the outbox lock: a retry in this process must not find it taken
+        _close_trigger(source)
         raise
     logger.info("watching %s (%s mode) with %s [%s]; events to %s; outbox %s", source.name, board.snapshot().mode,
                 model_info.name, model_info.precision, ", ".join(s.name for s in sinks), _outbox_words(options.outbox))
@@ -497,6 +609,7 @@ def watch(
                     break
             if stop.is_set() and stopped_by == "end":
                 stopped_by = "signal" if signals.received is not None else "window" if station.window_closed else "stop"
+            station.finish("the source ended" if stopped_by == "end" else f"the station stopped ({stopped_by})")
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
@@ -524,6 +637,58 @@ def watch(
         except Exception as exc:
             logger.warning("stats callback failed: %s", exc)
     return summary
+
+
+def _close_trigger(source: FrameSource) -> None:
+    trigger = getattr(source, "trigger", None)
+    if trigger is not None:
+        trigger.close()
+
+
+def _part_class_id(options: WatchOptions, names: Mapping[int, str]) -> int:
+    for class_id, name in names.items():
+        if name == options.part_class:
+            return class_id
+    raise UsageError(f"parts=class needs a class {options.part_class!r} in the model (its classes: "
+                     f"{', '.join(names.values())}); label whole parts as that class, or use parts=belt")
+
+
+def line_min_frames(options: WatchOptions, thresholds: Thresholds | None) -> int:
+    """k of the line rule: the option when given, else the calibrated thresholds file's, else the default."""
+    if options.min_frames is not None:
+        return options.min_frames
+    if thresholds is not None and thresholds.min_frames is not None:
+        return thresholds.min_frames
+    return DEFAULT_MIN_FRAMES
+
+
+def _warn_unless_calibrated(options: WatchOptions, thresholds: Thresholds | None) -> None:
+    if thresholds is not None and thresholds.calibrated_on is None:
+        logger.warning("the thresholds in %s were chosen on still images (one look per part); on a moving line "
+                       "each part is seen on many frames, so more good parts will be rejected than eval promised. "
+                       "Calibrate the line with a run of known parts: yolodefect calibrate VIDEO --truth parts.csv",
+                       options.thresholds)
+
+
+def learn_belt(belt: Path, options: WatchOptions, stop: threading.Event) -> BeltModel:
+    """The empty-belt model from ``belt`` (a video or image folder of the empty belt): its first ``belt_frames`` frames."""
+    images = []
+    source = open_source(str(belt), SourceOptions(), stop_event=stop)
+    frames = iter(source)
+    try:
+        for frame in frames:
+            if frame.error is None:
+                images.append(frame.image)
+            if len(images) >= options.belt_frames:
+                break
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+    if len(images) < 2:
+        raise UsageError(f"the empty belt {belt} gave {len(images)} readable frame(s); at least 2 are needed")
+    logger.info("learned the empty belt from %d frame(s) of %s", len(images), belt)
+    return BeltModel.learn(images, min_area_px=options.min_part_area)
 
 
 def _source_extras(source: FrameSource) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""Calibration and verification on a run of master parts: the station's own rule, its thresholds and k.
+
+The detector is a noisy fake: defects are seen on most frames of a defective part, and good parts
+get a false positive on a few frames each, as a real model does on a moving line. A per-image
+threshold then rejects good parts; the calibration run must find the k that does not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from yolodefect.calibrate import CalibrateOptions, calibrate
+from yolodefect.data.conveyor import ConveyorTruth, write_conveyor_video
+from yolodefect.data.part_truth import KnownPart, write_part_truth
+from yolodefect.detections import Detections
+from yolodefect.errors import YoloDefectError
+from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml, write_thresholds_yaml
+from yolodefect.stream.options import WatchOptions
+from yolodefect.stream.watch import watch
+
+BELT_FRAMES = 30
+
+
+def video(path: Path, defective: set[int], seed: int, parts: int = 10) -> ConveyorTruth:
+    return write_conveyor_video(path, parts=parts, defective=defective, seed=seed, frame_size=(480, 200),
+                                part_size=(120, 110), gap_px=(20, 60), lead_in_frames=BELT_FRAMES + 5,
+                                flicker=0.05, textured_belt=True, speed_px_per_frame=12)
+
+
+class NoisyDetector:
+    """Defects at 0.6 on 4 frames of 5; every good part gets a more confident (0.7) false positive on 2-3 of its frames,
+    so no threshold alone can keep good parts and catch bad ones: only k can."""
+
+    def __init__(self, truth: ConveyorTruth):
+        self.truth = truth
+        self.frame = BELT_FRAMES
+        self.class_names = list(truth.class_names)
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        rows = [(v.xyxy, 0.6, v.class_id) for v in self.truth.visible_defects(self.frame) if self.frame % 5]
+        for part in self.truth.parts:
+            box = self.truth.part_box(part.index, self.frame)
+            if part.defective or box is None or box[2] - box[0] < 40:
+                continue
+            if (self.frame + 7 * part.index) % 11 == 0:  # ~3 frames of the ~30 it is fully in view
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                rows.append(((cx - 6, cy - 6, cx + 6, cy + 6), 0.7, 0))
+        self.frame += 1
+        if not rows:
+            return Detections.empty()
+        return Detections(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory: pytest.TempPathFactory) -> tuple[ConveyorTruth, Path]:
+    folder = tmp_path_factory.mktemp("masters")
+    truth = video(folder / "masters.avi", {1, 3, 4, 7}, seed=11)
+    return truth, write_part_truth(folder / "masters.csv", truth.known_parts())
+
+
+def image_thresholds(folder: Path, names: list[str]) -> Path:
+    """What eval --target-recall would pick on still images of this model: 0.4 (below both scores)."""
+    return write_thresholds_yaml(folder / "thresholds.yaml", Thresholds(
+        conf={name: 0.4 for name in names}, target_recall=0.99, target_reached=True, recall=1.0, escape_rate=0.0,
+        false_reject_rate=0.0, reject_classes=names))
+
+
+def station(tmp_path: Path, truth: ConveyorTruth, **overrides: Any) -> WatchOptions:
+    values: dict[str, Any] = dict(thresholds=image_thresholds(tmp_path, list(truth.class_names)),
+                                  belt_frames=BELT_FRAMES)
+    values.update(overrides)
+    return WatchOptions(**values)
+
+
+def test_calibration_chooses_k_and_thresholds_that_keep_good_parts(masters, tmp_path: Path) -> None:
+    truth, truth_csv = masters
+    result = calibrate(truth.path, truth_csv, station(tmp_path, truth),
+                       CalibrateOptions(target_recall=0.99, out_dir=tmp_path / "cal"), detector=NoisyDetector(truth))
+    assert result.parts_found == result.parts_expected == 10
+    assert result.escape_rate == 0.0 and result.false_reject_rate == 0.0
+    assert result.min_frames >= 2  # good parts show a false positive on a few frames before the line
+    k1 = result.search[0]
+    assert k1["min_frames"] == 1 and k1["false_reject_rate"] == 1.0  # one look per frame rejects every good part
+    written = read_thresholds_yaml(result.thresholds_path)
+    assert written.min_frames == result.min_frames and written.calibrated_on["parts"] == 10
+    assert written.false_reject_rate == 0.0 and written.escape_rate == 0.0
+    assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["min_frames"] == result.min_frames
+
+    # The station reads them back and keeps the promise on an independent video of other parts.
+    other = video(tmp_path / "line.avi", {0, 2, 5, 8, 9}, seed=12)
+    events_path = tmp_path / "events.jsonl"
+    summary = watch(WatchOptions(source=str(other.path), thresholds=result.thresholds_path, belt_frames=BELT_FRAMES,
+                                 sinks=(str(events_path),), outbox=tmp_path / "outbox.sqlite", emit_pass=True),
+                    detector=NoisyDetector(other))
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    assert [e["part_id"] for e in events] == list(range(1, 11))
+    assert {e["part_id"] - 1 for e in events if e["decision"] == "reject"} == {0, 2, 5, 8, 9}
+    assert summary.stats.errors == 0
+
+
+def test_image_thresholds_on_video_warn_and_reject_good_parts(masters, tmp_path: Path, caplog) -> None:
+    truth, _ = masters
+    events_path = tmp_path / "events.jsonl"
+    watch(WatchOptions(source=str(truth.path), sinks=(str(events_path),), outbox=tmp_path / "outbox.sqlite",
+                       thresholds=image_thresholds(tmp_path, list(truth.class_names)), belt_frames=BELT_FRAMES,
+                       min_frames=1),
+          detector=NoisyDetector(truth))
+    assert "chosen on still images" in caplog.text and "yolodefect calibrate" in caplog.text
+    rejected = {json.loads(line)["part_id"] - 1 for line in events_path.read_text().splitlines()}
+    assert rejected == set(range(10))  # every good part too: why the line must be calibrated
+
+
+def test_verification_passes_and_fails_on_a_missed_bad_part(masters, tmp_path: Path) -> None:
+    truth, truth_csv = masters
+    calibrated = calibrate(truth.path, truth_csv, station(tmp_path, truth),
+                           CalibrateOptions(out_dir=tmp_path / "cal"), detector=NoisyDetector(truth))
+    verify = station(tmp_path, truth, thresholds=calibrated.thresholds_path)
+    ok = calibrate(truth.path, truth_csv, verify, CalibrateOptions(verify=True, out_dir=tmp_path / "v1"),
+                   detector=NoisyDetector(truth))
+    assert ok.ok and ok.missed_parts == []
+
+    # The model got worse: part 3's defect is no longer seen. The daily check must fail and name it.
+    class Blind(NoisyDetector):
+        def __call__(self, image: np.ndarray) -> Detections:
+            found = super().__call__(image)
+            box = self.truth.part_box(3, self.frame - 1)
+            if box is None or not len(found):
+                return found
+            centres = (found.xyxy[:, 0] + found.xyxy[:, 2]) / 2
+            return found.filter(~((centres >= box[0]) & (centres <= box[2])))
+
+    failed = calibrate(truth.path, truth_csv, verify, CalibrateOptions(verify=True, out_dir=tmp_path / "v2"),
+                       detector=Blind(truth))
+    assert not failed.ok and failed.missed_parts == ["3"]
+
+
+def test_cli_verify_exits_1_when_a_known_bad_part_passes(masters, tmp_path: Path, monkeypatch) -> None:
+    from yolodefect import cli
+
+    truth, truth_csv = masters
+    # A truth file that claims a good part is defective: the station (rightly) passes it, so the check fails.
+    lying = write_part_truth(tmp_path / "lying.csv", [KnownPart(k.part_id, k.defective or k.part_id == "0", k.classes)
+                                                      for k in truth.known_parts()])
+    thresholds = image_thresholds(tmp_path, list(truth.class_names))
+    original = calibrate
+
+    def with_fake(video, truth_path, station_options, options, **kwargs):
+        return original(video, truth_path, station_options, options, detector=NoisyDetector(truth))
+
+    monkeypatch.setattr("yolodefect.calibrate.calibrate", with_fake)
+    result = CliRunner().invoke(cli.app, ["calibrate", str(truth.path), "--truth", str(lying), "--verify",
+                                          "--thresholds", str(thresholds), "--min-frames", "5",
+                                          "--belt-frames", str(BELT_FRAMES), "--out", str(tmp_path / "cli"), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["missed_parts"] == ["0"] and report["ok"] is False
+
+
+def test_a_truth_file_with_another_part_count_is_refused(masters, tmp_path: Path) -> None:
+    truth, _ = masters
+    short = write_part_truth(tmp_path / "short.csv", truth.known_parts()[:7])
+    with pytest.raises(YoloDefectError, match="found 10 part.*lists 7"):
+        calibrate(truth.path, short, station(tmp_path, truth), CalibrateOptions(out_dir=tmp_path / "cal"),
+                  detector=NoisyDetector(truth))

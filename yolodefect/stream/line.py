@@ -1,0 +1,383 @@
+"""One decision per part on a moving line: part tracks, defects assigned to parts, a k-of-n rule, a decision line.
+
+Per frame (:meth:`LinePartDecider.update`): the part finder gives the part boxes; :class:`PartTracker`
+gives them ids across frames; every detection is assigned to the part box holding its centre.
+Detections on no part are belt, not defects: they are counted (``off_part``) and never emitted.
+
+Part tracks are our own :class:`PartTracker`, not Ultralytics' ByteTrack: ByteTrack's Kalman filter
+models a box of constant size moving at constant speed, but a part entering or leaving the picture
+is a box that grows or shrinks against the frame edge while its far edge moves; measured on a
+generated line (parts 90-200 px wide, 10 px/frame), ByteTrack lost most leaving parts and found
+them again as new tracks at the exit edge, which would be a second decision for one part.
+:class:`PartTracker` predicts each box by the speed of its edges that the frame does not clip.
+
+For each part and frame the station keeps one number per class: the highest confidence of an
+eligible detection of that class on the part (eligible: a reject class, large enough, inside the
+ROI; :meth:`RejectRules.eligible_mask`). The part's verdict (:func:`part_rejected`) is the rule
+``yolodefect calibrate`` tunes: a class rejects the part when it reaches its threshold on at least
+``min_frames`` (k) of the part's frames. A per-image threshold applied to every one of 60 looks
+multiplies the chances of a false reject; asking for k looks takes that back, and the calibration
+run measures both on real parts.
+
+The decision is made once, when the part's centre crosses the decision line (``decide_at``: the
+fraction of the frame from the edge where parts enter, along the direction they move), or when it
+is lost before (removed from the belt, end of the video). A part seen on fewer frames than the
+rule needs gets an ``error`` decision (not inspected). A region that appears on fewer than
+:data:`PART_CONFIRM_FRAMES` frames and never reaches the line is noise, counted, never an event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from yolodefect.detections import Detections, box_iou
+from yolodefect.errors import UsageError
+from yolodefect.inference.names import class_name
+from yolodefect.inference.rules import RejectRules
+from yolodefect.stream.parts import PartDecision
+from yolodefect.stream.sources import Frame
+
+logger = logging.getLogger(__name__)
+
+PART_CONFIRM_FRAMES = 2  # fewer sightings than this, never at the line: a flicker of the belt, not a part
+LOST_AFTER_FRAMES = 5  # a part track unseen this many processed frames has left (or was taken off)
+MIN_MOTION_PX = 4.0  # a part must have moved this far before its direction (and the line) is known
+MAX_OPEN_PARTS = 1000
+
+# (part boxes (N, 4) frame px, mask over the detections: True where a detection may be a defect)
+PartFinder = Callable[[Frame, Detections], tuple[np.ndarray, np.ndarray]]
+
+
+def part_rejected(scores: np.ndarray, thresholds: np.ndarray, reject_ids: list[int], min_frames: int) -> bool:
+    """The station's verdict on one part: ``scores`` (frames, classes) per-frame maxima, ``thresholds`` (classes,).
+
+    Rejected when some reject class reaches its threshold (and is above 0) on at least ``min_frames`` frames.
+    Compared in float32, as :meth:`RejectRules.mask` compares."""
+    if scores.size == 0 or not reject_ids:
+        return False
+    selected = scores[:, reject_ids].astype(np.float32)
+    hits = (selected > 0) & (selected >= thresholds[reject_ids].astype(np.float32))
+    return bool((hits.sum(axis=0) >= min_frames).any())
+
+
+def kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """(classes,) the k-th largest per-frame score of each class (0 when seen on fewer than k frames):
+    the part reaches a threshold on k frames exactly when this reaches it."""
+    if scores.shape[0] < k:
+        return np.zeros(scores.shape[1], dtype=np.float32)
+    return np.sort(scores, axis=0)[-k].astype(np.float32)
+
+
+@dataclass
+class _Part:
+    track_id: int
+    first_centre: np.ndarray
+    box: np.ndarray
+    last_tick: int
+    sightings: int = 0
+    scores: list[np.ndarray] = field(default_factory=list)
+    best_key: tuple[float, float] = (-np.inf, 0.0)  # (confidence over threshold, visible part area)
+    best: tuple[Frame, Detections, np.ndarray] | None = None  # frame, its counted defects on the part, part box
+    decided: bool = False
+
+
+@dataclass(frozen=True)
+class LineFrame:
+    """What one frame gave: the decisions made on it, the parts in view, and the defects that count."""
+
+    decisions: list[PartDecision]
+    part_boxes: np.ndarray  # (N, 4) frame px
+    counted: np.ndarray  # mask over the frame's detections: counted defects on a part
+    off_part: int  # counted detections outside every part (belt)
+
+
+class LinePartDecider:
+    """Parts found by ``finder``, tracked, judged by :func:`part_rejected`, decided once each."""
+
+    def __init__(self, finder: PartFinder, class_names: Mapping[int, str], rules: RejectRules, *,
+                 min_frames: int = 3, min_part_frames: int = 5, decide_at: float = 0.5, emit_pass: bool = False,
+                 keep_scores: bool = False):
+        if min_frames < 1 or min_part_frames < 1:
+            raise UsageError("min_frames and min_part_frames must be >= 1")
+        if not 0.0 < decide_at < 1.0:
+            raise UsageError(f"decide_at must lie in (0, 1) (fraction of the frame from the entry edge), got {decide_at}")
+        self.finder = finder
+        self.names = dict(class_names)
+        self.rules = rules
+        self.min_frames = min_frames
+        self.needed_frames = max(min_frames, min_part_frames)
+        self.decide_at = decide_at
+        self.emit_pass = emit_pass
+        self.keep_scores = keep_scores  # calibration keeps each part's per-frame scores in its decision
+        self.tracker = PartTracker()
+        classes = max(self.names) + 1 if self.names else 0
+        self.class_count = classes
+        self.thresholds = np.array([rules.threshold(class_name(self.names, c)) for c in range(classes)], dtype=np.float32)
+        self.reject_ids = rules.reject_ids(self.names)
+        self._rejecting = np.zeros(classes, dtype=bool)
+        self._rejecting[self.reject_ids] = True
+        self._parts: OrderedDict[int, _Part] = OrderedDict()
+        self._tick = 0
+        self._next_number = 1
+        self.discarded_regions = 0
+
+    @property
+    def open_parts(self) -> int:
+        return sum(1 for part in self._parts.values() if not part.decided)
+
+    def update(self, frame: Frame, detections: Detections) -> LineFrame:
+        self._tick += 1
+        boxes, maybe_defect = self.finder(frame, detections)
+        ids = self.tracker.update(boxes, frame.size_wh)
+        owner = _owners(detections.xyxy, boxes) if len(detections) else np.zeros(0, dtype=np.int64)
+        owner[~maybe_defect] = -2  # the part class itself: neither a defect nor belt
+        eligible = self.rules.eligible_mask(detections) if len(detections) else np.zeros(0, dtype=bool)
+        eligible &= maybe_defect
+        counted = self.rules.mask(detections, self.names) & maybe_defect if len(detections) else eligible
+        off_part = int((counted & (owner == -1)).sum())
+        counted &= owner >= 0
+        decisions: list[PartDecision] = []
+        width, height = frame.size_wh
+        for row, track_id in enumerate(ids.tolist()):
+            if track_id < 0:
+                continue  # a new region, not yet confirmed by the tracker
+            part = self._see(int(track_id), boxes[row])
+            if part.decided:
+                continue
+            on_part = owner == row
+            self._record(part, frame, detections, on_part & eligible, on_part & counted, boxes[row])
+            if self._crossed(part, width, height):
+                decisions.append(self._decide(part, frame, reason="line"))
+        decisions.extend(self._lost(frame))
+        return LineFrame(decisions, boxes, counted, off_part)
+
+    def finish(self, frame: Frame | None, why: str = "the source ended") -> list[PartDecision]:
+        """At the end of a run: parts that already left are decided; parts still in view, seen only in part,
+        get an ``error`` decision (``why`` says what stopped the run), never a guess and never nothing."""
+        if frame is None:
+            return []
+        decisions = []
+        for part in list(self._parts.values()):
+            if part.decided:
+                continue
+            if part.last_tick < self._tick:
+                decision = self._on_leaving(part, frame)
+            elif len(part.scores) < PART_CONFIRM_FRAMES:
+                self.discarded_regions += 1
+                decision = None
+            else:
+                decision = self._decide(part, frame, reason="stopped")
+                decision = replace(decision, decision="error", defects=Detections.empty(),
+                                   message=f"part {decision.part_id} was still in view when {why} "
+                                           f"(seen on {len(part.scores)} frame(s), before the decision line): "
+                                           "not inspected")
+            if decision is not None:
+                decisions.append(decision)
+        self._parts.clear()
+        return decisions
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _see(self, track_id: int, box: np.ndarray) -> _Part:
+        part = self._parts.pop(track_id, None)
+        centre = _centre(box)
+        if part is None:
+            part = _Part(track_id=track_id, first_centre=centre, box=box, last_tick=self._tick)
+        part.box, part.last_tick = box, self._tick
+        part.sightings += 1
+        self._parts[track_id] = part  # most recently seen last
+        return part
+
+    def _record(self, part: _Part, frame: Frame, detections: Detections, eligible: np.ndarray, counted: np.ndarray,
+                box: np.ndarray) -> None:
+        scores = np.zeros(self.class_count, dtype=np.float32)
+        if eligible.any():
+            np.maximum.at(scores, detections.class_id[eligible], detections.confidence[eligible])
+        part.scores.append(scores)
+        if counted.any():
+            mine = detections.filter(counted)
+            # The evidence frame: the most confident defect, and among equals the frame showing most of the part.
+            margin = round(float((mine.confidence - self.thresholds[mine.class_id]).max()), 2)
+            key = (margin, float((box[2] - box[0]) * (box[3] - box[1])))
+            if key > part.best_key:
+                part.best_key, part.best = key, (frame, mine, box.copy())
+
+    def _crossed(self, part: _Part, width: int, height: int) -> bool:
+        # The direction comes from the distance the part's edges travelled (not its centre: a part entering the
+        # view grows, and its box's height still settles on the first frames), and must clearly dominate.
+        moved = self.tracker.travel(part.track_id)
+        axis = int(np.argmax(np.abs(moved)))
+        if abs(float(moved[axis])) < MIN_MOTION_PX or abs(float(moved[axis])) < 2 * abs(float(moved[1 - axis])):
+            return False
+        size = (width, height)[axis]
+        position = float(_centre(part.box)[axis]) / size
+        if moved[axis] < 0:
+            position = 1.0 - position
+        return position >= self.decide_at
+
+    def _decide(self, part: _Part, frame: Frame, *, reason: str) -> PartDecision:
+        part.decided = True
+        number = self._next_number
+        self._next_number += 1
+        scores = np.stack(part.scores) if part.scores else np.zeros((0, self.class_count), np.float32)
+        kept = scores if self.keep_scores else None
+        frames = len(part.scores)
+        if frames < self.needed_frames:
+            where = {"line": "at the decision line", "lost": "when it left the view"}.get(reason, "")
+            message = (f"part {number} was seen on only {frames} frame(s) {where}; the rule needs "
+                       f"{self.needed_frames} (min_frames {self.min_frames}): not inspected")
+            return PartDecision("error", number, Detections.empty(), frame, part_box=part.box.copy(), message=message,
+                                scores=kept)
+        if part_rejected(scores, self.thresholds, self.reject_ids, self.min_frames) and part.best is not None:
+            best_frame, defects, box = part.best
+            hits = (scores >= self.thresholds) & (scores > 0)
+            rejecting = np.flatnonzero((hits.sum(axis=0) >= self.min_frames) & self._rejecting)
+            defects = defects.filter(np.isin(defects.class_id, rejecting)) if len(rejecting) else defects
+            return PartDecision("reject", number, defects, best_frame, part_box=box, decided_frame=frame, scores=kept)
+        return PartDecision("pass", number, Detections.empty(), frame, part_box=part.box.copy(), scores=kept,
+                            emit=self.emit_pass)
+
+    def _on_leaving(self, part: _Part, frame: Frame) -> PartDecision | None:
+        if len(part.scores) < PART_CONFIRM_FRAMES or (len(part.scores) < self.needed_frames and not self._moved(part)):
+            self.discarded_regions += 1
+            logger.debug("region %d seen on %d frame(s) never reached the decision line: not a part",
+                         part.track_id, len(part.scores))
+            return None
+        return self._decide(part, frame, reason="lost")
+
+    def _moved(self, part: _Part) -> bool:
+        return float(np.abs(self.tracker.travel(part.track_id)).max()) >= MIN_MOTION_PX
+
+    def _lost(self, frame: Frame) -> list[PartDecision]:
+        decisions = []
+        horizon = self._tick - LOST_AFTER_FRAMES
+        while self._parts:
+            track_id, part = next(iter(self._parts.items()))
+            if part.last_tick > horizon and len(self._parts) <= MAX_OPEN_PARTS:
+                break
+            self._parts.popitem(last=False)
+            if not part.decided:
+                decision = self._on_leaving(part, frame)
+                if decision is not None:
+                    decisions.append(decision)
+        return decisions
+
+
+class PartTracker:
+    """Ids for part boxes across frames of a moving line: each track's box is predicted by its speed, measured on
+    the edges the frame does not clip, and matched to this frame's boxes by IoU (greedy, best first)."""
+
+    MATCH_IOU = 0.3
+    FORGET_AFTER_FRAMES = LOST_AFTER_FRAMES
+
+    def __init__(self) -> None:
+        self._tracks: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # id -> (box, speed xy, frames unseen)
+        self._travel: dict[int, np.ndarray] = {}  # id -> x, y distance its unclipped edges moved, summed
+        self._next_id = 1
+
+    def travel(self, track_id: int) -> np.ndarray:
+        """How far (x, y pixels) the part moved since it was first seen, measured on edges the frame does not clip."""
+        return self._travel.get(track_id, np.zeros(2))
+
+    def update(self, boxes: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+        """(N,) track ids for ``boxes`` (N, 4) on a frame of size ``frame_wh``."""
+        ids = np.full(len(boxes), -1, dtype=np.int64)
+        track_ids = list(self._tracks)
+        predicted = np.array([_clip(self._tracks[t][0] + np.tile(self._tracks[t][1], 2), frame_wh) for t in track_ids],
+                             dtype=np.float32).reshape(-1, 4)
+        iou = box_iou(predicted, boxes)
+        matched_tracks: set[int] = set()
+        for flat in np.argsort(-self._similarity(iou, predicted, boxes, track_ids), axis=None):
+            row, col = divmod(int(flat), max(len(boxes), 1))
+            if iou[row, col] < self.MATCH_IOU and not self._near(predicted[row], boxes[col], track_ids[row]):
+                break
+            if row in matched_tracks or ids[col] >= 0:
+                continue
+            track_id = track_ids[row]
+            previous, speed, _ = self._tracks[track_id]
+            step = _edge_motion(previous, boxes[col], frame_wh)
+            self._travel[track_id] = self._travel.get(track_id, np.zeros(2)) + np.nan_to_num(step)
+            measured = np.where(np.isnan(step), speed, step)
+            smoothed = measured if not speed.any() else 0.5 * speed + 0.5 * measured
+            self._tracks[track_id] = (boxes[col].astype(np.float64), smoothed, 0)
+            matched_tracks.add(row)
+            ids[col] = track_id
+        for row, track_id in enumerate(track_ids):
+            if row not in matched_tracks:
+                box, speed, unseen = self._tracks[track_id]
+                if unseen + 1 >= self.FORGET_AFTER_FRAMES:
+                    del self._tracks[track_id]
+                    self._travel.pop(track_id, None)
+                else:  # coast: a part missed on one frame keeps moving
+                    self._tracks[track_id] = (box + np.tile(speed, 2), speed, unseen + 1)
+        for col in np.flatnonzero(ids < 0):
+            ids[col] = self._next_id
+            self._tracks[self._next_id] = (boxes[col].astype(np.float64), np.zeros(2), 0)
+            self._next_id += 1
+        return ids
+
+
+    def _similarity(self, iou: np.ndarray, predicted: np.ndarray, boxes: np.ndarray, track_ids: list[int]) -> np.ndarray:
+        """IoU, and for a track whose speed is not known yet (seen once) a nearness score below any IoU match."""
+        score = iou.astype(np.float64).copy()
+        for row, track_id in enumerate(track_ids):
+            if not self._tracks[track_id][1].any():
+                for col in range(len(boxes)):
+                    if score[row, col] < self.MATCH_IOU and self._near(predicted[row], boxes[col], track_id):
+                        score[row, col] = self.MATCH_IOU * (1.0 - _centre_distance(predicted[row], boxes[col]) / 1e6)
+        return score
+
+    def _near(self, predicted: np.ndarray, box: np.ndarray, track_id: int) -> bool:
+        """A part seen once has no speed yet: on a fast line its next box may not overlap it. Accept the box
+        whose centre lies within one part size of it (parts follow each other at least a gap apart)."""
+        if self._tracks[track_id][1].any():
+            return False
+        size = max(float(predicted[2] - predicted[0]), float(predicted[3] - predicted[1]),
+                   float(box[2] - box[0]), float(box[3] - box[1]))
+        return _centre_distance(predicted, box) <= size
+
+
+def _centre_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.hypot((a[0] + a[2] - b[0] - b[2]) / 2.0, (a[1] + a[3] - b[1] - b[3]) / 2.0))
+
+
+def _edge_motion(previous: np.ndarray, box: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+    """(x, y) pixels moved between two boxes of one part, from the edges neither box has on the frame border
+    (NaN on an axis where every edge is clipped: a part wider than the view)."""
+    motion = np.full(2, np.nan)
+    for axis, size in ((0, frame_wh[0]), (1, frame_wh[1])):
+        moves = [float(box[edge] - previous[edge]) for edge, border in ((axis, 0.0), (axis + 2, float(size)))
+                 if abs(float(box[edge]) - border) > 1.0 and abs(float(previous[edge]) - border) > 1.0]
+        if moves:
+            motion[axis] = sum(moves) / len(moves)
+    return motion
+
+
+def _clip(box: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+    width, height = frame_wh
+    return np.array([min(max(box[0], 0), width), min(max(box[1], 0), height),
+                     min(max(box[2], 0), width), min(max(box[3], 0), height)], dtype=np.float64)
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0], dtype=np.float64)
+
+
+def _owners(xyxy: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """(N,) index of the smallest part box holding each detection's centre, -1 for none."""
+    owner = np.full(len(xyxy), -1, dtype=np.int64)
+    if len(parts) == 0:
+        return owner
+    centres = (xyxy[:, 0:2] + xyxy[:, 2:4]) / 2.0
+    inside = ((centres[:, None, 0] >= parts[None, :, 0]) & (centres[:, None, 0] <= parts[None, :, 2])
+              & (centres[:, None, 1] >= parts[None, :, 1]) & (centres[:, None, 1] <= parts[None, :, 3]))
+    area = (parts[:, 2] - parts[:, 0]) * (parts[:, 3] - parts[:, 1])
+    ranked = np.where(inside, area[None, :], np.inf)
+    best = ranked.argmin(axis=1)
+    owner[inside.any(axis=1)] = best[inside.any(axis=1)]
+    return owner
