@@ -29,6 +29,7 @@ rule needs gets an ``error`` decision (not inspected). A region that appears on 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -76,7 +77,6 @@ def kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
 @dataclass
 class _Part:
     track_id: int
-    first_centre: np.ndarray
     box: np.ndarray
     last_tick: int
     sightings: int = 0
@@ -185,9 +185,8 @@ class LinePartDecider:
 
     def _see(self, track_id: int, box: np.ndarray) -> _Part:
         part = self._parts.pop(track_id, None)
-        centre = _centre(box)
         if part is None:
-            part = _Part(track_id=track_id, first_centre=centre, box=box, last_tick=self._tick)
+            part = _Part(track_id=track_id, box=box, last_tick=self._tick)
         part.box, part.last_tick = box, self._tick
         part.sightings += 1
         self._parts[track_id] = part  # most recently seen last
@@ -268,100 +267,106 @@ class LinePartDecider:
         return decisions
 
 
+@dataclass
+class _Track:
+    box: list[float]  # xyxy, frame pixels
+    speed: list[float]  # x, y pixels per processed frame (smoothed)
+    known: bool = False  # speed measured at least once
+    unseen: int = 0  # processed frames since last matched
+    travel: list[float] = field(default_factory=lambda: [0.0, 0.0])  # x, y distance its unclipped edges moved
+
+
 class PartTracker:
     """Ids for part boxes across frames of a moving line: each track's box is predicted by its speed, measured on
-    the edges the frame does not clip, and matched to this frame's boxes by IoU (greedy, best first)."""
+    the edges the frame does not clip, and matched to this frame's boxes by IoU (greedy, best first). Plain Python
+    floats: a handful of parts per frame, where numpy's per-call cost would dominate."""
 
     MATCH_IOU = 0.3
     FORGET_AFTER_FRAMES = LOST_AFTER_FRAMES
 
     def __init__(self) -> None:
-        self._tracks: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # id -> (box, speed xy, frames unseen)
-        self._travel: dict[int, np.ndarray] = {}  # id -> x, y distance its unclipped edges moved, summed
+        self._tracks: dict[int, _Track] = {}
         self._next_id = 1
 
     def travel(self, track_id: int) -> np.ndarray:
         """How far (x, y pixels) the part moved since it was first seen, measured on edges the frame does not clip."""
-        return self._travel.get(track_id, np.zeros(2))
+        track = self._tracks.get(track_id)
+        return np.array(track.travel if track is not None else (0.0, 0.0))
 
     def update(self, boxes: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
         """(N,) track ids for ``boxes`` (N, 4) on a frame of size ``frame_wh``."""
         ids = np.full(len(boxes), -1, dtype=np.int64)
+        rows = [[float(v) for v in box] for box in boxes]
         track_ids = list(self._tracks)
-        predicted = np.array([_clip(self._tracks[t][0] + np.tile(self._tracks[t][1], 2), frame_wh) for t in track_ids],
-                             dtype=np.float32).reshape(-1, 4)
-        iou = box_iou(predicted, boxes)
-        matched_tracks: set[int] = set()
-        for flat in np.argsort(-self._similarity(iou, predicted, boxes, track_ids), axis=None):
-            row, col = divmod(int(flat), max(len(boxes), 1))
-            if iou[row, col] < self.MATCH_IOU and not self._near(predicted[row], boxes[col], track_ids[row]):
-                break
-            if row in matched_tracks or ids[col] >= 0:
-                continue
-            track_id = track_ids[row]
-            previous, speed, _ = self._tracks[track_id]
-            step = _edge_motion(previous, boxes[col], frame_wh)
-            self._travel[track_id] = self._travel.get(track_id, np.zeros(2)) + np.nan_to_num(step)
-            measured = np.where(np.isnan(step), speed, step)
-            smoothed = measured if not speed.any() else 0.5 * speed + 0.5 * measured
-            self._tracks[track_id] = (boxes[col].astype(np.float64), smoothed, 0)
-            matched_tracks.add(row)
-            ids[col] = track_id
+        predicted = [_clip(_shifted(self._tracks[t].box, self._tracks[t].speed), frame_wh) for t in track_ids]
+        iou = box_iou(np.array(predicted, dtype=np.float64).reshape(-1, 4), boxes)
+        score = iou.copy()
         for row, track_id in enumerate(track_ids):
-            if row not in matched_tracks:
-                box, speed, unseen = self._tracks[track_id]
-                if unseen + 1 >= self.FORGET_AFTER_FRAMES:
+            if not self._tracks[track_id].known:  # seen once: on a fast line its next box may not overlap it
+                for col, box in enumerate(rows):
+                    if score[row, col] < self.MATCH_IOU and _near(predicted[row], box):
+                        score[row, col] = self.MATCH_IOU * (1.0 - _centre_distance(predicted[row], box) / 1e6)
+        matched: set[int] = set()
+        for flat in np.argsort(-score, axis=None):
+            row, col = divmod(int(flat), max(len(rows), 1))
+            if score[row, col] < self.MATCH_IOU * 0.999:
+                break
+            if row in matched or ids[col] >= 0:
+                continue
+            track = self._tracks[track_ids[row]]
+            step = _edge_motion(track.box, rows[col], frame_wh)
+            for axis in (0, 1):
+                if step[axis] is not None:
+                    track.travel[axis] += step[axis]
+                    track.speed[axis] = step[axis] if not track.known else 0.5 * track.speed[axis] + 0.5 * step[axis]
+            track.box, track.known, track.unseen = rows[col], True, 0
+            matched.add(row)
+            ids[col] = track_ids[row]
+        for row, track_id in enumerate(track_ids):
+            if row not in matched:
+                track = self._tracks[track_id]
+                track.unseen += 1
+                if track.unseen >= self.FORGET_AFTER_FRAMES:
                     del self._tracks[track_id]
-                    self._travel.pop(track_id, None)
                 else:  # coast: a part missed on one frame keeps moving
-                    self._tracks[track_id] = (box + np.tile(speed, 2), speed, unseen + 1)
+                    track.box = _shifted(track.box, track.speed)
         for col in np.flatnonzero(ids < 0):
             ids[col] = self._next_id
-            self._tracks[self._next_id] = (boxes[col].astype(np.float64), np.zeros(2), 0)
+            self._tracks[self._next_id] = _Track(box=rows[col], speed=[0.0, 0.0])
             self._next_id += 1
         return ids
 
 
-    def _similarity(self, iou: np.ndarray, predicted: np.ndarray, boxes: np.ndarray, track_ids: list[int]) -> np.ndarray:
-        """IoU, and for a track whose speed is not known yet (seen once) a nearness score below any IoU match."""
-        score = iou.astype(np.float64).copy()
-        for row, track_id in enumerate(track_ids):
-            if not self._tracks[track_id][1].any():
-                for col in range(len(boxes)):
-                    if score[row, col] < self.MATCH_IOU and self._near(predicted[row], boxes[col], track_id):
-                        score[row, col] = self.MATCH_IOU * (1.0 - _centre_distance(predicted[row], boxes[col]) / 1e6)
-        return score
-
-    def _near(self, predicted: np.ndarray, box: np.ndarray, track_id: int) -> bool:
-        """A part seen once has no speed yet: on a fast line its next box may not overlap it. Accept the box
-        whose centre lies within one part size of it (parts follow each other at least a gap apart)."""
-        if self._tracks[track_id][1].any():
-            return False
-        size = max(float(predicted[2] - predicted[0]), float(predicted[3] - predicted[1]),
-                   float(box[2] - box[0]), float(box[3] - box[1]))
-        return _centre_distance(predicted, box) <= size
+def _near(predicted: list[float], box: list[float]) -> bool:
+    """Whether ``box`` lies within one part size of a part seen once (parts follow each other at least a gap apart)."""
+    size = max(predicted[2] - predicted[0], predicted[3] - predicted[1], box[2] - box[0], box[3] - box[1])
+    return _centre_distance(predicted, box) <= size
 
 
-def _centre_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.hypot((a[0] + a[2] - b[0] - b[2]) / 2.0, (a[1] + a[3] - b[1] - b[3]) / 2.0))
+def _centre_distance(a: list[float], b: list[float]) -> float:
+    return math.hypot((a[0] + a[2] - b[0] - b[2]) / 2.0, (a[1] + a[3] - b[1] - b[3]) / 2.0)
 
 
-def _edge_motion(previous: np.ndarray, box: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+def _shifted(box: list[float], speed: list[float]) -> list[float]:
+    return [box[0] + speed[0], box[1] + speed[1], box[2] + speed[0], box[3] + speed[1]]
+
+
+def _edge_motion(previous: list[float], box: list[float], frame_wh: tuple[int, int]) -> tuple[float | None, float | None]:
     """(x, y) pixels moved between two boxes of one part, from the edges neither box has on the frame border
-    (NaN on an axis where every edge is clipped: a part wider than the view)."""
-    motion = np.full(2, np.nan)
-    for axis, size in ((0, frame_wh[0]), (1, frame_wh[1])):
-        moves = [float(box[edge] - previous[edge]) for edge, border in ((axis, 0.0), (axis + 2, float(size)))
-                 if abs(float(box[edge]) - border) > 1.0 and abs(float(previous[edge]) - border) > 1.0]
+    (None on an axis where every edge is clipped: a part wider than the view)."""
+    motion: list[float | None] = [None, None]
+    for axis, size in ((0, float(frame_wh[0])), (1, float(frame_wh[1]))):
+        moves = [box[edge] - previous[edge] for edge, border in ((axis, 0.0), (axis + 2, size))
+                 if abs(box[edge] - border) > 1.0 and abs(previous[edge] - border) > 1.0]
         if moves:
             motion[axis] = sum(moves) / len(moves)
-    return motion
+    return motion[0], motion[1]
 
 
-def _clip(box: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+def _clip(box: list[float], frame_wh: tuple[int, int]) -> list[float]:
     width, height = frame_wh
-    return np.array([min(max(box[0], 0), width), min(max(box[1], 0), height),
-                     min(max(box[2], 0), width), min(max(box[3], 0), height)], dtype=np.float64)
+    return [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+            min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
 
 
 def _centre(box: np.ndarray) -> np.ndarray:

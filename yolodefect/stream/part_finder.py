@@ -133,12 +133,14 @@ class BeltModel:
         if previous_belt is not None and previous_belt.sum() > previous_belt.size // 10:
             current, learned = current[previous_belt], learned[previous_belt]
         ratio = current.ravel() / np.maximum(learned.ravel(), 1.0)
-        counts, edges = np.histogram(ratio, bins=_GAIN_BINS, range=_GAIN_RANGE)
+        low, high = _GAIN_RANGE
+        step = (high - low) / _GAIN_BINS
+        bins = ((ratio - low) / step).astype(np.int64)
+        counts = np.bincount(bins[(bins >= 0) & (bins < _GAIN_BINS)], minlength=_GAIN_BINS)
         if counts.sum() == 0:
             return 1.0
         smoothed = np.convolve(counts, np.ones(5), mode="same")
-        peak = int(np.argmax(smoothed))
-        return float((edges[peak] + edges[peak + 1]) / 2)
+        return low + (int(np.argmax(smoothed)) + 0.5) * step
 
 
 def _working(image: np.ndarray, scale: int) -> np.ndarray:
