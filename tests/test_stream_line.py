@@ -100,6 +100,8 @@ def truth_part(truth: ConveyorTruth, event: dict) -> int | None:
 
 
 def test_every_part_found_once_with_small_gaps_flicker_and_texture(line: ConveyorTruth, tmp_path: Path) -> None:
+    gaps = [b.offset_px - a.offset_px - a.size[0] for a, b in zip(line.parts, line.parts[1:])]
+    assert min(gaps) == 20 and len({p.size[0] for p in line.parts}) == 7  # the hard case is in the video
     summary, events = run_watch(tmp_path, line, TruthDetector(line))
     assert [e["part_id"] for e in events] == list(range(1, len(WIDTHS) + 1))  # one decision per part, in order
     assert [truth_part(line, e) for e in events] == list(range(len(WIDTHS)))  # none merged, none split

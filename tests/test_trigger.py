@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -380,3 +381,43 @@ def test_trigger_specs_that_cannot_work_are_refused(tmp_path: Path, monkeypatch:
         assert isinstance(trigger, MqttTrigger) and trigger.topic == f"{TOPIC}/+"
     finally:
         trigger.close()
+
+
+def test_watch_with_a_trigger_makes_one_decision_per_message(broker: Broker, tmp_path: Path) -> None:
+    """The station end to end: `watch --trigger mqtt://...` on a camera; each message is one part, named by it."""
+    from yolodefect.detections import Detections
+    from yolodefect.stream.options import WatchOptions
+    from yolodefect.stream.watch import watch
+
+    camera = FakeCamera()
+    stop = threading.Event()
+
+    def detector(image: np.ndarray) -> Detections:  # frames whose pixel value is odd show a defect
+        if int(image[0, 0, 0]) % 2:
+            return Detections(np.array([[2, 2, 10, 10]]), np.array([0.9]), np.array([0]))
+        return Detections.empty()
+
+    detector.class_names = ["scratch"]  # type: ignore[attr-defined]
+    events_path = tmp_path / "events.jsonl"
+    options = WatchOptions(source="0", trigger=f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", emit_pass=True,
+                           sinks=(str(events_path),), outbox=tmp_path / "outbox.sqlite", stall_timeout_s=1.0)
+    runner = threading.Thread(target=lambda: watch(options, detector=detector, stop_event=stop,
+                                                   capture_factory=camera.capture), daemon=True)
+    runner.start()
+    try:
+        def lines() -> list[dict]:
+            return [json.loads(line) for line in events_path.read_text().splitlines()] if events_path.exists() else []
+
+        # The subscription is made when watch opens the trigger: publish until the first part is answered.
+        assert wait_until(lambda: publish(broker, '{"part_id": "P-0"}') and wait_until(lambda: lines(), 0.5), 10)
+        publish(broker, "P-1", "P-2", "P-3")
+        assert wait_until(lambda: len(lines()) >= 4, 10), lines()
+    finally:
+        stop.set()
+        runner.join(15)
+    events = lines()
+    parts = [e["part_id"] for e in events]
+    assert parts[-3:] == ["P-1", "P-2", "P-3"] and set(parts[:-3]) == {"P-0"}
+    for event in events:  # each decision is the detector's verdict on the camera frame taken for that part
+        assert event["decision"] == ("reject" if event["frame_index"] % 2 else "pass")
+    assert not runner.is_alive()

@@ -553,7 +553,7 @@ def watch(
     triggered = options.trigger is not None  # one part per trigger: the trigger is the part finder
     track_mode = not triggered and (options.mode == "track" or (options.mode == "auto" and not source.per_part))
     min_frames = line_min_frames(options, thresholds)
-    if track_mode:
+    if track_mode and on_part is None:  # on_part: a calibration or verification run, which is the remedy itself
         _warn_unless_calibrated(options, thresholds)
     if detector is None:
         detector = make_detector(options, rules, conf_floor)
