@@ -248,3 +248,32 @@ def test_removed_part_merge_px_is_explained(tmp_path: Path) -> None:
     config.write_text("source: 0\npart_merge_px: 150\n")
     with pytest.raises(UsageError, match="part_merge_px.*was removed"):
         load_station_config(config)
+
+
+def test_a_leaving_part_that_splits_at_the_exit_edge_is_still_one_decision() -> None:
+    # Seen on DeepPCB at 12 px/frame: with 32 px of a part left in view, the belt model found its lower half as a
+    # region of its own. It is the tail of a part already decided, not a new part with too few frames.
+    width, speed, part_w = 480, 12, 120
+
+    def finder(frame: Frame, found: Detections) -> tuple[np.ndarray, np.ndarray]:
+        boxes = []
+        for offset in (0, 200, 400):
+            right = speed * frame.index - offset
+            x1, x2 = max(0, right - part_w), min(width, right)
+            if x2 - x1 <= 4:
+                continue
+            if x1 >= width - 40:  # the last strip comes apart in two
+                boxes += [(x1, 40, x2, 100), (x1 + 2, 104, x2, 160)]
+            else:
+                boxes.append((x1, 40, x2, 160))
+        return np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(found), bool)
+
+    decider = LinePartDecider(finder, {0: "scratch"}, RejectRules(), emit_pass=True)
+    image = np.zeros((200, width, 3), np.uint8)
+    decisions = []
+    for index in range(1, 100):
+        frame = Frame(image, index, datetime.now(timezone.utc), "test")
+        decisions += decider.update(frame, Detections.empty()).decisions
+    decisions += decider.finish(frame)
+    assert [(d.decision, d.part_id) for d in decisions] == [("pass", 1), ("pass", 2), ("pass", 3)]
+    assert decider.direction == (0, 1) and decider.discarded_regions >= 1

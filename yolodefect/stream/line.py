@@ -84,6 +84,7 @@ class _Part:
     best_key: tuple[float, float] = (-np.inf, 0.0)  # (confidence over threshold, visible part area)
     best: tuple[Frame, Detections, np.ndarray] | None = None  # frame, its counted defects on the part, part box
     decided: bool = False
+    fragment: bool = False  # first seen beyond the decision line: a piece of a part already decided, never a part
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ class LinePartDecider:
         self._tick = 0
         self._next_number = 1
         self.discarded_regions = 0
+        # (axis, +1/-1): the way parts move, from the first part that crossed the line. From then on a region first
+        # seen beyond the line is the tail of a part already decided (a leaving part can split at the exit edge).
+        self.direction: tuple[int, int] | None = None
 
     @property
     def open_parts(self) -> int:
@@ -146,8 +150,8 @@ class LinePartDecider:
         for row, track_id in enumerate(ids.tolist()):
             if track_id < 0:
                 continue  # a new region, not yet confirmed by the tracker
-            part = self._see(int(track_id), boxes[row])
-            if part.decided:
+            part = self._see(int(track_id), boxes[row], frame.size_wh)
+            if part.decided or part.fragment:
                 continue
             on_part = owner == row
             self._record(part, frame, detections, on_part & eligible, on_part & counted, boxes[row])
@@ -167,7 +171,7 @@ class LinePartDecider:
                 continue
             if part.last_tick < self._tick:
                 decision = self._on_leaving(part, frame)
-            elif len(part.scores) < PART_CONFIRM_FRAMES:
+            elif part.fragment or len(part.scores) < PART_CONFIRM_FRAMES:
                 self.discarded_regions += 1
                 decision = None
             else:
@@ -183,10 +187,12 @@ class LinePartDecider:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _see(self, track_id: int, box: np.ndarray) -> _Part:
+    def _see(self, track_id: int, box: np.ndarray, frame_wh: tuple[int, int]) -> _Part:
         part = self._parts.pop(track_id, None)
         if part is None:
             part = _Part(track_id=track_id, box=box, last_tick=self._tick)
+            if self.direction is not None and self._position(box, self.direction, frame_wh) >= self.decide_at:
+                part.fragment = True
         part.box, part.last_tick = box, self._tick
         part.sightings += 1
         self._parts[track_id] = part  # most recently seen last
@@ -213,11 +219,19 @@ class LinePartDecider:
         axis = int(np.argmax(np.abs(moved)))
         if abs(float(moved[axis])) < MIN_MOTION_PX or abs(float(moved[axis])) < 2 * abs(float(moved[1 - axis])):
             return False
-        size = (width, height)[axis]
-        position = float(_centre(part.box)[axis]) / size
-        if moved[axis] < 0:
-            position = 1.0 - position
-        return position >= self.decide_at
+        direction = (axis, 1 if moved[axis] > 0 else -1)
+        if self._position(part.box, direction, (width, height)) < self.decide_at:
+            return False
+        if self.direction is None and len(part.scores) >= self.needed_frames:
+            self.direction = direction
+        return True
+
+    @staticmethod
+    def _position(box: np.ndarray, direction: tuple[int, int], frame_wh: tuple[int, int]) -> float:
+        """Where the box's centre is along the way parts move: 0 at the entry edge, 1 at the exit edge."""
+        axis, sign = direction
+        position = float(_centre(box)[axis]) / frame_wh[axis]
+        return position if sign > 0 else 1.0 - position
 
     def _decide(self, part: _Part, frame: Frame, *, reason: str) -> PartDecision:
         part.decided = True
@@ -242,7 +256,7 @@ class LinePartDecider:
                             emit=self.emit_pass)
 
     def _on_leaving(self, part: _Part, frame: Frame) -> PartDecision | None:
-        if len(part.scores) < PART_CONFIRM_FRAMES or (len(part.scores) < self.needed_frames and not self._moved(part)):
+        if part.fragment or len(part.scores) < PART_CONFIRM_FRAMES or (len(part.scores) < self.needed_frames and not self._moved(part)):
             self.discarded_regions += 1
             logger.debug("region %d seen on %d frame(s) never reached the decision line: not a part",
                          part.track_id, len(part.scores))
