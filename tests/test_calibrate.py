@@ -168,3 +168,15 @@ def test_a_truth_file_with_another_part_count_is_refused(masters, tmp_path: Path
     with pytest.raises(YoloDefectError, match="found 10 part.*lists 7"):
         calibrate(truth.path, short, station(tmp_path, truth), CalibrateOptions(out_dir=tmp_path / "cal"),
                   detector=NoisyDetector(truth))
+
+
+def test_the_promise_comes_with_the_precision_its_number_of_parts_allows() -> None:
+    from yolodefect.calibrate import rate_interval
+
+    low, high = rate_interval(0, 60)
+    assert low == 0.0 and 0.055 < high < 0.065  # 0 of 60 good parts rejected: up to ~6 % on the next ones
+    low, high = rate_interval(0, 600)
+    assert high < 0.007
+    low, high = rate_interval(30, 100)
+    assert 0.21 < low < 0.22 and 0.39 < high < 0.40
+    assert rate_interval(0, 0) is None

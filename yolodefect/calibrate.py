@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import logging
 import tempfile
 from collections.abc import Callable
@@ -44,6 +45,21 @@ from yolodefect.stream.parts import PartDecision
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MIN_FRAMES = 10
+_Z95 = 1.959964  # two-sided 95 %
+
+
+def rate_interval(count: int, total: int) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a rate ``count / total``: what a run of ``total`` master parts can promise.
+
+    With 60 good parts and none rejected, the false-reject rate on the next parts may still be up to 6 %:
+    a calibration run is only as precise as its number of parts, and the report says so."""
+    if total <= 0:
+        return None
+    rate = count / total
+    z2 = _Z95 * _Z95
+    centre = (rate + z2 / (2 * total)) / (1 + z2 / total)
+    half = _Z95 * math.sqrt(rate * (1 - rate) / total + z2 / (4 * total * total)) / (1 + z2 / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,14 @@ class CalibrationResult:
         return len(self.false_rejects) / good if good else None
 
     @property
+    def escape_interval(self) -> tuple[float, float] | None:
+        return rate_interval(len(self.missed_parts), sum(p.defective for p in self.parts))
+
+    @property
+    def false_reject_interval(self) -> tuple[float, float] | None:
+        return rate_interval(len(self.false_rejects), sum(not p.defective for p in self.parts))
+
+    @property
     def ok(self) -> bool:
         """Every part found and every known bad part rejected (the verification run's verdict)."""
         return self.parts_found == self.parts_expected and not self.missed_parts
@@ -125,6 +149,7 @@ class CalibrationResult:
             "video": str(self.video), "truth": str(self.truth), "verify": self.verify, "ok": self.ok,
             "parts_expected": self.parts_expected, "parts_found": self.parts_found,
             "escape_rate": self.escape_rate, "false_reject_rate": self.false_reject_rate,
+            "escape_rate_95": self.escape_interval, "false_reject_rate_95": self.false_reject_interval,
             "missed_parts": self.missed_parts, "false_rejects": self.false_rejects, "error_parts": self.error_parts,
             "min_frames": self.min_frames, "conf": dict(self.conf), "target_recall": self.target_recall,
             "target_reached": self.target_reached,

@@ -304,8 +304,12 @@ def render_calibration(result, console: Console) -> None:
         table.add_row(part.truth_id, "defective" if part.defective else "good", part.decision,
                       str(part.frames) if part.frames else "", verdict)
     console.print(table)
-    console.print(f"Parts found {result.parts_found} of {result.parts_expected}; escape rate {_rate(result.escape_rate)}, "
-                  f"false-reject rate {_rate(result.false_reject_rate)}; rule: a class must reach its threshold on "
+    def interval(bounds) -> str:
+        return "" if bounds is None else f" (95 % interval {_rate(bounds[0])}-{_rate(bounds[1])})"
+
+    console.print(f"Parts found {result.parts_found} of {result.parts_expected}; escape rate {_rate(result.escape_rate)}"
+                  f"{interval(result.escape_interval)}, false-reject rate {_rate(result.false_reject_rate)}"
+                  f"{interval(result.false_reject_interval)}; rule: a class must reach its threshold on "
                   f"{result.min_frames} of a part's frames", highlight=False)
     if result.search:
         rows = ", ".join(f"k={row['min_frames']}: FRR {_rate(row['false_reject_rate'])}"
