@@ -216,9 +216,10 @@ class _Station:
     def _count_line(self, seen: LineFrame) -> None:
         if seen.off_part:
             self.board.add("off_part_detections", seen.off_part)
-            self.off_part_log(logger.warning, "%d defect detection(s) outside every part on frame(s) of the belt: "
-                              "not emitted; if this keeps happening the model sees defects in the belt "
-                              "(retrain with belt images as background)", seen.off_part)
+            self.off_part_log(logger.warning, "%d detection(s) on the belt, outside every part: not defects, not "
+                              "emitted (counted in off_part_detections); if this keeps happening the model sees "
+                              "defects in the belt: add empty-belt images to its training data as background",
+                              seen.off_part)
         self.board.set("open_parts", self.line.open_parts if self.line is not None else 0)
         self.board.set("discarded_regions", self.line.discarded_regions if self.line is not None else 0)
 
