@@ -153,6 +153,15 @@ def test_a_part_seen_on_too_few_frames_is_an_error_not_a_pass(tmp_path: Path) ->
     assert all("seen on only" in e["message"] for e in events)
 
 
+def test_fail_safe_off_stops_on_a_part_that_cannot_be_inspected(tmp_path: Path) -> None:
+    from yolodefect.stream.parts import PartNotInspectedError
+
+    fast = line_video(tmp_path / "fast.avi", parts=3, defective=set(), part_widths=[100, 100, 100], gap_px=60,
+                      speed_px_per_frame=80, flicker=0.0)
+    with pytest.raises(PartNotInspectedError, match="part 1 was seen on only .* fail_safe=off stops the run"):
+        run_watch(tmp_path, fast, TruthDetector(fast), min_frames=10, min_part_frames=2, fail_safe="off")
+
+
 def test_a_part_in_view_when_the_station_stops_gets_an_error(line: ConveyorTruth, tmp_path: Path) -> None:
     summary, events = run_watch(tmp_path, line, TruthDetector(line), max_frames=BELT_FRAMES + 30)
     assert events and events[-1]["decision"] == "error"

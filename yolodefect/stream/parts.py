@@ -14,9 +14,14 @@ from typing import Literal
 import numpy as np
 
 from yolodefect.detections import Detections
+from yolodefect.errors import YoloDefectError
 from yolodefect.stream.sources import Frame
 
 PartOutcome = Literal["reject", "pass", "error"]
+
+
+class PartNotInspectedError(YoloDefectError):
+    """A part left the view without enough frames to judge it, under fail_safe=off; the message names the part."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from yolodefect.stream.options import (DEFAULT_MIN_FRAMES, DEFAULT_OUTBOX, Watch
                                       merge_options, resolve_options)
 from yolodefect.stream.line import LineFrame, LinePartDecider
 from yolodefect.stream.part_finder import BeltModel, class_part_boxes
-from yolodefect.stream.parts import ImagePartDecider, PartDecision
+from yolodefect.stream.parts import ImagePartDecider, PartDecision, PartNotInspectedError
 from yolodefect.stream.sinks import sink_from_url
 from yolodefect.stream.sources import (
     CaptureFactory,
@@ -291,6 +291,9 @@ class _Station:
 
     def _finish_frame(self, frame: Frame, result: _FrameResult, *, count_frame: bool = True) -> None:
         for decision in result.decisions:
+            if decision.decision == "error" and count_frame and self.options.fail_safe != "reject":
+                raise PartNotInspectedError(f"{decision.message}; fail_safe=off stops the run on a part that cannot "
+                                            "be inspected (fail_safe=reject gives it an 'error' event and goes on)")
             if self.on_part is not None:
                 self.on_part(decision)
             if decision.decision == "pass" and not decision.emit and result.late_ms is None:
