@@ -79,7 +79,8 @@ def training_subset(tiles: Path, out: Path, train_tiles: int, val_tiles: int, se
 def ensure_model(work: Path, args, dataset) -> tuple[Path, dict]:
     """The detector: --model, else the cached one in WORK/model, else the dataset's training (tens of minutes)."""
     if args.model:
-        return Path(args.model).resolve(), {"source": "given", "path": str(Path(args.model).resolve())}
+        path = Path(args.model).resolve()
+        return path, {"source": "given", "path": str(path), **_run_record(path.parent.parent)}
     cached, record = work / "model" / "best.pt", work / "model" / "training.json"
     if cached.exists() and record.exists():
         return cached, json.loads(record.read_text(encoding="utf-8"))
@@ -98,6 +99,17 @@ def ensure_model(work: Path, args, dataset) -> tuple[Path, dict]:
     }
     record.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
     return cached, info
+
+
+def _run_record(run_dir: Path) -> dict:
+    """What `yolodefect train` recorded in a given model's run folder (RUN/weights/best.pt), when it is there."""
+    record_path = run_dir / "metrics.json"
+    if not record_path.exists():
+        return {}
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    metrics = record.get("evaluation", {}).get("metrics", {})
+    return {"run_dir": str(run_dir), "arguments": record.get("arguments"), "epochs_run": _epochs_run(run_dir),
+            "seconds": record.get("seconds"), "val_map50": metrics.get("map50"), "val_map50_95": metrics.get("map50_95")}
 
 
 def _epochs_run(run_dir: Path) -> int | None:
@@ -410,11 +422,13 @@ def read_events(path: Path) -> list[dict]:
 
 def station_outcome(events: list[dict], truth, min_iou: float = 0.5) -> dict:
     """Each event is put on the part whose true box on the event's frame overlaps its part box best (IoU >= min_iou);
-    others are belt events. A part is rejected when one of its decisions is reject or error (the line's fail-safe)."""
+    others are belt events (those lying mostly on a true part are counted apart: a piece of a part the finder
+    split off, not the belt). A part is rejected when one of its decisions is reject or error (the line's fail-safe)."""
     from yolodefect.detections import box_iou
 
     decisions: dict[int, list[str]] = {part.index: [] for part in truth.parts}
     belt, unplaced = [], []
+    on_a_part = 0
     for event in events:
         box, frame = event.get("part_bbox_xyxy"), event.get("frame_index")
         if box is None or frame is None:
@@ -424,6 +438,7 @@ def station_outcome(events: list[dict], truth, min_iou: float = 0.5) -> dict:
         iou, index = max(scored, default=(0.0, None))
         if index is None or iou < min_iou:
             belt.append({"frame_index": frame, "decision": event["decision"], "part_bbox_xyxy": box, "iou": iou})
+            on_a_part += _share_on_parts(box, [truth.part_box(i, frame) for i in truth.parts_in_view(frame)]) >= 0.5
             continue
         decisions[index].append(event["decision"])
     defective = {part.index for part in truth.parts if part.defective}
@@ -436,12 +451,23 @@ def station_outcome(events: list[dict], truth, min_iou: float = 0.5) -> dict:
         "escape_rate": len(escapes) / len(defective) if defective else None,
         "false_reject_rate": len(false_rejects) / good if good else None,
         "escaped_parts": escapes, "false_rejected_parts": false_rejects,
-        "events": len(events), "belt_events": len(belt), "belt_event_examples": belt[:5],
+        "escaped_parts_without_decision": sorted(set(escapes) & {i for i, d in decisions.items() if not d}),
+        "events": len(events), "belt_events": len(belt), "belt_events_lying_on_a_part": on_a_part,
+        "belt_event_examples": belt[:5],
         "events_without_part_box": len(unplaced),
         "parts_with_more_than_one_decision": sorted(i for i, d in decisions.items() if len(d) > 1),
         "parts_without_decision": sorted(i for i, d in decisions.items() if not d),
         "error_parts": sorted(i for i, d in decisions.items() if "error" in d),
     }
+
+
+def _share_on_parts(box, part_boxes) -> float:
+    """The largest share of ``box``'s area that lies on one of ``part_boxes``."""
+    x1, y1, x2, y2 = box
+    area = max((x2 - x1) * (y2 - y1), 1e-9)
+    shares = [max(0.0, min(x2, px2) - max(x1, px1)) * max(0.0, min(y2, py2) - max(y1, py1)) / area
+              for px1, py1, px2, py2 in part_boxes]
+    return max(shares, default=0.0)
 
 
 def eval_rates(result) -> dict:

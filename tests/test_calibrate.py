@@ -90,6 +90,9 @@ def test_calibration_chooses_k_and_thresholds_that_keep_good_parts(masters, tmp_
     written = read_thresholds_yaml(result.thresholds_path)
     assert written.min_frames == result.min_frames and written.calibrated_on["parts"] == 10
     assert written.false_reject_rate == 0.0 and written.escape_rate == 0.0
+    # Chosen on half the parts and measured on the other half, the rule still separates them here.
+    assert written.calibrated_on["expected_on_new_parts"]["escape_rate"] == 0.0
+    assert written.calibrated_on["expected_on_new_parts"]["false_reject_rate"] == 0.0
     assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["min_frames"] == result.min_frames
 
     # The station reads them back and keeps the promise on an independent video of other parts.

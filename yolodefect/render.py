@@ -311,6 +311,12 @@ def render_calibration(result, console: Console) -> None:
                   f"{interval(result.escape_interval)}, false-reject rate {_rate(result.false_reject_rate)}"
                   f"{interval(result.false_reject_interval)}; rule: a class must reach its threshold on "
                   f"{result.min_frames} of a part's frames", highlight=False)
+    expected = getattr(result, "expected", None)
+    if expected:
+        console.print(f"  on new parts expect about: escape {_rate(expected['escape_rate'])}, false-reject "
+                      f"{_rate(expected['false_reject_rate'])} (thresholds chosen on half the parts, measured on the "
+                      "other half: the rates above are measured on the very parts the thresholds were chosen on)",
+                      highlight=False)
     if result.search:
         rows = ", ".join(f"k={row['min_frames']}: FRR {_rate(row['false_reject_rate'])}"
                          + ("" if row["target_reached"] else " (target missed)") for row in result.search)
