@@ -286,3 +286,26 @@ def test_a_leaving_part_that_splits_at_the_exit_edge_is_still_one_decision() -> 
     decisions += decider.finish(frame)
     assert [(d.decision, d.part_id) for d in decisions] == [("pass", 1), ("pass", 2), ("pass", 3)]
     assert decider.direction == (0, 1) and decider.discarded_regions >= 1
+
+
+def test_a_thin_entering_part_whose_box_jumps_vertically_is_not_decided_early() -> None:
+    # Seen on DeepPCB at 24 px/frame: a part 36 px into the view, its box's top edge jumping 20 px between frames,
+    # was taken as moving up, "crossed" the middle and got an error with 2 frames. Parts move the line's way.
+    width, speed, part_w = 480, 24, 150
+
+    def finder(frame: Frame, found: Detections) -> tuple[np.ndarray, np.ndarray]:
+        boxes = []
+        for offset in (0, 200):
+            right = speed * frame.index - offset
+            x1, x2 = max(0, right - part_w), min(width, right)
+            if x2 - x1 > 4:  # a thin strip is found in part: only its lower end, the first time
+                boxes.append((x1, 130 if x2 - x1 < 30 else 10, x2, 190))
+        return np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(found), bool)
+
+    decider = LinePartDecider(finder, {0: "scratch"}, RejectRules(), emit_pass=True)
+    image = np.zeros((200, width, 3), np.uint8)
+    decisions = []
+    for index in range(1, 60):
+        frame = Frame(image, index, datetime.now(timezone.utc), "test")
+        decisions += decider.update(frame, Detections.empty()).decisions
+    assert [(d.decision, d.part_id) for d in decisions] == [("pass", 1), ("pass", 2)]

@@ -216,8 +216,16 @@ class LinePartDecider:
         # The direction comes from the distance the part's edges travelled (not its centre: a part entering the
         # view grows, and its box's height still settles on the first frames), and must clearly dominate.
         moved = self.tracker.travel(part.track_id)
+        if self.direction is not None:
+            # The line's direction is known: a part must have moved that way. (Its own estimate is noisy while it
+            # enters: a thin strip's top and bottom edges can jump further than it moved; seen on DeepPCB.)
+            axis, sign = self.direction
+            if sign * float(moved[axis]) < MIN_MOTION_PX:
+                return False
+            return self._position(part.box, self.direction, (width, height)) >= self.decide_at
         axis = int(np.argmax(np.abs(moved)))
-        if abs(float(moved[axis])) < MIN_MOTION_PX or abs(float(moved[axis])) < 2 * abs(float(moved[1 - axis])):
+        if (len(part.scores) < PART_CONFIRM_FRAMES + 1 or abs(float(moved[axis])) < 2 * MIN_MOTION_PX
+                or abs(float(moved[axis])) < 2 * abs(float(moved[1 - axis]))):
             return False
         direction = (axis, 1 if moved[axis] > 0 else -1)
         if self._position(part.box, direction, (width, height)) < self.decide_at:
