@@ -309,3 +309,22 @@ def test_a_thin_entering_part_whose_box_jumps_vertically_is_not_decided_early() 
         frame = Frame(image, index, datetime.now(timezone.utc), "test")
         decisions += decider.update(frame, Detections.empty()).decisions
     assert [(d.decision, d.part_id) for d in decisions] == [("pass", 1), ("pass", 2)]
+
+
+def test_parts_the_belt_model_would_miss_or_split() -> None:
+    # NEU-DET steel on a grey belt: a part of the belt's own tone shows only its texture, and a part whose surface
+    # matches the belt in places falls apart into pieces. One box each, and none on the belt.
+    rng = np.random.default_rng(0)
+    belt = [np.clip(58 + rng.normal(0, 2, (200, 480, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2) for _ in range(10)]
+    model = BeltModel.learn(belt)
+    frame = belt[0].copy()
+    checker = np.where((np.indices((120, 100)).sum(axis=0) // 4) % 2 == 0, 44, 72).astype(np.uint8)  # mean 58
+    frame[40:160, 40:140] = checker[..., None]
+    frame[40:160, 260:380] = 160  # a bright ring around a belt-toned middle holding a bright spot
+    frame[60:140, 280:360] = 58
+    frame[85:115, 305:335] = 160
+    boxes, _ = model.find(frame)
+    found = np.array(sorted(box.tolist() for box in boxes))
+    assert found.shape == (2, 4)  # within one working pixel (4 px here) of each part
+    assert np.abs(found - np.array([[40, 40, 140, 160], [260, 40, 380, 160]])).max() <= 4
+    assert len(model.find(belt[5])[0]) == 0

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 MIN_CONTRAST = 18.0
 SPREAD_FACTOR = 4.0
 MIN_SPREAD = 1.5  # grey levels: a belt that never changed still has sensor noise
+MIN_TEXTURE = 4.0  # grey levels of local contrast above the belt's own that make a part
 # Gaps between parts stay at least this many working pixels wide, more than a 3x3 closing can bridge.
 GAP_WORKING_PX = 5
 # A region over this fraction of the belt's learning frames, spread above MIN_CONTRAST, means
@@ -59,6 +60,7 @@ class BeltModel:
     frames: int
     limit: np.ndarray  # (H', W', 3) how far a pixel may differ from the mean and still be belt
     mean_grey: np.ndarray  # (H', W') for the lighting gain
+    texture_limit: np.ndarray  # (H', W') local contrast above which a pixel is not belt
 
     @classmethod
     def learn(cls, images: Iterable[np.ndarray], *, min_area_px: float | None = None,
@@ -85,8 +87,11 @@ class BeltModel:
         area = min_area_px if min_area_px is not None else 0.01 * size[0] * size[1]
         if area <= 0:
             raise UsageError(f"the smallest part area must be > 0 px, got {area}")
+        textures = np.stack([_texture(frame) for frame in frames])
+        texture_limit = textures.mean(axis=0) + np.maximum(SPREAD_FACTOR * textures.std(axis=0), MIN_TEXTURE)
         model = cls(mean, spread, size, scale, float(area), len(stack),
-                    np.maximum(SPREAD_FACTOR * spread, MIN_CONTRAST).astype(np.float32), mean.mean(axis=2))
+                    np.maximum(SPREAD_FACTOR * spread, MIN_CONTRAST).astype(np.float32), mean.mean(axis=2),
+                    texture_limit.astype(np.float32))
         busy = float((spread.max(axis=2) * SPREAD_FACTOR > 4 * MIN_CONTRAST).mean())
         if busy > _BUSY_BELT_FRACTION:
             logger.warning("the %d belt frames did not all show the empty belt: %.0f%% of the picture changed "
@@ -105,17 +110,20 @@ class BeltModel:
         work = _working(image, self.scale).astype(np.float32)
         gain = np.float32(self._gain(work, previous_belt))
         outside = np.abs(work - gain * self.mean) > self.limit
-        mask = (outside[..., 0] | outside[..., 1] | outside[..., 2]).astype(np.uint8)
+        # Or textured where the belt is smooth: a part of the belt's own tone still shows its surface.
         kernel = np.ones((3, 3), np.uint8)
+        # Eroded by the 3x3 window it was measured over: a part's edge is contrast too, one pixel beyond the part.
+        textured = cv2.erode((_texture(work / gain) > self.texture_limit).astype(np.uint8), kernel).astype(bool)
+        mask = (outside[..., 0] | outside[..., 1] | outside[..., 2] | textured).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)  # specks of noise
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)  # pinholes along a part's edge
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         boxes = []
         min_area_working = self.min_area_px / (self.scale * self.scale)
-        for label in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[label])
-            if w * h >= min_area_working and area >= min_area_working / 4:
-                boxes.append((area, x, y, x + w, y + h))
+        for area, x1, y1, x2, y2 in _merge_overlapping([(int(a), int(x), int(y), int(x + w), int(y + h))
+                                                        for x, y, w, h, a in stats[1:count]]):
+            if (x2 - x1) * (y2 - y1) >= min_area_working and area >= min_area_working / 4:
+                boxes.append((area, x1, y1, x2, y2))
         boxes.sort(reverse=True)
         width, height = self.frame_size_wh
         xyxy = np.array([[x1 * self.scale, y1 * self.scale, min(x2 * self.scale, width), min(y2 * self.scale, height)]
@@ -141,6 +149,33 @@ class BeltModel:
             return 1.0
         smoothed = np.convolve(counts, np.ones(5), mode="same")
         return low + (int(np.argmax(smoothed)) + 0.5) * step
+
+
+def _texture(work: np.ndarray) -> np.ndarray:
+    """Local contrast (standard deviation of grey over 3x3 working pixels) of a working-scale image."""
+    grey = work.mean(axis=2).astype(np.float32) if work.ndim == 3 else work.astype(np.float32)
+    mean = cv2.blur(grey, (3, 3))
+    return np.sqrt(np.maximum(cv2.blur(grey * grey, (3, 3)) - mean * mean, 0.0))
+
+
+def _merge_overlapping(regions: list[tuple[int, int, int, int, int]]) -> list[tuple[int, int, int, int, int]]:
+    """(pixel area, x1, y1, x2, y2) regions whose boxes overlap, joined: the pieces of one part whose surface
+    looks like the belt in places. Two parts never overlap (a gap of belt lies between them), so none are joined."""
+    merged = list(regions)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                a, b = merged[i], merged[j]
+                if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]:
+                    merged[i] = (a[0] + b[0], min(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]), max(a[4], b[4]))
+                    del merged[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged
 
 
 def _working(image: np.ndarray, scale: int) -> np.ndarray:
