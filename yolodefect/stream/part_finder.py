@@ -7,12 +7,16 @@ station therefore finds the parts first and judges defects only on them.
 * :class:`BeltModel` learns the empty belt (per-pixel mean and spread of a few frames, on a
   downscaled copy) and finds parts as the connected regions that differ from it. The belt moves,
   so its texture and cleats pass every pixel while it learns: their spread is part of the model
-  and does not make a part. A global gain, measured on the pixels that were belt on the previous
-  frame, follows lighting flicker. The working scale keeps a gap of ``min_gap_px`` between two
-  parts several working pixels wide, so that the clean-up (a 3x3 closing) cannot join two parts.
-  OpenCV's MOG2/KNN background subtractors were tried first in spirit and rejected by design: they
-  keep learning, so a slow or stopped line teaches them the parts, and they have no notion of a
-  belt whose texture moves.
+  and does not make a part. A global lighting gain (the most common ratio of this frame to the
+  learned belt) follows flicker. A part of the belt's own tone still differs in texture (local
+  contrast over 3x3 working pixels, learned the same way), and pieces of one part whose boxes
+  overlap are one part (two parts never overlap: belt lies between them). The working scale keeps
+  a gap of ``min_gap_px`` between two parts several working pixels wide, so the clean-up (a 3x3
+  closing) cannot join two parts. A part that matches the belt in both tone and texture cannot be
+  seen this way (measured: 3 of 30 NEU-DET steel images on the generator's grey belt): choose a
+  belt that contrasts with the parts, or use ``parts: class`` or a trigger.
+  OpenCV's MOG2/KNN background subtractors are not used: they keep learning, so a slow or stopped
+  line teaches them the parts, and they have no model of a belt whose texture moves.
 * :func:`class_part_boxes`: when the user labels whole parts as a class, the model's boxes of
   that class are the parts.
 """
