@@ -94,6 +94,9 @@ def test_calibration_chooses_k_and_thresholds_that_keep_good_parts(masters, tmp_
     assert written.calibrated_on["expected_on_new_parts"]["escape_rate"] == 0.0
     assert written.calibrated_on["expected_on_new_parts"]["false_reject_rate"] == 0.0
     assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["min_frames"] == result.min_frames
+    again = calibrate(truth.path, truth_csv, station(tmp_path, truth), CalibrateOptions(out_dir=tmp_path / "cal"),
+                      detector=NoisyDetector(truth))  # a rerun into the same folder holds that run's events only
+    assert len((tmp_path / "cal" / "events.jsonl").read_text().splitlines()) == again.parts_found == 10
 
     # The station reads them back and keeps the promise on an independent video of other parts.
     other = video(tmp_path / "line.avi", {0, 2, 5, 8, 9}, seed=12)

@@ -194,6 +194,7 @@ def calibrate(video: Path | str, truth: Path | str, station: WatchOptions, optio
     out = Path(options.out_dir) if options.out_dir is not None else new_calibrate_dir(video)
     out.mkdir(parents=True, exist_ok=True)
     events_path = out / "events.jsonl"
+    events_path.unlink(missing_ok=True)  # this run's events only: a rerun into the same folder must not append
     decided: list[PartDecision] = []
     with tempfile.TemporaryDirectory(prefix="yolodefect-calibrate-") as scratch:
         run_options = dataclasses.replace(
