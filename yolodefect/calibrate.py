@@ -38,6 +38,7 @@ from yolodefect.inference.model_file import read_model_file
 from yolodefect.inference.names import ClassNames, names_list
 from yolodefect.inference.runner import VALIDATION_CONF
 from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml, write_thresholds_yaml
+from yolodefect.run_dirs import first_free_dir
 from yolodefect.stream.line import kth_largest, part_rejected
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.parts import PartDecision
@@ -163,12 +164,7 @@ class CalibrationResult:
 
 def new_calibrate_dir(video: Path | str, root: Path = Path("runs/calibrate")) -> Path:
     """runs/calibrate/<video stem>, then <stem>2, <stem>3 ...: a new folder per run, nothing overwritten."""
-    stem = Path(video).stem or "line"
-    for n in range(1, 10_000):
-        candidate = root / (stem if n == 1 else f"{stem}{n}")
-        if not candidate.exists():
-            return candidate
-    raise YoloDefectError(f"too many calibration runs in {root}; clean it up")
+    return first_free_dir(root / (Path(video).stem or "line"))
 
 
 def calibrate(video: Path | str, truth: Path | str, station: WatchOptions, options: CalibrateOptions = CalibrateOptions(),

@@ -29,6 +29,7 @@ from yolodefect.inference.rules import DEFAULT_CONF, build_reject_rules
 from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml, write_thresholds_yaml
 from yolodefect.jpeg import files_ultralytics_would_resave
 from yolodefect.progress import ProgressCallback
+from yolodefect.run_dirs import first_free_dir
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,7 @@ def new_eval_dir(model: Path | str, split: str, runs: Path | str = EVAL_RUNS) ->
     do. Nothing is created here: ``evaluate`` creates the folder when it writes, so a run that fails
     early leaves no empty folder behind.
     """
-    base = Path(runs) / f"{Path(model).stem}-{split}"
-    number = 2
-    candidate = base
-    while candidate.exists():
-        candidate = base.with_name(f"{base.name}{number}")
-        number += 1
-    return candidate
+    return first_free_dir(Path(runs) / f"{Path(model).stem}-{split}")
 
 
 @dataclass(frozen=True)

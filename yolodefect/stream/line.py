@@ -140,9 +140,11 @@ class LinePartDecider:
         ids = self.tracker.update(boxes, frame.size_wh)
         owner = _owners(detections.xyxy, boxes) if len(detections) else np.zeros(0, dtype=np.int64)
         owner[~maybe_defect] = -2  # the part class itself: neither a defect nor belt
-        eligible = self.rules.eligible_mask(detections) if len(detections) else np.zeros(0, dtype=bool)
-        eligible &= maybe_defect
-        counted = self.rules.mask(detections, self.names) & maybe_defect if len(detections) else eligible
+        eligible = self.rules.eligible_mask(detections) & maybe_defect
+        # RejectRules.mask, from the per-class arrays built once here (it would redo eligibility and name lookups
+        # on every frame); float32 on both sides, as the rules compare.
+        classes = detections.class_id
+        counted = eligible & self._rejecting[classes] & (detections.confidence.astype(np.float32) >= self.thresholds[classes])
         off_part = int((counted & (owner == -1)).sum())
         counted &= owner >= 0
         decisions: list[PartDecision] = []

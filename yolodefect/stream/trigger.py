@@ -46,7 +46,7 @@ from yolodefect.stream.redact import redact_urls, redact_values
 from yolodefect.stream.sinks.mqtt import PASSWORD_ENV as MQTT_PASSWORD_ENV
 from yolodefect.stream.sinks.mqtt import USERNAME_ENV as MQTT_USERNAME_ENV
 from yolodefect.stream.sinks.opcua import PASSWORD_ENV as OPCUA_PASSWORD_ENV
-from yolodefect.stream.sinks.opcua import USERNAME_ENV as OPCUA_USERNAME_ENV
+from yolodefect.stream.sinks.opcua import new_client as new_opcua_client
 
 logger = logging.getLogger(__name__)
 
@@ -350,13 +350,7 @@ class OpcUaTrigger(Trigger):
             await asyncio.sleep(min(POLL_S * 2, max(0.0, deadline - time.monotonic())))
 
     async def _connect(self) -> Any:
-        from asyncua import Client
-
-        client = Client(self.endpoint, timeout=self.timeout_s)
-        username = os.environ.get(OPCUA_USERNAME_ENV)
-        if username:
-            client.set_user(username)
-            client.set_password(os.environ.get(OPCUA_PASSWORD_ENV, ""))
+        client = new_opcua_client(self.endpoint, self.timeout_s)
         await client.connect()
         try:
             self._fresh_session = True

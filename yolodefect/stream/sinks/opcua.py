@@ -24,6 +24,18 @@ logger = logging.getLogger(__name__)
 USERNAME_ENV = "YOLODEFECT_OPCUA_USERNAME"
 PASSWORD_ENV = "YOLODEFECT_OPCUA_PASSWORD"
 
+
+def new_client(endpoint: str, timeout_s: float) -> Any:
+    """An asyncua client for ``endpoint``, with the user and password from the environment when set (not connected)."""
+    from asyncua.client.client import Client
+
+    client = Client(endpoint, timeout=timeout_s)
+    username = os.environ.get(USERNAME_ENV)
+    if username:
+        client.set_user(username)
+        client.set_password(os.environ.get(PASSWORD_ENV, ""))
+    return client
+
 # For PLCs that want a number rather than a string on an integer decision variable.
 DECISION_CODES: dict[str, int] = {"pass": 0, "reject": 1, "error": 2}
 
@@ -142,13 +154,7 @@ class OpcUaSink:
             raise SinkError(f"OPC UA {self.redacted_endpoint}: {type(exc).__name__}: {self._scrub(str(exc))}") from exc
 
     async def _connect(self) -> None:
-        from asyncua.client.client import Client
-
-        client = Client(self.endpoint, timeout=self.timeout_s)
-        username = os.environ.get(USERNAME_ENV)
-        if username:
-            client.set_user(username)
-            client.set_password(os.environ.get(PASSWORD_ENV, ""))
+        client = new_client(self.endpoint, self.timeout_s)
         await client.connect()
         self._client = client
         # Write with the variable's own data type: servers reject a Variant of another type.
