@@ -12,9 +12,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 from PIL import Image
 
-from yolodefect.errors import FormatError
+from yolodefect.errors import FormatError, YoloDefectError
 from yolodefect.jpeg import jpeg_bytes_after_end, jpeg_cut_short
 
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEG some cameras write
@@ -66,3 +68,49 @@ def verify_image_bytes(path: Path | str, content: bytes) -> ImageFileFacts:
         width, height = height, width
     padding = not content[len(content) - trailing:].strip(b"\x00")
     return ImageFileFacts(image_format, (width, height), orientation, trailing, padding)
+
+
+class UnreadableImageError(YoloDefectError):
+    """An image file that cannot be read or decoded; the message names the file and why."""
+
+
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Every stage downstream expects 3-channel BGR uint8; mono cameras and PNGs with alpha are converted."""
+    if image.dtype != np.uint8:
+        # 16-bit machine-vision images: scale rather than clip so the full range stays visible.
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to BGR; raises UnreadableImageError naming the file and why (missing, empty, truncated...)."""
+    try:
+        # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not on Windows.
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise UnreadableImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    content = data.tobytes()
+    # Older OpenCV builds fill the missing rows of a cut JPEG with grey and return it: a part
+    # inspected on half a picture, so the end marker is checked whatever imdecode says.
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size and not jpeg_cut_short(content) else None
+    if image is None:
+        raise UnreadableImageError(f"cannot decode {path}: {_why_undecodable(content)}")
+    return to_bgr(image)
+
+
+def _why_undecodable(content: bytes) -> str:
+    size = len(content)
+    amount = f"{size} bytes" if size < 1024 else f"{size / 1024:.0f} KB"
+    if not size:
+        return "empty file (0 bytes)"
+    if jpeg_cut_short(content):
+        return f"truncated JPEG ({amount}, no end-of-image marker)"
+    if content.startswith(b"\x89PNG") and b"IEND" not in content[-64:]:
+        return f"truncated PNG ({amount}, no end chunk)"
+    return f"corrupt or not an image OpenCV can decode ({amount})"

@@ -31,6 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from yolodefect.data.image_file import UnreadableImageError, read_image, to_bgr
 from yolodefect.errors import UsageError
 from yolodefect.stream.frames import (
     POLL_S,
@@ -38,10 +39,7 @@ from yolodefect.stream.frames import (
     Frame,
     FrameSource,
     SourceOptions,
-    UnreadableImageError,
     default_capture_factory,
-    read_image,
-    to_bgr,
     utc_now,
 )
 

@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from yolodefect.errors import UsageError, YoloDefectError
-from yolodefect.jpeg import jpeg_cut_short
+from yolodefect.errors import UsageError
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -28,10 +26,6 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 POLL_S = 0.05
 # The stand-in picture of a part whose file cannot be decoded (see Frame.placeholder).
 _PLACEHOLDER_WH = (640, 360)
-
-
-class UnreadableImageError(YoloDefectError):
-    """An image file that cannot be read or decoded; the message names the file and why."""
 
 
 class Capture(Protocol):
@@ -148,48 +142,6 @@ class SourceStats:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def to_bgr(image: np.ndarray) -> np.ndarray:
-    """Every stage downstream expects 3-channel BGR uint8; mono cameras and PNGs with alpha are converted."""
-    if image.dtype != np.uint8:
-        # 16-bit machine-vision images: scale rather than clip so the full range stays visible.
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to BGR; raises UnreadableImageError naming the file and why (missing, empty, truncated...)."""
-    try:
-        # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not on Windows.
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise UnreadableImageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    content = data.tobytes()
-    # Older OpenCV builds fill the missing rows of a cut JPEG with grey and return it: a part
-    # inspected on half a picture, so the end marker is checked whatever imdecode says.
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size and not jpeg_cut_short(content) else None
-    if image is None:
-        raise UnreadableImageError(f"cannot decode {path}: {_why_undecodable(content)}")
-    return to_bgr(image)
-
-
-def _why_undecodable(content: bytes) -> str:
-    size = len(content)
-    amount = f"{size} bytes" if size < 1024 else f"{size / 1024:.0f} KB"
-    if not size:
-        return "empty file (0 bytes)"
-    if jpeg_cut_short(content):
-        return f"truncated JPEG ({amount}, no end-of-image marker)"
-    if content.startswith(b"\x89PNG") and b"IEND" not in content[-64:]:
-        return f"truncated PNG ({amount}, no end chunk)"
-    return f"corrupt or not an image OpenCV can decode ({amount})"
 
 
 def default_capture_factory(target: Any) -> Capture:

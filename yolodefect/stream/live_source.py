@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 
+from yolodefect.data.image_file import to_bgr
 from yolodefect.stream.frames import (
     POLL_S,
     Capture,
@@ -25,7 +26,6 @@ from yolodefect.stream.frames import (
     FrameSource,
     SourceOptions,
     default_capture_factory,
-    to_bgr,
     utc_now,
 )
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from yolodefect.data.image_file import UnreadableImageError, read_image, to_bgr
 from yolodefect.errors import UsageError
 from yolodefect.stream.file_sources import (
     IMAGE_SUFFIXES,
@@ -31,10 +32,7 @@ from yolodefect.stream.frames import (
     FrameSource,
     SourceOptions,
     SourceStats,
-    UnreadableImageError,
     default_capture_factory,
-    read_image,
-    to_bgr,
 )
 from yolodefect.stream.live_source import LatestSlot, LiveSource
 from yolodefect.stream.redact import redact_urls
