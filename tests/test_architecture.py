@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "yolodefect"
-CAPABILITIES = ("data", "evaluation", "exporting", "stream", "compare")
+CAPABILITIES = ("data", "evaluation", "exporting", "stream", "compare", "anomaly")
 # What the inference core may build on: the records every layer shares.
 CORE = ("inference", "errors", "detections", "adapters", "jpeg", "progress")
 

@@ -1,0 +1,94 @@
+"""PatchCore's three steps on feature maps: locally aware patch features, a greedy coreset, nearest-neighbour distances.
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection" (CVPR 2022), as anomalib
+implements it (``PatchcoreModel``, ``KCenterGreedy``), written here on torch because anomalib's
+model is tied to timm backbones and Lightning, which an offline station cannot use. Two
+departures, both for a 2-core CPU, both reported in the model card:
+
+- Features are reduced to at most ``MAX_FEATURE_DIM`` channels by averaging neighbouring channels
+  (the original's adaptive average pooling); scoring time grows with the dimension.
+- The coreset is chosen in two stages: a greedy k-center pass over each batch of images keeps a
+  pool of ``POOL_FACTOR`` times the bank size, and a second greedy pass picks the bank from the pool.
+  A single greedy pass over every patch of a 1,000-image set costs bank x patches x dims
+  (about 10^13 operations at 256 px), hours on two cores; per batch it is linear in the set.
+
+Nearest-neighbour search uses faiss (exact, ``IndexFlatL2``) when it is installed, else a
+chunked ``torch.cdist``; both give the same distances.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MAX_FEATURE_DIM = 384
+PROJECTION_DIM = 128  # the greedy search measures distances in a random projection (as anomalib does)
+POOL_FACTOR = 4
+
+
+def patch_features(maps: list[torch.Tensor], feature_dim: int = MAX_FEATURE_DIM) -> torch.Tensor:
+    """[(N, C1, h, w), (N, C2, h/2, w/2)] -> (N, h, w, D): each patch with its 3x3 neighbourhood, layers joined."""
+    size = maps[0].shape[-2:]
+    pooled = [F.avg_pool2d(m, kernel_size=3, stride=1, padding=1) for m in maps]
+    joined = torch.cat([pooled[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                                      for m in pooled[1:]], dim=1)
+    n, channels, h, w = joined.shape
+    flat = joined.permute(0, 2, 3, 1).reshape(-1, channels)
+    if channels > feature_dim:
+        flat = F.adaptive_avg_pool1d(flat.unsqueeze(1), feature_dim).squeeze(1)
+    return flat.reshape(n, h, w, -1).contiguous()
+
+
+def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``count`` rows chosen by greedy k-center (each pick: the row farthest from those picked)."""
+    total = features.shape[0]
+    if count >= total:
+        return torch.arange(total)
+    generator = torch.Generator().manual_seed(seed)
+    if features.shape[1] > PROJECTION_DIM:
+        projection = torch.randn(features.shape[1], PROJECTION_DIM, generator=generator) / math.sqrt(PROJECTION_DIM)
+        features = features @ projection
+    picked = torch.empty(count, dtype=torch.long)
+    picked[0] = int(torch.randint(total, (1,), generator=generator))
+    nearest = torch.sum((features - features[picked[0]]) ** 2, dim=1)
+    for i in range(1, count):
+        picked[i] = torch.argmax(nearest)
+        nearest = torch.minimum(nearest, torch.sum((features - features[picked[i]]) ** 2, dim=1))
+    return picked
+
+
+class NearestSearch:
+    """Distance from each query patch to its nearest patch in the memory bank (exact)."""
+
+    def __init__(self, bank: np.ndarray, *, use_faiss: bool = True):
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self._index = self._faiss_index() if use_faiss else None
+        self._bank_t = torch.from_numpy(self.bank)
+
+    def _faiss_index(self):  # noqa: ANN202 - faiss has no type stubs
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs each CPU variant it tries at INFO
+        try:
+            import faiss
+        except ImportError:
+            return None
+        index = faiss.IndexFlatL2(self.bank.shape[1])
+        index.add(self.bank)
+        return index
+
+    @property
+    def engine(self) -> str:
+        return "faiss" if self._index is not None else "torch"
+
+    def distances(self, queries: np.ndarray) -> np.ndarray:
+        """(M, D) float32 -> (M,) Euclidean distance to the nearest bank row."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._index is not None:
+            squared, _ = self._index.search(queries, 1)
+            return np.sqrt(np.maximum(squared[:, 0], 0.0))
+        query_t = torch.from_numpy(queries)
+        out = [torch.cdist(query_t[i:i + 4096], self._bank_t).min(dim=1).values for i in range(0, len(queries), 4096)]
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
