@@ -594,3 +594,50 @@ def export(
             render_export(result, err_console)
         if result.exit_code:
             raise typer.Exit(result.exit_code)
+
+
+anomaly_app = typer.Typer(help="Defects nobody labelled: an anomaly model learned from good parts only.",
+                          no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(anomaly_app, name="anomaly")
+
+
+@anomaly_app.command(name="train")
+def anomaly_train(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="A dataset (data.yaml or folder: its defect-free images, i.e. empty "
+                                              "label files) or a folder of good images. Never modified.")],
+    backbone: Annotated[str, typer.Option(help="Ultralytics checkpoint (.pt) whose backbone gives the features, or "
+                                               "resnet18 / wide_resnet50_2 (ImageNet weights: online, or "
+                                               "--backbone-weights).")] = "weights/yolodefect-demo.pt",
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="torchvision ImageNet weights (.pth) for an "
+                                                                   "offline resnet18 / wide_resnet50_2.")] = None,
+    imgsz: Annotated[int, typer.Option(help="Images are resized to this square size (pixels, multiple of 16).")] = 256,
+    coreset_ratio: Annotated[float, typer.Option(help="Share of the good patches kept in the memory bank.")] = 0.1,
+    max_bank: Annotated[int, typer.Option(help="At most this many patches in the memory bank (bounds scoring time "
+                                               "and size).")] = 10_000,
+    split: Annotated[str, typer.Option(help="Dataset split to take the good images from.")] = "train",
+    out: Annotated[Optional[Path], typer.Option(help="Model file to write (default runs/anomaly/<data>/anomaly.npz).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Learn what a good part looks like (PatchCore: pretrained patch features, a coreset memory bank, nearest-neighbour distance).
+
+    A tenth of the good images is held out: the highest score among them is the model's threshold until `yolodefect eval MODEL DATA --target-recall` chooses one on defective parts.
+
+    [bold]Examples[/bold]
+
+      yolodefect anomaly train datasets/pcb/data.yaml --backbone runs/train/pcb/weights/best.pt
+
+      yolodefect anomaly train good_parts/ --imgsz 320
+    """
+    from yolodefect.anomaly import AnomalyTrainOptions, train_anomaly
+    from yolodefect.render import render_anomaly_training
+
+    with user_errors(_debug(ctx)):
+        options = AnomalyTrainOptions(data=data, backbone=backbone, backbone_weights=backbone_weights, imgsz=imgsz,
+                                      coreset_ratio=coreset_ratio, max_bank=max_bank, split=split, out=out)
+        with progress_bar(not json_output) as progress, stdout_reserved(json_output):
+            result = train_anomaly(options, progress)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_anomaly_training(result, err_console)

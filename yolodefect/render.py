@@ -332,3 +332,19 @@ def render_calibration(result, console: Console) -> None:
         else:
             console.print(f"[red]FAILED[/red]: missed known bad part(s) {', '.join(result.missed_parts) or '-'}; "
                           f"{result.parts_found} of {result.parts_expected} parts found", highlight=False)
+
+
+def render_anomaly_training(result, console: Console) -> None:
+    """What the anomaly model learned from, its size, and how it will be judged."""
+    card = result.model.card
+    backbone = card["backbone"]
+    console.print(f"Anomaly model [bold]{result.model_path}[/bold]", highlight=False)
+    console.print(f"  good images: {result.good_images} in the memory bank, {result.holdout_images} held out for the "
+                  f"threshold; backbone {backbone['name']} ({backbone['kind']}, layers {', '.join(backbone['layers'])}); "
+                  f"{card['imgsz']} px", highlight=False)
+    console.print(f"  memory bank: {result.bank_size:,} patches x {card['feature_dim']} features = "
+                  f"{result.bank_bytes / 1e6:.1f} MB (from a pool of {result.pool_size:,}); trained in {result.seconds:.0f} s",
+                  highlight=False)
+    console.print(f"  threshold: score {result.reference_score:.3g} (the most unusual held-out good image; choose one "
+                  f"for a target recall with: yolodefect eval {result.model_path} DATA --target-recall 0.99)",
+                  highlight=False)
