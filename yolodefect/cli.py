@@ -245,7 +245,7 @@ def train(
 @app.command(name="eval")
 def eval_command(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="Any model Ultralytics loads: .pt, .onnx (FP32 or INT8), OpenVINO folder, .engine.")],
+    model: Annotated[Path, typer.Argument(help="Any model Ultralytics loads: .pt, .onnx (FP32 or INT8), OpenVINO folder, .engine; or an anomaly model (.npz).")],
     data: Annotated[Path, typer.Argument(help="A data.yaml or dataset folder.")],
     split: Annotated[str, typer.Option(help="val or test.")] = default_of(evaluate, "split"),
     imgsz: Annotated[Optional[int], typer.Option(help="Default: the size the model was trained or exported at.")] = None,
@@ -274,20 +274,29 @@ def eval_command(
 
     The escape and false-reject rates are the station's: watch with the same --conf, --thresholds,
     --reject, --min-area and --roi rejects the same parts.
+
+    An anomaly model (yolodefect anomaly train) is scored instead by image and pixel AUROC and its part
+    rates; --target-recall writes a thresholds.yaml with the class 'anomaly' (--conf, --per-class,
+    --min-area, --roi are detector options and refused).
     """
+    from yolodefect.anomaly import is_anomaly_model_file
     from yolodefect.evaluate import new_eval_dir
-    from yolodefect.render import render_eval
+    from yolodefect.render import render_anomaly_eval, render_eval
 
     with user_errors(_debug(ctx)):
         out_dir = out or new_eval_dir(model, split)
+        run_eval, render = evaluate, render_eval
+        if is_anomaly_model_file(model):  # same options; the detector-only ones are refused there
+            from yolodefect.anomaly.evaluate import evaluate_anomaly as run_eval
+            render = render_anomaly_eval
         with progress_bar(not json_output) as progress, stdout_reserved(json_output):
-            result = evaluate(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
+            result = run_eval(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
                               target_recall=target_recall, per_class_thresholds=per_class, reject_classes=reject,
                               min_area=min_area, roi=roi, out_dir=out_dir, device=device, progress=progress)
         if json_output:
             print_json(result.to_dict())
         else:
-            render_eval(result, err_console)
+            render(result, err_console)
             err_console.print(f"Results are in [bold]{out_dir}[/bold]", highlight=False)
 
 
@@ -314,6 +323,9 @@ def watch(
     min_area: Annotated[Optional[float], typer.Option(help=_help_of("min_area"))] = None,
     roi: Annotated[Optional[str], typer.Option(help="Region of interest polygon 'x,y x,y x,y ...' in frame pixels.")] = None,
     tile: Annotated[Optional[int], typer.Option(help=_help_of("tile"))] = None,
+    anomaly: Annotated[Optional[Path], typer.Option(help=_help_of("anomaly"))] = None,
+    anomaly_only: Annotated[Optional[bool], typer.Option("--anomaly-only/--no-anomaly-only", help=_help_of("anomaly_only"))] = None,
+    anomaly_thresholds: Annotated[Optional[Path], typer.Option(help=_help_of("anomaly_thresholds"))] = None,
     trigger: Annotated[Optional[str], typer.Option(help=_help_of("trigger"))] = None,
     parts: Annotated[Optional[str], typer.Option(help=_help_of("parts"))] = None,
     belt: Annotated[Optional[Path], typer.Option(help=_help_of("belt"))] = None,
@@ -330,6 +342,8 @@ def watch(
     opcua: Annotated[Optional[str], typer.Option(help="Shorthand for --sink opc.tcp://host:port?decision=ns=2;i=2&defect_class=...")] = None,
     outbox: Annotated[Optional[Path], typer.Option(help=_help_of("outbox"))] = None,
     evidence: Annotated[Optional[Path], typer.Option(help=_help_of("evidence_dir"))] = None,
+    evidence_cam: Annotated[Optional[bool], typer.Option("--evidence-cam/--no-evidence-cam", help=_help_of("evidence_cam"))] = None,
+    evidence_cam_model: Annotated[Optional[Path], typer.Option(help=_help_of("evidence_cam_model"))] = None,
     save: Annotated[Optional[Path], typer.Option(help=_help_of("save"))] = None,
     show: Annotated[Optional[bool], typer.Option("--show/--no-show", help=_help_of("show"))] = None,
     fps: Annotated[Optional[float], typer.Option(help=_help_of("fps_cap"))] = None,
@@ -352,6 +366,8 @@ def watch(
 
       yolodefect watch --source /line/cam1/ --follow --thresholds thresholds.yaml --evidence evidence/
 
+      yolodefect watch --source conveyor.mp4 --model best.pt --anomaly runs/anomaly/parts/anomaly.npz --evidence evidence/
+
       yolodefect watch --config examples/station.yaml
     """
     from rich.live import Live
@@ -372,8 +388,10 @@ def watch(
             "trigger": trigger, "parts": parts, "belt": belt, "belt_frames": belt_frames, "part_class": part_class,
             "min_part_area": min_part_area, "decide_at": decide_at, "min_part_frames": min_part_frames,
             "sinks": tuple(sinks) if sinks else None, "outbox": outbox, "evidence_dir": evidence, "save": save,
+            "evidence_cam": evidence_cam, "evidence_cam_model": evidence_cam_model,
             "show": show, "fps_cap": fps, "loop": loop, "follow": follow, "fail_safe": fail_safe,
-            "max_latency_ms": max_latency_ms, "max_frames": max_frames,
+            "max_latency_ms": max_latency_ms, "max_frames": max_frames, "anomaly": anomaly, "anomaly_only": anomaly_only,
+            "anomaly_thresholds": anomaly_thresholds,
         }
         options = resolve_options(config, overrides)
         if options.source is None:

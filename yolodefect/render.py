@@ -8,6 +8,7 @@ from rich.table import Table
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # importing the results' modules would load matplotlib for every command
+    from yolodefect.anomaly.evaluate import AnomalyEvalResult
     from yolodefect.data.check import CheckReport
     from yolodefect.data.convert import ConversionResult
     from yolodefect.evaluate import EvalResult
@@ -132,6 +133,39 @@ def render_eval(result: EvalResult, console: Console) -> None:
         console.print(f"  {name}: {path}", highlight=False)
 
 
+def render_anomaly_eval(result: AnomalyEvalResult, console: Console) -> None:
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"{result.model} on {result.data} ({result.split}, anomaly model, imgsz {result.imgsz})",
+                  title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("images", f"{result.defective} defective, {result.good} good"
+                            + (f", {result.left_out} left out" if result.left_out else ""))
+    table.add_row("image AUROC", number(result.image_auroc))
+    table.add_row("pixel AUROC (boxes)", number(result.pixel_auroc))
+    for point in result.at_false_reject_rate:
+        table.add_row(f"escape at false-reject <= {point.max_false_reject_rate:.0%}",
+                      _rate(point.escape_rate) + ("" if point.threshold_confidence is None
+                                                  else f" (conf >= {point.threshold_confidence:.3f})"))
+    console.print(table)
+    r = result.rates
+    console.print(f"Threshold: {result.threshold_source}: confidence {result.threshold_confidence:.4f} "
+                  + ("(never rejects)" if result.threshold_score is None else f"(score {result.threshold_score:.4g})"),
+                  highlight=False)
+    console.print(f"  escape rate [bold]{_rate(r.escape_rate)}[/bold] ({r.escapes} of {r.defective} defective parts "
+                  f"accepted), false-reject rate [bold]{_rate(r.false_reject_rate)}[/bold] ({r.false_rejects} of "
+                  f"{r.good} good parts rejected)", highlight=False)
+    if result.thresholds is not None and result.thresholds.target_recall is not None:
+        reached = "reached" if result.thresholds.target_reached else "[red]NOT reached[/red]"
+        console.print(f"  target part recall {result.thresholds.target_recall:.2%} {reached}", highlight=False)
+    for note in dict.fromkeys(result.notes):
+        console.print(f"  [yellow]{note}[/yellow]", highlight=False)
+    for name, path in result.files.items():
+        console.print(f"  {name}: {path}", highlight=False)
+
+
 def render_train(result: TrainResult, console: Console) -> None:
     console.print(result.transfer_note, highlight=False)
     metrics = result.evaluation.metrics
@@ -164,6 +198,9 @@ def watch_panel(stats: WatchStats):
     latency = "-" if stats.latency_p50_ms is None else f"p50 {stats.latency_p50_ms:.1f} ms, p95 {stats.latency_p95_ms:.1f} ms"
     table.add_row("frames", f"{stats.frames}  ({stats.fps:.1f} fps, {stats.elapsed_s:.0f} s)")
     table.add_row("latency", latency)
+    if stats.anomaly_p50_ms is not None:
+        table.add_row("anomaly model", f"p50 {stats.anomaly_p50_ms:.1f} ms per frame scored "
+                                       f"({stats.anomaly_frames} of {stats.frames} frames)")
     table.add_row("dropped / skipped", f"{stats.dropped_frames} / {stats.skipped_frames}")
     if stats.open_attempts:
         table.add_row("capture", f"{stats.open_attempts} open attempts, {stats.open_failures} failed, "
@@ -184,6 +221,10 @@ def watch_panel(stats: WatchStats):
                       "sent to the sinks directly, content on stderr[/red]")
     if stats.evidence_failures:
         table.add_row("evidence", f"[yellow]evidence failures {stats.evidence_failures}[/yellow]")
+    if stats.evidence_cams or stats.evidence_cam_failures:
+        cost = "" if stats.evidence_cam_p50_ms is None else f", p50 {stats.evidence_cam_p50_ms:.1f} ms per reject"
+        failed = f", [yellow]{stats.evidence_cam_failures} failed[/yellow]" if stats.evidence_cam_failures else ""
+        table.add_row("evidence CAM", f"{stats.evidence_cams} heatmap(s){cost}{failed}")
     title = f"yolodefect watch: {stats.source} ({stats.mode}) with {stats.model.get('name', '?')} {stats.model.get('precision', '')}"
     return Panel(table, title=title, title_align="left")
 

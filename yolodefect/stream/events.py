@@ -64,6 +64,9 @@ class Defect:
     class_name: str
     confidence: float
     bbox_xyxy: tuple[float, float, float, float]
+    # Class 'anomaly' (watch --anomaly): the anomaly model's raw score, of which ``confidence`` is the mapping
+    # to (0, 1). None (absent from the dict) for a detector's defect.
+    anomaly_score: float | None = None
 
     def __post_init__(self) -> None:
         if not self.class_name:
@@ -72,19 +75,24 @@ class Defect:
             raise EventError(f"defect confidence {self.confidence} is outside [0, 1]")
         if len(self.bbox_xyxy) != 4 or not all(math.isfinite(float(v)) for v in self.bbox_xyxy):
             raise EventError(f"defect bbox_xyxy {self.bbox_xyxy!r} must be 4 finite numbers (x1, y1, x2, y2)")
+        if self.anomaly_score is not None and not (math.isfinite(float(self.anomaly_score)) and self.anomaly_score >= 0):
+            raise EventError(f"defect anomaly_score {self.anomaly_score} must be a finite number >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "class": self.class_name,
             "confidence": float(self.confidence),
             "bbox_xyxy": [float(v) for v in self.bbox_xyxy],
+            **({"anomaly_score": float(self.anomaly_score)} if self.anomaly_score is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Defect:
         try:
             x1, y1, x2, y2 = (float(v) for v in data["bbox_xyxy"])
-            return cls(class_name=str(data["class"]), confidence=float(data["confidence"]), bbox_xyxy=(x1, y1, x2, y2))
+            score = data.get("anomaly_score")
+            return cls(class_name=str(data["class"]), confidence=float(data["confidence"]), bbox_xyxy=(x1, y1, x2, y2),
+                       anomaly_score=None if score is None else float(score))
         except (KeyError, TypeError, ValueError) as exc:
             raise EventError(f"defect {data!r} is malformed ({exc}); expected class, confidence, bbox_xyxy[4]") from exc
 
@@ -138,6 +146,8 @@ class Event:
     message: str | None = None
     # On a moving line: the part's box on the event's frame (frame pixels); None where a frame is a part.
     part_bbox_xyxy: tuple[float, float, float, float] | None = None
+    # The anomaly model the station ran beside the detector (watch --anomaly); None when it ran none.
+    anomaly_model: ModelIdentity | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -180,6 +190,7 @@ class Event:
             "snapshot_paths": dict(self.snapshot_paths),
             "message": self.message,
             **({"part_bbox_xyxy": [float(v) for v in self.part_bbox_xyxy]} if self.part_bbox_xyxy is not None else {}),
+            **({"anomaly_model": self.anomaly_model.to_dict()} if self.anomaly_model is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -211,6 +222,7 @@ class Event:
                 snapshot_paths={str(k): str(v) for k, v in (data.get("snapshot_paths") or {}).items()},
                 message=data.get("message"),
                 part_bbox_xyxy=tuple(float(v) for v in data["part_bbox_xyxy"]) if data.get("part_bbox_xyxy") else None,
+                anomaly_model=ModelIdentity.from_dict(data["anomaly_model"]) if data.get("anomaly_model") else None,
             )
         except KeyError as exc:
             raise EventError(f"event is missing field {exc.args[0]!r}") from exc
@@ -242,6 +254,7 @@ def new_event(
     snapshot_paths: Mapping[str, str] | None = None,
     message: str | None = None,
     part_bbox_xyxy: tuple[float, float, float, float] | None = None,
+    anomaly_model: ModelIdentity | None = None,
 ) -> Event:
     """Create an event with a fresh uuid4 ``event_id`` and ``emitted_at`` set to now (UTC)."""
     captured = to_utc_iso(captured_at) if isinstance(captured_at, datetime) else captured_at
@@ -260,6 +273,7 @@ def new_event(
         snapshot_paths=dict(snapshot_paths or {}),
         message=message,
         part_bbox_xyxy=part_bbox_xyxy,
+        anomaly_model=anomaly_model,
     )
 
 

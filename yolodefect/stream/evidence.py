@@ -1,6 +1,7 @@
 """Evidence for each reject: the raw and the annotated frame as JPEGs, and an optional annotated video.
 
-Layout: ``<evidence_dir>/<YYYY-MM-DD>/<event_id>_raw.jpg`` and ``..._annotated.jpg``, the date
+Layout: ``<evidence_dir>/<YYYY-MM-DD>/<event_id>_raw.jpg`` and ``..._annotated.jpg`` (and, for a reject
+under ``watch --evidence-cam``, ``..._cam.jpg``: see :mod:`yolodefect.inference.eigencam`), the date
 being the UTC capture date, so a day's rejects can be archived or purged as one folder. Writing
 evidence never stops the line: a failure is logged and the event goes out without the paths.
 """
@@ -39,7 +40,7 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
 
 
 class EvidenceWriter:
-    """Saves the snapshots of one event and returns their paths by kind (``raw``, ``annotated``)."""
+    """Saves the snapshots of one event and returns their paths by kind (``raw``, ``annotated``, ``cam``)."""
 
     def __init__(self, directory: Path | str, *, jpeg_quality: int = 90):
         if not 1 <= jpeg_quality <= 100:

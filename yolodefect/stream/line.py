@@ -130,13 +130,23 @@ class LinePartDecider:
         # seen beyond the line is the tail of a part already decided (a leaving part can split at the exit edge).
         self.direction: tuple[int, int] | None = None
 
+    def before_line(self, boxes: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
+        """(N,) True for boxes whose centre has not reached the decision line: parts still to be decided. All True
+        until the first part has shown which way the line moves."""
+        if self.direction is None:
+            return np.ones(len(boxes), dtype=bool)
+        return np.array([self._position(box, self.direction, frame_wh) < self.decide_at for box in boxes], dtype=bool)
+
     @property
     def open_parts(self) -> int:
         return sum(1 for part in self._parts.values() if not part.decided)
 
-    def update(self, frame: Frame, detections: Detections) -> LineFrame:
+    def update(self, frame: Frame, detections: Detections,
+               parts: tuple[np.ndarray, np.ndarray] | None = None) -> LineFrame:
+        """``parts``: the finder's answer for this frame when the caller already asked it (the station scores
+        the parts with the anomaly model and appends those detections before the parts are judged)."""
         self._tick += 1
-        boxes, maybe_defect = self.finder(frame, detections)
+        boxes, maybe_defect = parts if parts is not None else self.finder(frame, detections)
         ids = self.tracker.update(boxes, frame.size_wh)
         owner = _owners(detections.xyxy, boxes) if len(detections) else np.zeros(0, dtype=np.int64)
         owner[~maybe_defect] = -2  # the part class itself: neither a defect nor belt

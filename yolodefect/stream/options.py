@@ -75,6 +75,14 @@ class WatchOptions:
     half: bool = field(default=False, metadata=_help("FP16 inference (GPU only)."))
     tile: int | None = field(default=None, metadata=_help("Sliced inference with square tiles of this many pixels."))
     tile_overlap: float = field(default=0.2, metadata=_help("Tile overlap as a fraction of the tile."))
+    anomaly: Path | None = field(default=None, metadata=_help(
+        "Anomaly model (.npz, trained on good parts) run beside the detector: a part is also rejected, as class "
+        "'anomaly', when its anomaly confidence reaches the anomaly threshold on min_frames of its frames."))
+    anomaly_only: bool = field(default=False, metadata=_help(
+        "Run the anomaly model alone, without a detector (needs anomaly; no model)."))
+    anomaly_thresholds: Path | None = field(default=None, metadata=_help(
+        "thresholds.yaml from 'yolodefect eval ANOMALY_MODEL DATA --target-recall': its 'anomaly' threshold "
+        "(default: the model's own, confidence 0.5 = the highest score of its held-out good images)."))
     # -- reject rules
     thresholds: Path | None = field(default=None, metadata=_help(
         "thresholds.yaml from 'yolodefect eval --target-recall' (per-class confidence, reject classes)."))
@@ -110,6 +118,13 @@ class WatchOptions:
         "Where events go: events.jsonl, - (stdout), https://..., mqtt://..., opc.tcp://... (repeatable)."))
     outbox: Path = field(default=DEFAULT_OUTBOX, metadata=_help("SQLite outbox holding events until every sink has them."))
     evidence_dir: Path | None = field(default=None, metadata=_help("Save raw and annotated JPEGs of each reject here."))
+    evidence_cam: bool = field(default=False, metadata=_help(
+        "Also save <event_id>_cam.jpg with each reject's evidence: an EigenCAM heatmap of where the detector's "
+        "backbone looked (needs evidence_dir and the PyTorch checkpoint; costs one extra model pass per reject, "
+        "never per frame)."))
+    evidence_cam_model: Path | None = field(default=None, metadata=_help(
+        "evidence_cam with an ONNX/OpenVINO model: the .pt it was exported from (default: the one its model card "
+        "names, if present and unchanged). Ignored without evidence_cam."))
     save: Path | None = field(default=None, metadata=_help("Write the annotated video to this file (.mp4 or .avi)."))
     show: bool = field(default=False, metadata=_help("Show the annotated stream in a window (needs a display)."))
     # -- safety and shutdown
@@ -141,8 +156,9 @@ class WatchOptions:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WatchOptions))
 OPTION_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(WatchOptions)}
-_PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save", "belt")
-_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show")
+_PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save", "belt", "anomaly", "anomaly_thresholds",
+                "evidence_cam_model")
+_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show", "anomaly_only", "evidence_cam")
 _OPTIONAL_INT = ("max_frames", "imgsz", "tile", "min_frames")
 _INT = ("belt_frames", "min_part_frames")
 _OPTIONAL_FLOAT = ("fps_cap", "max_latency_ms", "min_part_area")
@@ -268,6 +284,27 @@ def _check(options: WatchOptions) -> None:
     check_tile_grid(options.tile, options.tile_overlap, tile_option="tile", overlap_option="tile_overlap")
     if options.flush_timeout_s < 0:
         raise UsageError("flush_timeout_s must be >= 0")
+    _check_anomaly(options)
+    if options.evidence_cam and options.evidence_dir is None:
+        raise UsageError("evidence_cam (--evidence-cam) saves its heatmap with each reject's snapshots: give "
+                         "evidence_dir (--evidence DIR) too")
+
+
+def _check_anomaly(options: WatchOptions) -> None:
+    if options.anomaly is None:
+        for name in ("anomaly_only", "anomaly_thresholds"):
+            if getattr(options, name):
+                raise UsageError(f"option {name!r} needs an anomaly model: give anomaly (--anomaly MODEL.npz)")
+        return
+    if options.anomaly_only:
+        if options.model is not None:
+            raise UsageError(f"anomaly_only runs no detector, but a detection model is given ({options.model}): "
+                             "drop one of them")
+        if options.parts == "class":
+            raise UsageError("parts=class finds parts with the detector's part class; anomaly_only runs no "
+                             "detector: use parts=belt")
+        if options.tile is not None:
+            raise UsageError("tile slices the detector's input; anomaly_only runs no detector: drop tile")
 
 
 def _unknown_key(key: str, origin: str) -> UsageError:

@@ -29,6 +29,9 @@ class WatchStats:
     fps: float = 0.0
     latency_p50_ms: float | None = None  # capture to decision, last 500 frames
     latency_p95_ms: float | None = None
+    # watch --anomaly: frames on which the anomaly model scored parts, and its time on such a frame (last 500)
+    anomaly_frames: int = 0
+    anomaly_p50_ms: float | None = None
     dropped_frames: int = 0  # live source frames replaced by newer ones (we were slower than the camera)
     skipped_frames: int = 0  # video frames that could not be decoded (the file went on after them)
     unreadable_parts: int = 0  # part images that could not be read or decoded: each got an 'error' event
@@ -52,6 +55,10 @@ class WatchStats:
     sink_backlog: dict[str, int] = field(default_factory=dict)  # undelivered events per sink
     sink_errors: dict[str, str | None] = field(default_factory=dict)  # last delivery error per sink
     evidence_failures: int = 0
+    # watch --evidence-cam: heatmaps saved with reject evidence, their cost (heatmap + overlay, last 500) and failures
+    evidence_cams: int = 0
+    evidence_cam_p50_ms: float | None = None
+    evidence_cam_failures: int = 0
     model_card: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +91,8 @@ class StatsBoard:
         self._counts: dict[str, int] = {}
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self._frame_times: deque[float] = deque(maxlen=1000)
+        self._latency_window = latency_window
+        self._stage_ms: dict[str, deque[float]] = {}  # per-frame time of an optional stage (e.g. anomaly)
         self._fps_window_s = fps_window_s
         self._started = time.monotonic()
         # The frames' own time span, for the final fps: a long flush at shutdown must not dilute it.
@@ -104,6 +113,11 @@ class StatsBoard:
             if self._first_frame_start is None:
                 self._first_frame_start = now - latency_ms / 1000.0
             self._last_frame_done = now
+
+    def stage_done(self, name: str, elapsed_ms: float) -> None:
+        """One frame's time in stage ``name``; the snapshot gives its median as ``{name}_p50_ms``."""
+        with self._lock:
+            self._stage_ms.setdefault(name, deque(maxlen=self._latency_window)).append(elapsed_ms)
 
     def set(self, name: str, value: int) -> None:
         with self._lock:
@@ -136,9 +150,10 @@ class StatsBoard:
             latencies = np.asarray(self._latencies, dtype=np.float64)
             counts = dict(self._counts)
             fps = self._fps_locked(now) if running else self._run_fps_locked()
+            stages = {f"{name}_p50_ms": float(np.median(times)) for name, times in self._stage_ms.items() if times}
         p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95])) if latencies.size else (None, None)
         return replace(self._base, running=running, elapsed_s=now - self._started, fps=fps,
-                       latency_p50_ms=p50, latency_p95_ms=p95, **counts, **extra)
+                       latency_p50_ms=p50, latency_p95_ms=p95, **stages, **counts, **extra)
 
 
 class StatsTicker:

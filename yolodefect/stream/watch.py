@@ -43,11 +43,13 @@ import numpy as np
 
 from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
+from yolodefect.inference.eigencam import EigenCam, cam_overlay, checkpoint_for_cam
 from yolodefect.inference.model_file import read_model_file
 from yolodefect.inference.names import ClassNames, class_name, names_dict
 from yolodefect.inference.rules import RejectRules, build_reject_rules
 from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml
 from yolodefect.shipped import with_shipped_model
+from yolodefect.stream.anomaly_stage import AnomalyStage, NoDetector, appended, open_anomaly_stage, with_anomaly_rule
 from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
 from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector
 from yolodefect.stream.drawing import Overlay, draw_frame
@@ -162,8 +164,11 @@ class _Station:
     def __init__(self, options: WatchOptions, detector: Detector, class_names: Mapping[int, str], model: ModelIdentity,
                  rules: RejectRules, source: FrameSource, dispatcher: Dispatcher, track_mode: bool,
                  stop: threading.Event, board: StatsBoard, *, min_frames: int = 3, belt: BeltModel | None = None,
-                 keep_scores: bool = False, on_part: Callable[[PartDecision], None] | None = None):
+                 keep_scores: bool = False, on_part: Callable[[PartDecision], None] | None = None,
+                 anomaly: AnomalyStage | None = None, cam: EigenCam | None = None):
         self.options = options
+        self.cam = cam  # --evidence-cam: run on reject evidence only, never on the detection path
+        self.anomaly = anomaly
         self.detector = detector
         self.names = dict(class_names)
         self.model = model
@@ -192,6 +197,7 @@ class _Station:
         self.fail_log = _RateLimitedLog()
         self.late_log = _RateLimitedLog()
         self.nan_log = _RateLimitedLog()
+        self.cam_log = _RateLimitedLog()
         self.window_closed = False
 
     # -- per frame ---------------------------------------------------------------------------
@@ -207,11 +213,32 @@ class _Station:
                          int((~finite).sum()))
             detections = detections.filter(finite)
         if self.line is None:
+            if self.anomaly is not None:  # one frame, one part: the whole frame is scored
+                detections = appended(detections, self._anomalies(frame, None))
             counted = self.rules.mask(detections, self.names)
             return _FrameResult(detections, counted, self.image_decider.update(frame, detections.filter(counted)))
-        seen = self.line.update(frame, detections)
+        parts = None
+        if self.anomaly is not None:  # the parts are scored before they are judged, so the rule sees both models
+            boxes, maybe_defect = self._find_parts(frame, detections)
+            # Parts past the decision line are decided: scoring them again would change nothing.
+            found = self._anomalies(frame, boxes[self.line.before_line(boxes, frame.size_wh)])
+            detections = appended(detections, found)
+            parts = (boxes, np.concatenate([maybe_defect, np.ones(len(found), dtype=bool)]))
+        seen = self.line.update(frame, detections, parts)
         self._count_line(seen)
         return _FrameResult(detections, seen.counted, seen.decisions, part_boxes=seen.part_boxes)
+
+    def _anomalies(self, frame: Frame, part_boxes: np.ndarray | None) -> Detections:
+        started = time.perf_counter()
+        found = self.anomaly.detect(frame.image, part_boxes, self._motion_axis())
+        if len(found):  # one detection per part scored; frames with no part all in view cost nothing
+            self.board.stage_done("anomaly", (time.perf_counter() - started) * 1000.0)
+            self.board.add("anomaly_frames")
+        return found
+
+    def _motion_axis(self) -> int | None:
+        """The axis parts move along (0: x, 1: y), once the line has shown it."""
+        return self.line.direction[0] if self.line is not None and self.line.direction is not None else None
 
     def _count_line(self, seen: LineFrame) -> None:
         if seen.off_part:
@@ -307,7 +334,9 @@ class _Station:
             except Exception as exc:  # a picture is not worth losing the event for
                 logger.warning("drawing frame %d failed (%s); continuing without the annotated image", frame.index, exc)
         for outcome in outcomes:
-            evidence = annotated if outcome.frame is frame else None
+            # An anomaly reject's evidence is its own drawing, over the anomaly heatmap of the part.
+            heated = self.anomaly is not None and self.anomaly.shows(outcome.defects)
+            evidence = annotated if outcome.frame is frame and not heated else None
             if evidence is None and self.evidence is not None and outcome.decision != "pass":
                 evidence = self._evidence_drawing(outcome)
             self._emit(frame, outcome, evidence)
@@ -317,11 +346,15 @@ class _Station:
             self._output(annotated)
 
     def _evidence_drawing(self, outcome: _Outcome) -> np.ndarray | None:
-        """The annotated picture of a part decided on a later frame than the one that shows its defects."""
+        """The annotated picture of a part decided on a later frame than the one that shows its defects, or of an
+        anomaly reject (drawn over the anomaly heatmap of the part)."""
         try:
             overlay = Overlay(text=f"{outcome.decision.upper()} part {outcome.part_id}", alarm=True)
             boxes = outcome.part_box.reshape(1, 4) if outcome.part_box is not None else None
-            return draw_frame(outcome.frame.image, outcome.defects, self.names, roi_polygon=self.options.roi,
+            image = outcome.frame.image
+            if self.anomaly is not None and self.anomaly.shows(outcome.defects):
+                image = self.anomaly.heatmap(image, outcome.part_box, self._motion_axis())
+            return draw_frame(image, outcome.defects, self.names, roi_polygon=self.options.roi,
                               overlay=overlay, part_boxes=boxes)
         except Exception as exc:  # a picture is not worth losing the event for
             logger.warning("drawing evidence of part %s failed (%s)", outcome.part_id, exc)
@@ -372,11 +405,11 @@ class _Station:
         event = new_event(
             decision=decision, source=shown.source, frame_index=shown.index, captured_at=shown.captured_at,
             latency_ms=0.0, image_size_wh=shown.size_wh, model=self.model, part_id=part_id, message=outcome.message,
-            part_bbox_xyxy=part_box,
+            part_bbox_xyxy=part_box, anomaly_model=self.anomaly.identity if self.anomaly is not None else None,
             defects=[
                 # float32 noise (0.8999999761) says nothing to a reader of the event; round it away.
                 Defect(class_name(self.names, int(c)), round(float(np.clip(s, 0.0, 1.0)), 4),
-                       tuple(round(float(v), 2) for v in box))
+                       tuple(round(float(v), 2) for v in box), anomaly_score=self._anomaly_score(int(c), float(s)))
                 for box, s, c in zip(defects.xyxy, defects.confidence, defects.class_id)
             ],
         )
@@ -385,6 +418,10 @@ class _Station:
             images = {"raw": shown.image}
             if annotated is not None:
                 images["annotated"] = annotated
+            if self.cam is not None and decision == "reject":
+                heated = self._cam_image(shown)
+                if heated is not None:
+                    images["cam"] = heated
             paths = self.evidence.save(event.event_id, shown.captured_at, images)
         latency_ms = (time.monotonic() - frame.captured_monotonic) * 1000.0
         event = replace(event, latency_ms=latency_ms, emitted_at=utc_now_iso(), snapshot_paths=paths)
@@ -397,6 +434,25 @@ class _Station:
         logger.debug("event %s: %s part %s (%d defects)", event.event_id, decision, part_id, len(defects))
         if self.dispatcher.outbox_failure is not None and not outbox_was_failing:
             self._outbox_alarm(frame)
+
+    def _cam_image(self, shown: Frame) -> np.ndarray | None:
+        """The EigenCAM overlay of a reject's evidence frame; its cost goes to the stats (evidence_cam_p50_ms)."""
+        started = time.perf_counter()
+        try:
+            heated = cam_overlay(shown.image, self.cam.heatmap(shown.image))
+        except Exception as exc:  # a heatmap is not worth losing the event (or its other snapshots) for
+            self.board.add("evidence_cam_failures")
+            self.cam_log(logger.warning, "EigenCAM of frame %d failed (%s: %s); evidence saved without cam.jpg",
+                         shown.index, type(exc).__name__, exc)
+            return None
+        self.board.stage_done("evidence_cam", (time.perf_counter() - started) * 1000.0)
+        self.board.add("evidence_cams")
+        return heated
+
+    def _anomaly_score(self, class_id: int, confidence: float) -> float | None:
+        if self.anomaly is None or class_id != self.anomaly.class_id:
+            return None
+        return round(self.anomaly.score_of(confidence), 4)
 
     def _submit(self, event: Event) -> None:
         # A full outbox does not stop the line: submit then sends the event to the sinks directly and
@@ -544,13 +600,15 @@ def watch(
         raise UsageError("no source: give --source (or 'source:' in the station config), e.g. a camera index, "
                          "rtsp:// URL, video file or image folder")
     check_outputs_outside_source(options)  # before any sink, outbox, evidence or video file is opened
-    if detector is None and options.model is None:
+    if detector is None and options.model is None and not options.anomaly_only:
         options = with_shipped_model(options)
         logger.info("no model given: running the shipped demonstration model %s (trained on synthetic parts; "
                     "give --model for your own)", options.model)
+    cam_checkpoint = _cam_checkpoint(options)  # before opening anything: an export without its .pt is a usage error
     stop = stop_event if stop_event is not None else threading.Event()
     thresholds = read_thresholds_yaml(options.thresholds) if options.thresholds is not None else None
     rules = build_rules(options, thresholds)
+    anomaly = open_anomaly_stage(options, thresholds) if options.anomaly is not None else None
     source_options = SourceOptions(fps_cap=options.fps_cap, loop=options.loop, follow=options.follow,
                                    stall_timeout_s=options.stall_timeout_s)
     source = open_source(options.source, source_options, stop_event=stop, capture_factory=capture_factory)
@@ -560,17 +618,24 @@ def watch(
     if track_mode and on_part is None:  # on_part: a calibration or verification run, which is the remedy itself
         _warn_unless_calibrated(options, thresholds)
     if detector is None:
-        detector = make_detector(options, rules, conf_floor)
+        detector = NoDetector() if options.anomaly_only else make_detector(options, rules, conf_floor)
     names = class_names if class_names is not None else getattr(detector, "class_names", None)
     if names is None:
         raise UsageError("the detector has no class_names; pass class_names= to watch()")
     names = names_dict(names)
+    if anomaly is not None:  # the anomaly model's rejects: one more class, judged by the same rule
+        anomaly = anomaly.for_classes(names)
+        names = {**names, anomaly.class_id: anomaly.class_name}
+        rules = with_anomaly_rule(rules, anomaly)
     rules.check_classes(names)
     if model_info is None:
         model_info = getattr(detector, "model_info", None)
+    if model_info is None and anomaly is not None and isinstance(detector, NoDetector):
+        model_info = anomaly.identity
     if model_info is None:
         model_info = (ModelIdentity.of(read_model_file(options.model)) if options.model is not None
                       else _fallback_model_info(detector))
+    cam = _open_cam(cam_checkpoint, options, names) if cam_checkpoint is not None else None
 
     sinks = [sink_from_url(spec) for spec in options.sinks]
     if triggered:
@@ -587,7 +652,8 @@ def watch(
     try:
         belt = learn_belt(options.belt, options, stop) if track_mode and options.belt is not None else None
         station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board,
-                           min_frames=min_frames, belt=belt, keep_scores=on_part is not None, on_part=on_part)
+                           min_frames=min_frames, belt=belt, keep_scores=on_part is not None, on_part=on_part,
+                           anomaly=anomaly, cam=cam)
     except BaseException:
         dispatcher.close(timeout_s=0.0)  # releases the outbox lock: a retry in this process must not find it taken
         _close_trigger(source)
@@ -641,6 +707,23 @@ def watch(
         except Exception as exc:
             logger.warning("stats callback failed: %s", exc)
     return summary
+
+
+def _cam_checkpoint(options: WatchOptions) -> Path | None:
+    """The .pt that --evidence-cam computes heatmaps with (see checkpoint_for_cam); None when it is off."""
+    if not options.evidence_cam:
+        if options.evidence_cam_model is not None:
+            logger.warning("evidence_cam_model %s is ignored: evidence_cam is off", options.evidence_cam_model)
+        return None
+    return checkpoint_for_cam(options.model, options.evidence_cam_model)
+
+
+def _open_cam(checkpoint: Path, options: WatchOptions, names: Mapping[int, str]) -> EigenCam:
+    cam = EigenCam(checkpoint, imgsz=options.imgsz, device=options.device, tile=options.tile,
+                   overlap=options.tile_overlap)
+    cam.check_classes(names)
+    logger.info("evidence: an EigenCAM heatmap of each reject from %s, %s", checkpoint.name, cam.layer.describe())
+    return cam
 
 
 def _close_trigger(source: FrameSource) -> None:
