@@ -140,7 +140,7 @@ def test_cli_trains_from_a_dataset_s_defect_free_images(tmp_path):
     assert report["bank_size"] == 50 and Path(report["model"]) == out and is_anomaly_model_file(out)
 
 
-def test_greedy_coreset_keeps_the_outlier_and_search_engines_agree():
+def test_greedy_coreset_keeps_the_outlier_and_the_search_is_exact():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(500, 8)).astype(np.float32)
     points[123] += 40.0  # one rare patch: the coreset must keep it, a random sample usually would not
@@ -148,6 +148,4 @@ def test_greedy_coreset_keeps_the_outlier_and_search_engines_agree():
     assert 123 in picked and len(set(picked)) == 10
     queries = rng.normal(size=(50, 8)).astype(np.float32)
     expected = np.sqrt(((queries[:, None, :] - points[None]) ** 2).sum(-1)).min(1)
-    assert NearestSearch(points).engine == "faiss"
-    for search in (NearestSearch(points), NearestSearch(points, use_faiss=False)):  # torch: without faiss installed
-        assert np.allclose(search.distances(queries), expected, atol=1e-4)
+    assert np.allclose(NearestSearch(points).distances(queries), expected, atol=1e-3)

@@ -63,10 +63,6 @@ class AnomalyModel:
     def bank_bytes(self) -> int:
         return int(self.bank.nbytes)
 
-    @property
-    def search_engine(self) -> str:
-        return self._search.engine
-
     def confidence(self, score: float) -> float:
         return float(score / (score + self.reference_score)) if score > 0 else 0.0
 

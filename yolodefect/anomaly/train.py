@@ -149,7 +149,7 @@ def train_anomaly(options: AnomalyTrainOptions, progress: ProgressCallback = no_
         holdout_scores += [float(d.max()) for d in model.patch_distances(chunk)]
         progress("threshold", min(start + FEATURE_BATCH, held), held)
     reference = max(max(holdout_scores), 1e-6)
-    card.update(reference_score=reference, threshold=reference, search=model.search_engine,
+    card.update(reference_score=reference, threshold=reference,
                 holdout_score_median=float(np.median(holdout_scores)),
                 train_seconds=round(time.perf_counter() - started, 1))
     model = AnomalyModel(backbone, bank, card)
