@@ -192,6 +192,59 @@ def test_rendered_parts_of_random_widths_and_small_gaps(tmp_path: Path) -> None:
     assert compared > 50
 
 
+def test_contamination_is_drawn_on_the_chosen_parts_only_and_marks_them_defective(tmp_path: Path) -> None:
+    """A defect of no generator class, for the anomaly stage: on the parts asked for, where its box says, and the
+    rest of the video is the video without it (same parts, same defects, same belt)."""
+    common = {"kind": "steel", "parts": 4, "defective": {2}, "part_size": (160, 120), "frame_size": (480, 200),
+              "speed_px_per_frame": 12, "gap_px": 30, "lead_in_frames": 3, "seed": 5}
+    plain = write_conveyor_video(tmp_path / "plain.avi", **common)
+    dirty = write_conveyor_video(tmp_path / "dirty.avi", contaminated={0, 2}, **common)
+
+    assert plain.unseen_parts == set() and "unseen_parts" not in plain.to_dict()
+    assert dirty.unseen_parts == {0, 2} and dirty.defective_parts == {0, 2}
+    assert dirty.class_names == plain.class_names and "contamination" not in dirty.class_names
+    assert dirty.parts[0].classes == ("contamination",)
+    assert dirty.parts[2].classes == (*plain.parts[2].classes, "contamination")  # added after the part's own
+    assert dirty.parts[2].defects[:-1] == plain.parts[2].defects
+    assert [p.defects for p in dirty.parts[1::2]] == [p.defects for p in plain.parts[1::2]]
+    assert ConveyorTruth.from_dict(json.loads(json.dumps(dirty.to_dict()))) == dirty
+    assert dirty.to_dict()["unseen_parts"] == [0, 2]
+    assert dirty.known_parts()[0] == KnownPart("0", True, ("contamination",))
+
+    frame_index = 36  # parts 0 and 1 wholly in view
+    assert {0, 1} <= {p for p in dirty.parts_in_view(frame_index)
+                      if (b := dirty.part_box(p, frame_index)) and b[2] - b[0] == 160}
+    (seen,) = [d for d in dirty.visible_defects(frame_index) if d.part_index == 0]
+    assert (seen.class_name, seen.class_id) == ("contamination", -1)  # no detector class stands for it
+    before, after = decode(plain.path)[frame_index], decode(dirty.path)[frame_index]
+    changed = np.abs(after - before) > 25
+    x1, y1, x2, y2 = (int(v) for v in seen.xyxy)
+    assert changed[y1:y2, x1:x2].mean() > 0.3  # a label or a smear: a large share of its box is repainted
+    outside = changed.copy()
+    outside[max(0, y1 - 8):y2 + 8, max(0, x1 - 8):x2 + 8] = False  # JPEG blocks around the box may move a little
+    assert not outside.any()  # part 1, the belt and the rest of part 0 are untouched
+
+
+def test_a_contaminated_fraction_is_drawn_from_the_parts_without_other_defects(tmp_path: Path) -> None:
+    truth = write_conveyor_video(tmp_path / "line.avi", kind="steel", parts=8, defective=0.375, contaminated=0.25,
+                                 part_size=(100, 80), frame_size=(320, 160), speed_px_per_frame=20, seed=3)
+    assert len(truth.unseen_parts) == 2 and len(truth.defective_parts) == 5
+    assert all(truth.parts[p].classes == ("contamination",) for p in truth.unseen_parts)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"parts": 4, "defective": 0.5, "contaminated": 0.75}, "only 2 parts have no other defect"),
+    ({"parts": 4, "contaminated": {4}}, "outside 0..3"),
+    ({"parts": 4, "contaminated": 1.5}, "contaminated fraction"),
+    ({"part_images": [(np.zeros((40, 40, 3), np.uint8), [])], "class_names": ("y",), "contaminated": {0}},
+     "draw on the images yourself"),
+])
+def test_bad_contamination_options_are_refused(tmp_path: Path, kwargs: dict, words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        write_conveyor_video(tmp_path / "bad.avi", **kwargs)
+    assert not (tmp_path / "bad.avi").exists()
+
+
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"part_images": [(np.zeros((10, 10, 3), np.uint8), [])]}, "class_names"),
     ({"part_images": [(np.zeros((10, 10, 3), np.uint8), [Box("x", (0.0, 0.0, 5.0, 5.0))])], "class_names": ("y",)},

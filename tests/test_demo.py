@@ -1,8 +1,8 @@
 """The demo end to end (--quick), and the station it builds driving a real MQTT broker that restarts.
 
-The demo runs once per module (about a minute on 2 cores); the tests then check what it promises:
-every file it lists, events that match the generated video's defective parts exactly, and the
-done-when of the station: ``watch --source conveyor.mp4 --model best_int8.onnx --mqtt ...`` rejects
+The demo runs once per module (a few minutes on 2 cores); the tests then check what it promises:
+every file it lists, events that match the generated video's defective parts exactly, the parts with
+a defect no detector was taught rejected by the anomaly stage, and the done-when of the station: ``watch --source conveyor.mp4 --model best_int8.onnx --mqtt ...`` rejects
 each defective part once to a real Mosquitto broker that is restarted mid-run, losing nothing.
 """
 
@@ -19,11 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.test_sinks_mqtt import Broker, Subscriber, wait_until
-
+from yolodefect.anomaly import load_anomaly_model
 from yolodefect.cli import app
+from yolodefect.data.conveyor import ConveyorTruth, write_conveyor_video
 from yolodefect.demo import DemoOptions, DemoResult, part_of_event, run_demo
 from yolodefect.shipped import shipped_model_path
-from yolodefect.data.conveyor import write_conveyor_video
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     steps: list[str] = []
     result = run_demo(DemoOptions(out=tmp_path_factory.mktemp("demo") / "out", quick=True),
                       on_step=lambda title, explanation: steps.append(title))
-    assert len(steps) == 8
+    assert len(steps) == 9
     return result
 
 
@@ -71,6 +71,57 @@ def test_demo_rejects_exactly_the_defective_parts_once_each(demo: DemoResult) ->
     jpegs = {p.name for p in demo.evidence.rglob("*.jpg")}
     for event in rejects:
         assert sum(event["event_id"] in name for name in jpegs) == 2
+
+
+def test_demo_anomaly_stage_rejects_the_parts_with_the_unseen_defect_once_each(demo: DemoResult) -> None:
+    """Contamination is in no class list, so neither the detector nor its thresholds know it; the anomaly model,
+    taught good parts only, rejects those parts (class 'anomaly') and no good part."""
+    truth = json.loads((demo.out / "conveyor.truth.json").read_text())
+    contaminated = sorted(p["index"] for p in truth["parts"] if any(d["class"] == "contamination" for d in p["defects"]))
+    assert "contamination" not in truth["class_names"]
+    assert demo.unseen_parts == contaminated == truth["unseen_parts"] and len(contaminated) == 2
+    assert set(demo.unseen_parts) <= set(demo.defective_parts)
+    assert 3 <= len(demo.defective_parts) - len(demo.unseen_parts)  # the detector's own classes are on the line too
+
+    rejects = [e for e in read_events(demo.events) if e["decision"] == "reject"]
+    by_anomaly: dict[int, list[dict]] = {}
+    for event in rejects:
+        if any(d["class"] == "anomaly" for d in event["defects"]):
+            by_anomaly.setdefault(part_of_event(demo_truth(demo), event), []).append(event)
+            assert event["anomaly_model"]["name"] == demo.anomaly_model.name
+    for part in demo.unseen_parts:
+        assert len(by_anomaly.get(part, [])) == 1, (part, [e["defects"] for e in rejects])
+        (anomaly,) = [d for d in by_anomaly[part][0]["defects"] if d["class"] == "anomaly"]
+        assert anomaly["anomaly_score"] > 0
+    assert set(by_anomaly) <= set(demo.defective_parts), "the anomaly stage rejected a good part"
+    assert sorted(by_anomaly) == demo.anomaly_parts
+    assert demo.unseen_caught == demo.unseen_parts and demo.unseen_missed == [] and demo.anomaly_false_rejects == []
+    assert all("anomaly" in demo.reject_classes[part] for part in demo.unseen_parts)
+    saved = json.loads((demo.out / "demo.json").read_text())
+    assert (saved["unseen_parts"], saved["unseen_caught"], saved["anomaly_false_rejects"]) == (
+        demo.unseen_parts, demo.unseen_parts, [])
+    # The model learned from the good-part photos the demo wrote, and only from them.
+    good = sorted(Path(demo.files["good_parts"]).glob("*.png"))
+    card = load_anomaly_model(demo.anomaly_model).card
+    assert card["good_images"] + card["holdout_images"] == len(good) > 0
+
+
+def test_demo_summary_says_which_unseen_defect_parts_the_anomaly_model_caught(demo: DemoResult) -> None:
+    from rich.console import Console
+
+    from yolodefect.render import render_demo
+
+    console = Console(record=True, width=400)
+    render_demo(demo, console)
+    text = console.export_text()
+    assert (f"Parts with contamination, a defect the detector was never taught: {demo.unseen_parts}; rejected as "
+            f"'anomaly' by the anomaly model: {demo.unseen_parts}: all caught (no good part rejected as 'anomaly'"
+            in text), text
+    assert "9. Watch the line" in text and "yolodefect anomaly train" in text
+
+
+def demo_truth(demo: DemoResult) -> ConveyorTruth:
+    return ConveyorTruth.from_dict(json.loads((demo.out / "conveyor.truth.json").read_text()))
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:

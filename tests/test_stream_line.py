@@ -328,3 +328,31 @@ def test_parts_the_belt_model_would_miss_or_split() -> None:
     assert found.shape == (2, 4)  # within one working pixel (4 px here) of each part
     assert np.abs(found - np.array([[40, 40, 140, 160], [260, 40, 380, 160]])).max() <= 4
     assert len(model.find(belt[5])[0]) == 0
+
+
+def test_the_evidence_frame_shows_every_class_that_rejected_the_part() -> None:
+    # Seen in the demo: the detector saw "patch" at 0.9 while a contaminated part was entering, the anomaly stage
+    # (which scores a part only when it is whole in view) at 0.6 later; the event must name both, not only the
+    # class whose single hit was the most confident.
+    width, speed, part_w = 480, 12, 120
+
+    def finder(frame: Frame, found: Detections) -> tuple[np.ndarray, np.ndarray]:
+        right = speed * frame.index
+        x1, x2 = max(0, right - part_w), min(width, right)
+        boxes = [(x1, 40, x2, 160)] if x2 - x1 > 4 else []
+        return np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(found), bool)
+
+    decider = LinePartDecider(finder, {0: "patch", 1: "anomaly"}, RejectRules(default_conf=0.5), min_frames=2)
+    image = np.zeros((200, width, 3), np.uint8)
+    decisions = []
+    for index in range(1, 40):
+        right = speed * index
+        if index <= 9:  # entering: the detector's most confident hits
+            found = detections([(right - 30, 60, right - 10, 80)], conf=0.9, classes=0)
+        else:  # whole in view: both models, the detector less sure
+            found = detections([(right - 30, 60, right - 10, 80), (right - 100, 90, right - 60, 130)],
+                               conf=[0.55, 0.6], classes=[0, 1])
+        decisions += decider.update(Frame(image, index, datetime.now(timezone.utc), "test"), found).decisions
+    (decision,) = decisions
+    assert decision.decision == "reject"
+    assert sorted(decider.names[int(c)] for c in decision.defects.class_id) == ["anomaly", "patch"]

@@ -634,6 +634,8 @@ def anomaly_train(
     max_bank: Annotated[int, typer.Option(help="At most this many patches in the memory bank (bounds scoring time "
                                                "and size).")] = 10_000,
     split: Annotated[str, typer.Option(help="Dataset split to take the good images from.")] = "train",
+    holdout: Annotated[float, typer.Option(help="Share of the good images kept out of the memory bank; the highest "
+                                                "score among them is the threshold (more: a steadier threshold).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Model file to write (default runs/anomaly/<data>/anomaly.npz).")] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -652,7 +654,8 @@ def anomaly_train(
 
     with user_errors(_debug(ctx)):
         options = AnomalyTrainOptions(data=data, backbone=backbone, backbone_weights=backbone_weights, imgsz=imgsz,
-                                      coreset_ratio=coreset_ratio, max_bank=max_bank, split=split, out=out)
+                                      coreset_ratio=coreset_ratio, max_bank=max_bank, split=split, holdout=holdout,
+                                      out=out)
         with progress_bar(not json_output) as progress, stdout_reserved(json_output):
             result = train_anomaly(options, progress)
         if json_output:

@@ -3,8 +3,10 @@
 Each step calls the same library function as the command it stands for, so the demo shows what
 the commands do rather than a special path: synthesize (station frames) -> check -> train (a short
 fine-tune of the shipped model) -> eval (thresholds for a target recall) -> export (INT8, gated
-against FP32) -> a conveyor video with known defective parts -> watch (events to a JSONL file,
-evidence JPEGs) -> a summary comparing the rejects with the parts that really were defective.
+against FP32) -> calibrate with master parts -> an anomaly model taught good parts only -> a
+conveyor video with known defective parts, some with a defect no detector was taught -> watch with
+the detector and the anomaly model (events to a JSONL file, evidence JPEGs) -> a summary comparing
+the rejects with the parts that really were defective.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ from yolodefect.shipped import SHIPPED_MODEL_NAME, SHIPPED_TILE, require_shipped
 DEMO_KIND = "steel"
 TILE = SHIPPED_TILE  # the shipped model learned at this scale; the station runs it on tiles of this size
 BELT_FRAMES = 30  # the station learns the empty belt from the first frames of each video
+# The anomaly model's image size: a 256x192 part shrinks to 128x128 (stride-8 patches of 16x12 part pixels),
+# enough for a label or a smear a fifth of the part across, and scoring stays a few tens of ms per part.
+ANOMALY_IMGSZ = 128
+# Half the good parts are held out and the highest score among them is the threshold. With the default tenth
+# (6 of 60) the threshold was the maximum of too few good parts: 42 of 150 new good parts scored above it; with
+# 150 of 300 held out, 2 of 300 did, and every one of 40 contaminated parts scored several times the threshold.
+ANOMALY_HOLDOUT = 0.5
+# torch's OpenMP threads spin-wait for each other when another process holds a core: on 2 busy cores training
+# the anomaly model took 28 s with 2 threads and under 2 s with 1, and the watch step ran no faster with 2.
+ANOMALY_TORCH_THREADS = 1
 
 StepCallback = Callable[[str, str], None]  # (title, explanation)
 
@@ -50,11 +62,25 @@ class DemoOptions:
 
     @property
     def video_parts(self) -> int:
-        return 5 if self.quick else 12
+        return 8 if self.quick else 12
 
     @property
     def master_parts(self) -> int:
         return 8 if self.quick else 16
+
+    @property
+    def good_parts(self) -> int:
+        """Good part images for the anomaly model: half build its memory bank, half set its threshold (see
+        ANOMALY_HOLDOUT); both quick and full, as training takes seconds."""
+        return 300
+
+    @property
+    def video_defective(self) -> float:
+        return 0.375  # 3 of 8 parts, 4 of 12 with a defect the detector knows
+
+    @property
+    def video_contaminated(self) -> float:
+        return 0.25  # 2 of 8 parts, 3 of 12 with contamination (a defect no detector learns)
 
 
 @dataclass
@@ -71,6 +97,24 @@ class DemoResult:
     seconds: float
     calibration: dict[str, Any] = field(default_factory=dict)  # the master-parts run: rates, k, thresholds
     files: dict[str, str] = field(default_factory=dict)
+    unseen_parts: list[int] = field(default_factory=list)  # parts with contamination, a defect no detector learned
+    anomaly_parts: list[int] = field(default_factory=list)  # parts rejected with class 'anomaly' (anomaly stage)
+    reject_classes: dict[int, list[str]] = field(default_factory=dict)  # rejected part -> classes its event names
+    anomaly_model: Path | None = None
+
+    @property
+    def unseen_caught(self) -> list[int]:
+        """Parts with the unseen defect that the anomaly stage rejected."""
+        return sorted(set(self.unseen_parts) & set(self.anomaly_parts))
+
+    @property
+    def unseen_missed(self) -> list[int]:
+        return sorted(set(self.unseen_parts) - set(self.anomaly_parts))
+
+    @property
+    def anomaly_false_rejects(self) -> list[int]:
+        """Good parts the anomaly stage rejected."""
+        return sorted(set(self.anomaly_parts) - set(self.defective_parts))
 
     @property
     def missed_parts(self) -> list[int]:
@@ -82,7 +126,8 @@ class DemoResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(missed_parts=self.missed_parts, false_rejects=self.false_rejects)
+        data.update(missed_parts=self.missed_parts, false_rejects=self.false_rejects, unseen_caught=self.unseen_caught,
+                    unseen_missed=self.unseen_missed, anomaly_false_rejects=self.anomaly_false_rejects)
         return json.loads(json.dumps(data, default=str))
 
 
@@ -132,11 +177,13 @@ def _prepare_output(out: Path, force: bool) -> None:
 def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | None = None,
              progress: ProgressCallback | None = None) -> DemoResult:
     """Run every step into ``options.out`` and return what happened (also written to demo.json)."""
+    from yolodefect.anomaly import ANOMALY_CLASS, AnomalyTrainOptions, train_anomaly
     from yolodefect.data.check import check_dataset
     from yolodefect.data.conveyor import write_conveyor_video
     from yolodefect.data.station_dataset import synthesize_station
     from yolodefect.evaluate import evaluate
     from yolodefect.export import ExportOptions, export
+    from yolodefect.inference.timing import torch_threads
     from yolodefect.stream.options import WatchOptions
     from yolodefect.stream.watch import watch
     from yolodefect.train import TrainOptions, train
@@ -228,45 +275,109 @@ def run_demo(options: DemoOptions = DemoOptions(), *, on_step: StepCallback | No
                   f"{_percent(c.false_reject_rate)} on {c.parts_found} parts -> {c.thresholds_path}")
     line_thresholds = calibration.thresholds_path or thresholds
 
+    good_folder = out / "good_parts"
+
+    def anomaly_step():
+        write_good_parts(good_folder, options.good_parts, options.station.part_size, seed=5000 + options.seed)
+        with torch_threads(ANOMALY_TORCH_THREADS):
+            return train_anomaly(AnomalyTrainOptions(data=good_folder, backbone=str(shipped), imgsz=ANOMALY_IMGSZ,
+                                                     holdout=ANOMALY_HOLDOUT, out=out / "anomaly" / "good_parts.npz",
+                                                     seed=options.seed))
+
+    anomaly = steps.run(
+        "7. Teach an anomaly model good parts",
+        f"{options.good_parts} photos of defect-free parts, no labels (good_parts/): the patch features of half of "
+        "them (from the shipped model's backbone) become a memory bank of what good looks like, the highest score of "
+        "the other half is the threshold; a part unlike every good part is an anomaly, whatever its defect "
+        f"(yolodefect anomaly train good_parts/ --imgsz {ANOMALY_IMGSZ}).",
+        anomaly_step,
+        lambda r: f"{r.good_images} good images + {r.holdout_images} held out, bank {r.bank_size} patches, "
+                  f"{r.bank_bytes / 1e6:.1f} MB, threshold = highest held-out score {r.reference_score:.3g} "
+                  f"-> {r.model_path}")
+
     video = out / "conveyor.mp4"
     truth = steps.run(
-        "7. Record a conveyor video",
-        f"{options.video_parts} new parts pass the camera; the video's ground truth (which parts are defective) "
-        "is written next to it.",
-        lambda: write_conveyor_video(video, kind=DEMO_KIND, parts=options.video_parts, defective=0.5,
+        "8. Record a conveyor video",
+        f"{options.video_parts} new parts pass the camera, some with contamination (a label or a smear): a defect "
+        "no class of the detector stands for. The video's ground truth (which parts are defective) is written "
+        "next to it.",
+        lambda: write_conveyor_video(video, kind=DEMO_KIND, parts=options.video_parts,
+                                     defective=options.video_defective, contaminated=options.video_contaminated,
                                      seed=2000 + options.seed, part_size=options.station.part_size,
                                      speed_px_per_frame=16, lead_in_frames=BELT_FRAMES + 5, gap_px=(40, 120)),
-        lambda t: f"{t.frames} frames, defective parts {sorted(t.defective_parts)}")
+        lambda t: f"{t.frames} frames, defective parts {sorted(t.defective_parts - t.unseen_parts)}, "
+                  f"contaminated parts {sorted(t.unseen_parts)}")
     (out / "conveyor.truth.json").write_text(json.dumps(truth.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     events_path, evidence = out / "events.jsonl", out / "evidence"
     watch_options = WatchOptions(source=str(video), model=station_model, thresholds=line_thresholds, tile=TILE,
                                  belt_frames=BELT_FRAMES, sinks=(str(events_path),), outbox=out / "outbox.sqlite",
-                                 evidence_dir=evidence, save=None if options.quick else out / "annotated.mp4")
+                                 evidence_dir=evidence, save=None if options.quick else out / "annotated.mp4",
+                                 anomaly=anomaly.model_path)
+
+    def watch_step():
+        with torch_threads(ANOMALY_TORCH_THREADS):
+            return watch(watch_options)
+
     steps.run(
-        "8. Watch the line",
-        "Learn the empty belt, find each part, judge its defects over the frames it is seen on, and emit exactly one "
-        "event per defective part when it crosses the middle of the view (JSON Lines here; MQTT, webhooks, OPC UA "
-        "on the line), with raw and annotated evidence JPEGs.",
-        lambda: watch(watch_options),
+        "9. Watch the line",
+        "Learn the empty belt, find each part, judge its defects over the frames it is seen on (the detector, and "
+        "the anomaly model on each part wholly in view), and emit exactly one event per defective part when it "
+        "crosses the middle of the view (JSON Lines here; MQTT, webhooks, OPC UA on the line), with raw and "
+        "annotated evidence JPEGs (an anomaly's over its heatmap).",
+        watch_step,
         lambda s: f"{s.stats.frames} frames at {s.stats.fps:.0f} fps, {s.stats.parts + s.stats.errors} parts, "
-                  f"{s.stats.rejects} reject events")
+                  f"{s.stats.rejects} reject events, anomaly model {s.stats.anomaly_p50_ms or 0:.0f} ms per part "
+                  "(median)")
 
     events = [json.loads(line) for line in events_path.read_text(encoding="utf-8").splitlines() if line.strip()] \
         if events_path.exists() else []
-    rejected = sorted({p for e in events if e["decision"] == "reject" and (p := part_of_event(truth, e)) is not None})
+    rejects = [e for e in events if e["decision"] == "reject"]
+    rejected = sorted({p for e in rejects if (p := part_of_event(truth, e)) is not None})
+    reject_classes: dict[int, list[str]] = {}
+    for event in rejects:
+        if (part := part_of_event(truth, event)) is not None:
+            named = reject_classes.setdefault(part, [])
+            named += [name for name in dict.fromkeys(d["class"] for d in event["defects"]) if name not in named]
+    by_anomaly = sorted(part for part, named in reject_classes.items() if ANOMALY_CLASS in named)
     files = {"dataset": str(data), "model": str(trained.best_model), "thresholds": str(thresholds),
              "line_thresholds": str(line_thresholds), "calibration": str(calibration.out_dir / "calibration.json"),
              "int8_model": str(exported.model_path), "model_card": str(exported.card_md), "video": str(video),
-             "events": str(events_path), "evidence": str(evidence)}
+             "events": str(events_path), "evidence": str(evidence), "good_parts": str(good_folder),
+             "anomaly_model": str(anomaly.model_path)}
     if watch_options.save is not None:
         files["annotated_video"] = str(watch_options.save)
     result = DemoResult(out=out, steps=steps.done, video=video, defective_parts=sorted(truth.defective_parts),
                         rejected_parts=rejected, events=events_path, evidence=evidence, model=Path(station_model),
                         deployable=exported.deployable, seconds=round(time.perf_counter() - started, 1), files=files,
-                        calibration={k: v for k, v in calibration.to_dict().items() if k != "parts"})
+                        calibration={k: v for k, v in calibration.to_dict().items() if k != "parts"},
+                        unseen_parts=sorted(truth.unseen_parts), anomaly_parts=by_anomaly,
+                        reject_classes=dict(sorted(reject_classes.items())), anomaly_model=anomaly.model_path)
     _write_json_atomically(out / "demo.json", result.to_dict())
     return result
+
+
+def write_good_parts(folder: Path, count: int, part_size: tuple[int, int], *, seed: int) -> list[Path]:
+    """``count`` defect-free parts of the demo's kind as PNGs in ``folder``: the photos of good parts a user
+    would take, cropped the way the station's anomaly stage crops a part on the belt (its inset trimmed off
+    every side), so the model learns from the very view it will score."""
+    import cv2
+    import numpy as np
+
+    from yolodefect.data.synth import render_part
+    from yolodefect.stream.anomaly_stage import INSET_FRACTION
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(count):
+        gray, _ = render_part(DEMO_KIND, np.random.default_rng([seed, index]), part_size, [])
+        height, width = gray.shape
+        dx, dy = round(width * INSET_FRACTION), round(height * INSET_FRACTION)
+        path = folder / f"good_{index:03d}.png"
+        if not cv2.imwrite(str(path), gray[dy:height - dy, dx:width - dx]):
+            raise YoloDefectError(f"could not write {path}")
+        written.append(path)
+    return written
 
 
 def _percent(value: float | None) -> str:

@@ -319,6 +319,15 @@ def render_demo(result, console: Console) -> None:
         f"[yellow]missed {result.missed_parts or 'none'}, false rejects {result.false_rejects or 'none'}[/yellow]"
     console.print(f"Defective parts in the video: {defective}; rejected by the station: {rejected}: {verdict}",
                   highlight=False)
+    if result.unseen_parts:
+        caught = "[green]all caught[/green]" if not result.unseen_missed else \
+            f"[yellow]missed {result.unseen_missed}[/yellow]"
+        good = "no good part" if not result.anomaly_false_rejects else f"[yellow]good parts " \
+            f"{result.anomaly_false_rejects}[/yellow]"
+        console.print(f"Parts with contamination, a defect the detector was never taught: {result.unseen_parts}; "
+                      f"rejected as 'anomaly' by the anomaly model: {result.unseen_caught}: {caught} "
+                      f"({good} rejected as 'anomaly'; all parts rejected as 'anomaly': {result.anomaly_parts})",
+                      highlight=False)
     console.print(f"Everything is in [bold]{result.out}[/bold] ({result.seconds:.0f} s):", highlight=False)
     for name, path in result.files.items():
         console.print(f"  {name:16} {path}", highlight=False)
@@ -327,8 +336,10 @@ def render_demo(result, console: Console) -> None:
                   "  yolodefect train my_data --model path/to/checkpoint.pt\n"
                   "  yolodefect eval runs/train/weights/best.pt my_data --target-recall 0.99 --per-class\n"
                   "  yolodefect export runs/train/weights/best.pt --data my_data --int8\n"
+                  "  yolodefect anomaly train good_parts/ --backbone runs/train/weights/best.pt --imgsz 128\n"
                   "  yolodefect watch --camera 0 --model runs/train/weights/best_int8.onnx "
-                  "--thresholds runs/eval/best-val/thresholds.yaml --mqtt mqtt://broker:1883/line1/rejects",
+                  "--thresholds runs/eval/best-val/thresholds.yaml --anomaly runs/anomaly/good_parts/anomaly.npz "
+                  "--mqtt mqtt://broker:1883/line1/rejects",
                   highlight=False)
 
 

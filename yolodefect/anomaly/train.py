@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "weights/yolodefect-demo.pt"
 MIN_GOOD_IMAGES = 10
+FEW_HOLDOUT_IMAGES = 30  # below this the maximum of the held-out scores is a noisy threshold
 FEATURE_BATCH = 8
 
 
@@ -111,6 +112,10 @@ def train_anomaly(options: AnomalyTrainOptions, progress: ProgressCallback = no_
     holdout_paths = [images[i] for i in sorted(order[:held])]
     bank_paths = [images[i] for i in sorted(order[held:])]
 
+    if held < FEW_HOLDOUT_IMAGES:
+        logger.warning("the threshold is the highest score of only %d held-out good image(s): expect more false "
+                       "rejects than it suggests; use more good images or --holdout, or choose it with "
+                       "yolodefect eval MODEL DATA --target-recall", held)
     backbone = load_backbone(options.backbone, options.backbone_weights)
     feature_dim = min(backbone.info.channels, MAX_FEATURE_DIM)
     cells = (options.imgsz // 8) ** 2

@@ -7,6 +7,8 @@ placed one after another with a gap on a belt, and moved a whole number of pixel
 boxes stay exact. Options make the line harder the way real lines are: parts of several widths,
 small or random gaps, an empty belt before the first part (the station learns the belt from it),
 a belt with a blotchy texture that moves with it, and a lighting gain that flickers per frame.
+Some parts may carry a defect of no class the generator's datasets teach (``contamination``: a label
+or a smear), for the anomaly stage, which learns only what good parts look like.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from yolodefect.data.part_truth import KnownPart
 from yolodefect.data.records import Box
-from yolodefect.data.synth import CLASS_NAMES, ClassDealer, render_part
+from yolodefect.data.synth import CLASS_NAMES, ClassDealer, draw_contamination, render_part
 from yolodefect.errors import UsageError, YoloDefectError
 
 BELT_GREY = 58
@@ -58,7 +60,7 @@ class ConveyorPart:
 class VisibleDefect:
     part_index: int
     class_name: str
-    class_id: int
+    class_id: int  # index in ConveyorTruth.class_names; -1 for a class no detector learns (contamination)
     xyxy: tuple[float, float, float, float]  # frame pixels, clipped to the frame
 
 
@@ -82,6 +84,11 @@ class ConveyorTruth:
     @property
     def defective_parts(self) -> set[int]:
         return {part.index for part in self.parts if part.defective}
+
+    @property
+    def unseen_parts(self) -> set[int]:
+        """Parts with a defect of a class outside ``class_names`` (one no detector of these classes learns)."""
+        return {part.index for part in self.parts if any(c not in self.class_names for c in part.classes)}
 
     def part_left(self, part_index: int, frame_index: int) -> int:
         """x of the part's left edge on a frame (negative while it enters), exact for every width and gap."""
@@ -123,12 +130,13 @@ class ConveyorTruth:
                 full = max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6)
                 shown = max(0.0, cx2 - cx1) * max(0.0, cy2 - cy1)
                 if shown / full >= min_visible:
-                    found.append(VisibleDefect(part.index, box.class_name, self.class_names.index(box.class_name),
-                                               (cx1, cy1, cx2, cy2)))
+                    class_id = self.class_names.index(box.class_name) if box.class_name in self.class_names else -1
+                    found.append(VisibleDefect(part.index, box.class_name, class_id, (cx1, cy1, cx2, cy2)))
         return found
 
     def to_dict(self) -> dict:
         """JSON-able; :meth:`from_dict` reads it back (a video's truth kept beside it)."""
+        unseen = {"unseen_parts": sorted(self.unseen_parts)} if self.unseen_parts else {}  # as before when none
         return {
             "path": str(self.path),
             "kind": self.kind,
@@ -142,6 +150,7 @@ class ConveyorTruth:
             "top_y": self.top_y,
             "lead_in_frames": self.lead_in_frames,
             "defective_parts": sorted(self.defective_parts),
+            **unseen,
             "parts": [
                 {"index": p.index, "first_frame": p.first_frame, "last_frame": p.last_frame,
                  "size": list(p.size), "offset_px": p.offset_px, "top": p.top,
@@ -211,6 +220,24 @@ def _choose_defective(parts: int, defective: Iterable[int] | float, rng: np.rand
     wrong = sorted(i for i in chosen if not 0 <= i < parts)
     if wrong:
         raise UsageError(f"defective part indices {wrong} are outside 0..{parts - 1}")
+    return chosen
+
+
+def _choose_contaminated(parts: int, good: Sequence[int], contaminated: Iterable[int] | float,
+                         rng: np.random.Generator) -> list[int]:
+    """The parts that get contamination: given indices, or a fraction of all parts drawn from the good ones."""
+    if isinstance(contaminated, float):
+        if not 0.0 <= contaminated <= 1.0:
+            raise UsageError(f"contaminated fraction must lie in [0, 1], got {contaminated}")
+        count = round(contaminated * parts)
+        if count > len(good):
+            raise UsageError(f"contaminated={contaminated} asks for {count} contaminated parts but only {len(good)} "
+                             "parts have no other defect; lower it or the defective fraction")
+        return sorted(int(good[i]) for i in rng.choice(len(good), size=count, replace=False)) if count else []
+    chosen = sorted({int(i) for i in contaminated})
+    wrong = [i for i in chosen if not 0 <= i < parts]
+    if wrong:
+        raise UsageError(f"contaminated part indices {wrong} are outside 0..{parts - 1}")
     return chosen
 
 
@@ -287,6 +314,7 @@ def write_conveyor_video(
     textured_belt: bool = False,
     part_images: Sequence[PartImage] | None = None,
     class_names: Sequence[str] | None = None,
+    contaminated: Iterable[int] | float = (),
 ) -> ConveyorTruth:
     """Write a conveyor video (``.mp4`` with mp4v, or ``.avi`` with MJPG) and return its ground truth.
 
@@ -301,10 +329,16 @@ def write_conveyor_video(
     * Real parts (``part_images``): (BGR uint8 image, defect boxes in its pixels) per part, in order; a part
       with boxes is defective. ``class_names`` lists every box class; sizes come from the images.
     * ``gap_px``: belt pixels between consecutive parts, or a (min, max) range drawn per gap with ``seed``.
+    * ``contaminated``: rendered parts that also carry a defect of class ``contamination`` (a glued-on label
+      or a dark smear, :func:`yolodefect.data.synth.draw_contamination`), which is in no class list: part
+      indices, or a fraction of the parts that have no other defect (chosen with ``seed``). The truth marks
+      them defective (:attr:`ConveyorTruth.unseen_parts`); the rest of the video is the same as without them.
     * ``textured_belt``: blotches of about +-12 grey levels that move with the belt; ``flicker``: a lighting
       gain drawn per frame in [1 - flicker, 1 + flicker] (with ``seed``) applied to the whole frame.
     """
     width, height = (int(v) for v in frame_size)
+    if not isinstance(contaminated, float):
+        contaminated = tuple(contaminated)
     if part_images is not None:
         images_given = _checked_part_images(part_images, class_names)
         if parts is not None and parts != len(images_given):
@@ -312,6 +346,8 @@ def write_conveyor_video(
         if part_widths is not None or part_width_range is not None:
             raise UsageError("part widths come from part_images; do not give part_widths or part_width_range")
         parts = len(images_given)
+        if contaminated not in ((), 0.0):
+            raise UsageError("contaminated draws on rendered parts; with part_images, draw on the images yourself")
     else:
         if kind not in CLASS_NAMES:
             raise UsageError(f"unknown kind {kind!r}; expected one of {', '.join(CLASS_NAMES)}")
@@ -363,6 +399,13 @@ def write_conveyor_video(
             gray, boxes = render_part(kind, np.random.default_rng([seed, 1, index]), sizes[index], classes)
             images.append(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
             part_boxes.append(tuple(boxes))
+        # Own random streams: without contamination every pixel and box is what it was before the option existed.
+        good = [index for index in range(parts) if not part_boxes[index]]
+        for index in _choose_contaminated(parts, good, contaminated, np.random.default_rng([seed, 7])):
+            gray, box = draw_contamination(cv2.cvtColor(images[index], cv2.COLOR_BGR2GRAY),
+                                           np.random.default_rng([seed, 8, index]), part_boxes[index])
+            images[index] = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+            part_boxes[index] = (*part_boxes[index], box)
     for index in range(parts):
         part_w, part_h = sizes[index]
         # Any pixel visible: right edge > 0 and left edge < width.

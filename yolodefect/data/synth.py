@@ -927,3 +927,81 @@ _PCB_DRAWERS: dict[str, Callable[[np.random.Generator, _Board], np.ndarray]] = {
     "spurious_copper": _draw_spurious_copper,
     "pin_hole": _draw_pin_hole,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# A defect no detector learns
+
+# Not in any CLASS_NAMES list: no dataset of the generator carries it, so no detector trained on them can
+# name it. It stands for the defect nobody thought of (a label glued on, a smear of grease) that only a
+# model of what good parts look like can catch (yolodefect.anomaly).
+UNSEEN_CLASS = "contamination"
+
+
+def draw_contamination(
+    image: np.ndarray, rng: np.random.Generator, avoid: Sequence[Box] = ()
+) -> tuple[np.ndarray, Box]:
+    """A copy of a grey uint8 part with a foreign object on it, and its box (class :data:`UNSEEN_CLASS`).
+
+    The object is a glued-on label (a near-white card with dark print lines, slightly turned) or a dark
+    irregular smear with streaks, a fifth to a third of the part's shorter side across, placed where it does
+    not pile onto the ``avoid`` boxes (the part's other defects).
+    """
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected a grey uint8 (H, W) image, got {image.dtype} {image.shape}")
+    width, height = _check_size((image.shape[1], image.shape[0]))
+    placed = [tuple(round(v) for v in box.xyxy) for box in avoid]
+    drawer = _draw_label if rng.random() < 0.5 else _draw_smear
+    (alpha, target), xyxy = _place(lambda: drawer(rng, width, height), placed, _steel_box)
+    surface = image.astype(np.float32)
+    # Paint towards the object's own grey levels (an opaque object hides the surface under it).
+    surface += alpha * (target - surface)
+    return np.clip(np.round(surface), 0, 255).astype(np.uint8), _to_box(UNSEEN_CLASS, xyxy)
+
+
+def _draw_label(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    side = min(width, height)
+    label_w, label_h = rng.uniform(0.26, 0.36) * side, rng.uniform(0.17, 0.24) * side
+    center = np.array([rng.uniform(label_w * 0.6, width - label_w * 0.6),
+                       rng.uniform(label_w * 0.6, height - label_w * 0.6)])
+    turn = float(rng.uniform(-25.0, 25.0))
+    corners = cv2.boxPoints(((float(center[0]), float(center[1])), (float(label_w), float(label_h)), turn))
+    mask = np.zeros((height, width), np.uint8)
+    _fill_poly(mask, _fixed(corners))
+    target = np.full((height, width), rng.uniform(225.0, 245.0), np.float32)
+    # Print: two or three lines of text-like dashes along the card, inside its margins.
+    ink = np.zeros_like(mask)
+    along = np.array([math.cos(math.radians(turn)), math.sin(math.radians(turn))])
+    across = np.array([-along[1], along[0]])
+    lines = int(rng.integers(2, 4))
+    for row in range(lines):
+        offset = (row - (lines - 1) / 2) * label_h * 0.26
+        start = -label_w * 0.38
+        while start < label_w * 0.3:
+            dash = rng.uniform(0.08, 0.22) * label_w
+            points = np.array([center + across * offset + along * start,
+                               center + across * offset + along * min(start + dash, label_w * 0.38)])
+            _polyline(ink, points, max(1, round(side / 70)))
+            start += dash + rng.uniform(0.03, 0.06) * label_w
+    ink = np.minimum(ink, mask)
+    target -= (ink.astype(np.float32) / 255.0) * np.float32(rng.uniform(150.0, 190.0))
+    return mask.astype(np.float32) / 255.0, target
+
+
+def _draw_smear(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    side = min(width, height)
+    radius = rng.uniform(0.12, 0.17) * side
+    reach = radius * 2.1  # the lumpy ellipse's long half-axis, wobble included
+    center = np.array([rng.uniform(reach, width - reach), rng.uniform(reach, height - reach)])
+    angle = rng.uniform(0.0, math.pi)
+    mask = np.zeros((height, width), np.uint8)
+    _fill_poly(mask, _irregular_polygon(rng, center, (radius * 1.5, radius * 0.6), angle, 0.35))
+    alpha = cv2.GaussianBlur(mask, (0, 0), max(1.0, radius / 8)).astype(np.float32) / 255.0
+    # Streaks along the wipe: grease smeared by a glove or a wiper blade.
+    coarse = rng.standard_normal((4, max(2, width // 6)), dtype=np.float32)
+    streaks = cv2.resize(coarse, (width * 2, height * 2), interpolation=cv2.INTER_LINEAR)
+    turn = cv2.getRotationMatrix2D((width, height), math.degrees(angle), 1.0)
+    streaks = cv2.warpAffine(streaks, turn, (width * 2, height * 2))[height // 2:height // 2 + height,
+                                                                      width // 2:width // 2 + width]
+    target = np.float32(rng.uniform(20.0, 40.0)) + np.float32(12.0) * streaks
+    return alpha, target

@@ -81,7 +81,7 @@ class _Part:
     last_tick: int
     sightings: int = 0
     scores: list[np.ndarray] = field(default_factory=list)
-    best_key: tuple[float, float] = (-np.inf, 0.0)  # (confidence over threshold, visible part area)
+    best_key: tuple[float, ...] = (-1, -np.inf, 0.0)  # (classes at threshold, best margin, visible part area)
     best: tuple[Frame, Detections, np.ndarray] | None = None  # frame, its counted defects on the part, part box
     decided: bool = False
     fragment: bool = False  # first seen beyond the decision line: a piece of a part already decided, never a part
@@ -218,9 +218,12 @@ class LinePartDecider:
         part.scores.append(scores)
         if counted.any():
             mine = detections.filter(counted)
-            # The evidence frame: the most confident defect, and among equals the frame showing most of the part.
-            margin = round(float((mine.confidence - self.thresholds[mine.class_id]).max()), 2)
-            key = (margin, float((box[2] - box[0]) * (box[3] - box[1])))
+            # The evidence frame: the one showing the most classes at their thresholds (an anomaly reject scored
+            # only while the part is whole in view must not lose to a detector hit on the entering part), then
+            # the most confident defect, then the frame showing most of the part.
+            over = mine.confidence - self.thresholds[mine.class_id]
+            classes_at_threshold = len(np.unique(mine.class_id[over >= 0]))
+            key = (classes_at_threshold, round(float(over.max()), 2), float((box[2] - box[0]) * (box[3] - box[1])))
             if key > part.best_key:
                 part.best_key, part.best = key, (frame, mine, box.copy())
 
