@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yolodefect.evaluation.plots import new_figure, save_figure
+
 logger = logging.getLogger(__name__)
 
 GT_COLOUR_BGR = (0, 200, 0)
@@ -18,20 +20,10 @@ HEAT_SCALE_OF_THRESHOLD = 1.5
 DISPLAY_SIDE_PX = (384, 1280)  # the longer side of a heatmap is brought into this range
 
 
-def _figure(size: tuple[float, float]):
-    # The object-oriented API with an explicit Agg canvas: no pyplot state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, dpi=120)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_score_histogram(good_confidence: np.ndarray, defective_confidence: np.ndarray, threshold_confidence: float,
                          path: Path) -> Path:
     """Histograms of the confidence of good and defective parts on one [0, 1] axis, with the threshold line."""
-    figure = _figure((7, 4.5))
+    figure = new_figure((7, 4.5))
     axes = figure.add_subplot()
     bins = np.linspace(0.0, 1.0, 51)
     if len(good_confidence):
@@ -45,12 +37,7 @@ def plot_score_histogram(good_confidence: np.ndarray, defective_confidence: np.n
              xlim=(0, 1), title="Anomaly confidence of good vs defective parts")
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right", fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path)
-    logger.debug("wrote %s", path)
-    return path
+    return save_figure(figure, path)
 
 
 def heatmap_overlay(image_bgr: np.ndarray, anomaly_map: np.ndarray, gt_xyxy: np.ndarray, peak_xyxy: np.ndarray,

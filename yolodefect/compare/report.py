@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from yolodefect.compare.result import CompareResult, SideResult
+from yolodefect.evaluation.plots import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +70,7 @@ def write_markdown(result: CompareResult, path: Path) -> Path:
 
 def plot_comparison(sides: list[SideResult], path: Path) -> Path:
     """Left: mAP50 against batch-1 median latency, one point per model and runtime. Right: AP50 per class."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(12, 5), dpi=120)
-    FigureCanvasAgg(figure)  # object-oriented API: no pyplot state, no display
+    figure = new_figure((12, 5))
     speed_axes, class_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
     colours = ["tab:blue", "tab:orange"]
     markers = {"pytorch": "o", "onnxruntime": "s"}
@@ -98,7 +95,4 @@ def plot_comparison(sides: list[SideResult], path: Path) -> Path:
     class_axes.set(ylabel="AP50", ylim=(0, 1), title="AP50 per class")
     class_axes.grid(axis="y", alpha=0.3)
     class_axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return save_figure(figure, path)

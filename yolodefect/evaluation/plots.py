@@ -14,7 +14,8 @@ from yolodefect.evaluation.metrics import EvalMetrics
 logger = logging.getLogger(__name__)
 
 
-def _figure(size: tuple[float, float]):
+def new_figure(size: tuple[float, float]):
+    """A matplotlib Figure on an Agg canvas (shared by every plot of the package)."""
     # The object-oriented API with an explicit Agg canvas: no pyplot state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -30,7 +31,7 @@ def _as_array(values: list[float | None]) -> np.ndarray:
 
 def plot_pr_curves(metrics: EvalMetrics, path: Path) -> Path:
     """Precision-recall curve at IoU 0.5 per class (the precision envelope Ultralytics' AP integrates) and their mean."""
-    figure = _figure((7, 5))
+    figure = new_figure((7, 5))
     axes = figure.add_subplot()
     recall = np.asarray(metrics.pr_curve.recall)
     for class_metrics in metrics.per_class:
@@ -45,7 +46,7 @@ def plot_pr_curves(metrics: EvalMetrics, path: Path) -> Path:
     axes.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall (IoU 0.5)")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_operating_curve(
@@ -58,7 +59,7 @@ def plot_operating_curve(
     (escape rate, false-reject rate) as horizontal markers, which also covers per-class thresholds
     that no single point of the global curve represents.
     """
-    figure = _figure((7, 5))
+    figure = new_figure((7, 5))
     axes = figure.add_subplot()
     # "pre": a part is rejected when score >= threshold, so each rate is constant on (previous, this].
     axes.step(curve.thresholds, curve.escape_rate, where="pre", color="red", label="escape rate (defective accepted)")
@@ -88,7 +89,7 @@ def plot_operating_curve(
              title="Part decisions vs confidence threshold")
     axes.grid(alpha=0.3)
     axes.legend(loc="center right", fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(metrics: EvalMetrics, path: Path) -> Path:
@@ -96,7 +97,7 @@ def plot_confusion_matrix(metrics: EvalMetrics, path: Path) -> Path:
     matrix = np.asarray(metrics.confusion_matrix)
     labels = metrics.confusion_labels
     side = max(4.0, 0.6 * len(labels) + 2)
-    figure = _figure((side, side * 0.85))
+    figure = new_figure((side, side * 0.85))
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
@@ -109,10 +110,11 @@ def plot_confusion_matrix(metrics: EvalMetrics, path: Path) -> Path:
         if count:
             axes.text(col, row, str(count), ha="center", va="center", fontsize="small",
                       color="white" if count > threshold else "black")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Lay out and write ``figure`` as a PNG, creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
