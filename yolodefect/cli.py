@@ -632,7 +632,7 @@ def anomaly_train(
     imgsz: Annotated[int, typer.Option(help="Images are resized to this square size (pixels, multiple of 16).")] = 256,
     coreset_ratio: Annotated[float, typer.Option(help="Share of the good patches kept in the memory bank.")] = 0.1,
     max_bank: Annotated[int, typer.Option(help="At most this many patches in the memory bank (bounds scoring time "
-                                               "and size).")] = 10_000,
+                                               "and size).")] = 4096,
     split: Annotated[str, typer.Option(help="Dataset split to take the good images from.")] = "train",
     holdout: Annotated[float, typer.Option(help="Share of the good images kept out of the memory bank; the highest "
                                                 "score among them is the threshold (more: a steadier threshold).")] = 0.1,
