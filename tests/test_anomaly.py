@@ -149,3 +149,12 @@ def test_greedy_coreset_keeps_the_outlier_and_the_search_is_exact():
     queries = rng.normal(size=(50, 8)).astype(np.float32)
     expected = np.sqrt(((queries[:, None, :] - points[None]) ** 2).sum(-1)).min(1)
     assert np.allclose(NearestSearch(points).distances(queries), expected, atol=1e-3)
+
+
+def test_a_raw_labelled_dataset_is_not_taken_for_a_folder_of_good_parts(tmp_path):
+    raw = tmp_path / "neu-like"
+    _write_good(raw / "IMAGES", 12, seed=7)
+    (raw / "ANNOTATIONS").mkdir()
+    (raw / "ANNOTATIONS" / "good_000.xml").write_text("<annotation><object><name>pit</name></object></annotation>")
+    with pytest.raises(DatasetError, match="looks like a labelled dataset.*Convert it first"):
+        train_anomaly(AnomalyTrainOptions(data=raw, backbone=str(DEMO), imgsz=64))

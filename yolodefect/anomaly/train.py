@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "weights/yolodefect-demo.pt"
 MIN_GOOD_IMAGES = 10
+ANNOTATION_SUFFIXES = (".xml", ".json", ".txt")
 FEW_HOLDOUT_IMAGES = 30  # below this the maximum of the held-out scores is a noisy threshold
 FEATURE_BATCH = 8
 
@@ -83,6 +84,13 @@ def good_images(data: Path, split: str = "train") -> list[Path]:
     """The defect-free images of a dataset split, or every image of a plain folder of good images."""
     data = Path(data)
     if _is_plain_folder(data):
+        annotations = next((p for p in data.rglob("*") if p.suffix.lower() in ANNOTATION_SUFFIXES and p.is_file()), None)
+        if annotations is not None:
+            # A raw labelled dataset (NEU-DET's VOC XML, LabelMe JSON ...) is not a folder of good parts: every
+            # labelled defect would be learned as normal.
+            raise DatasetError(f"{data} holds annotation files (e.g. {annotations}): it looks like a labelled dataset, "
+                               "not a folder of good parts. Convert it first (yolodefect convert SRC OUT "
+                               "--include-templates where the source has defect-free images) and train on OUT")
         return sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     config = load_data_config(data)
     return [image for image in config.images(split) if _label_is_empty(label_path_for(image))]
