@@ -624,9 +624,10 @@ def anomaly_train(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="A dataset (data.yaml or folder: its defect-free images, i.e. empty "
                                               "label files) or a folder of good images. Never modified.")],
-    backbone: Annotated[str, typer.Option(help="Ultralytics checkpoint (.pt) whose backbone gives the features, or "
-                                               "resnet18 / wide_resnet50_2 (ImageNet weights: online, or "
-                                               "--backbone-weights).")] = "weights/yolodefect-demo.pt",
+    backbone: Annotated[Optional[str], typer.Option(help="Ultralytics checkpoint (.pt) whose backbone gives the "
+                                                         "features (best: your own detector's), or resnet18 / "
+                                                         "wide_resnet50_2 (ImageNet weights: online, or "
+                                                         "--backbone-weights). Default: the shipped demo model.")] = None,
     backbone_weights: Annotated[Optional[Path], typer.Option(help="torchvision ImageNet weights (.pth) for an "
                                                                    "offline resnet18 / wide_resnet50_2.")] = None,
     imgsz: Annotated[int, typer.Option(help="Images are resized to this square size (pixels, multiple of 16).")] = 256,

@@ -34,10 +34,10 @@ from yolodefect.data.yolo_dataset import label_path_for, load_data_config
 from yolodefect.errors import DatasetError, UsageError
 from yolodefect.progress import ProgressCallback, no_progress
 from yolodefect.run_dirs import first_free_dir
+from yolodefect.shipped import require_shipped_model
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "weights/yolodefect-demo.pt"
 MIN_GOOD_IMAGES = 10
 ANNOTATION_SUFFIXES = (".xml", ".json", ".txt")
 FEW_HOLDOUT_IMAGES = 30  # below this the maximum of the held-out scores is a noisy threshold
@@ -47,7 +47,7 @@ FEATURE_BATCH = 8
 @dataclass
 class AnomalyTrainOptions:
     data: Path  # a data.yaml / dataset folder (its defect-free images), or a folder of good images
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str | None = None  # None: the shipped demo model (weights/yolodefect-demo.pt beside the package)
     backbone_weights: Path | None = None
     imgsz: int = 256
     coreset_ratio: float = 0.1
@@ -126,7 +126,8 @@ def train_anomaly(options: AnomalyTrainOptions, progress: ProgressCallback = no_
         logger.warning("the threshold is the highest score of only %d held-out good image(s): expect more false "
                        "rejects than it suggests; use more good images or --holdout, or choose it with "
                        "yolodefect eval MODEL DATA --target-recall", held)
-    backbone = load_backbone(options.backbone, options.backbone_weights)
+    backbone_spec = options.backbone or str(require_shipped_model())
+    backbone = load_backbone(backbone_spec, options.backbone_weights)
     feature_dim = min(backbone.info.channels, MAX_FEATURE_DIM)
     cells = (options.imgsz // 8) ** 2
     total = len(bank_paths) * cells
@@ -148,7 +149,7 @@ def train_anomaly(options: AnomalyTrainOptions, progress: ProgressCallback = no_
     progress("coreset", 1, 1)
 
     card: dict[str, Any] = {
-        "format": 1, "backbone": dict(backbone.info.to_dict(), path=str(Path(options.backbone).resolve())
+        "format": 1, "backbone": dict(backbone.info.to_dict(), path=str(Path(backbone_spec).resolve())
                                       if backbone.info.kind == "ultralytics" else None),
         "imgsz": options.imgsz, "feature_dim": feature_dim, "bank_size": len(bank),
         "bank_bytes": int(bank.astype(np.float32).nbytes), "pool_size": len(pooled),
