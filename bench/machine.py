@@ -34,9 +34,21 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
+def portable(value):
+    """``value`` with this checkout's paths made relative: the repo's root -> ".", ../shared -> "../shared"."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item) for item in value]
+    if isinstance(value, str):
+        shared, root = str(Path(SHARED_DIR).resolve()), str(Path(__file__).resolve().parents[1])
+        return value.replace(shared, "../shared").replace(root + "/", "").replace(root, ".")
+    return value
+
+
 def write_result(name: str, payload: dict, output: Path | None = None) -> Path:
     """``bench/results/NAME.json``, or ``output`` when given (quick runs must not replace committed results)."""
     path = Path(output) if output else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    path.write_text(json.dumps(portable(payload), indent=2), encoding="utf-8")
     return path
