@@ -69,8 +69,10 @@ def test_down_sink_does_not_block_submit_or_file_sink(tmp_path: Path) -> None:
         assert wait_until(lambda: dispatcher.stats()[file_sink.name]["delivered"] == 30, 10)
         assert wait_until(lambda: dispatcher.stats()[down.name]["failed_attempts"] >= 2, 10)
         stats = dispatcher.stats()
-        assert stats[file_sink.name] == {"delivered": 30, "failed_attempts": 0, "backlog": 0, "last_error": None}
+        assert stats[file_sink.name] == {"delivered": 30, "failed_attempts": 0, "backlog": 0, "last_error": None,
+                                         "down_since": None}
         assert stats[down.name]["backlog"] == 30
+        assert stats[down.name]["down_since"] is not None  # the web page's "down since"
         assert stats[down.name]["delivered"] == 0
         assert "unreachable" in stats[down.name]["last_error"]
         assert not dispatcher.flush(0.2)

@@ -43,10 +43,14 @@ def _version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    log_format: Annotated[str, typer.Option(help="human (default) or json: one JSON object per log line on stderr, "
+                                                 "for journald / Loki.")] = "human",
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
-    configure_logging(debug)
+    if log_format not in ("human", "json"):
+        raise typer.BadParameter(f"must be human or json, got {log_format!r}", param_hint="--log-format")
+    configure_logging(debug, log_format)
     ctx.obj = {"debug": debug}
 
 
@@ -311,7 +315,8 @@ def _help_of(name: str) -> str:
 def watch(
     ctx: typer.Context,
     camera: Annotated[Optional[int], typer.Option(help="OpenCV camera index (same as --source N).")] = None,
-    source: Annotated[Optional[str], typer.Option(help=_help_of("source"))] = None,
+    source: Annotated[Optional[list[str]], typer.Option(help=_help_of("source") + " Repeat for several cameras in one station (one model, shared).")] = None,
+    camera_name: Annotated[Optional[str], typer.Option(help=_help_of("camera"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="Station YAML (see examples/station.yaml); flags override it.")] = None,
     model: Annotated[Optional[Path], typer.Option(help=_help_of("model"))] = None,
     mode: Annotated[Optional[str], typer.Option(help=_help_of("mode"))] = None,
@@ -352,6 +357,10 @@ def watch(
     fail_safe: Annotated[Optional[str], typer.Option(help=_help_of("fail_safe"))] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option(help=_help_of("max_latency_ms"))] = None,
     max_frames: Annotated[Optional[int], typer.Option(help=_help_of("max_frames"))] = None,
+    serve: Annotated[Optional[str], typer.Option(help=_help_of("serve"))] = None,
+    serve_token_env: Annotated[Optional[str], typer.Option(help=_help_of("serve_token_env"))] = None,
+    serve_insecure: Annotated[Optional[bool], typer.Option("--serve-insecure/--no-serve-insecure", help=_help_of("serve_insecure"))] = None,
+    event_store: Annotated[Optional[Path], typer.Option(help=_help_of("event_store"))] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run the inspection station: read frames, detect, draw, and emit one event per defective part.
@@ -368,6 +377,8 @@ def watch(
 
       yolodefect watch --source conveyor.mp4 --model best.pt --anomaly runs/anomaly/parts/anomaly.npz --evidence evidence/
 
+      yolodefect watch --source line1.mp4 --source line2.mp4 --serve 127.0.0.1:8080 --evidence evidence/
+
       yolodefect watch --config examples/station.yaml
     """
     from rich.live import Live
@@ -378,11 +389,18 @@ def watch(
     from yolodefect.stream.watch import watch as run_watch
 
     with user_errors(_debug(ctx)):
-        if camera is not None and source is not None:
+        if camera is not None and source:
             raise UsageError("give --camera or --source, not both")
+        sources = [str(camera)] if camera is not None else list(source or [])
+        if len(sources) > 1 and camera_name is not None:
+            raise UsageError("--camera-name names the one camera; with several --source each is named after its "
+                             "file (or cam0, cam1 ...): name them in a station file's cameras: list instead")
         sinks = [*(sink or []), *(url for url in (mqtt, webhook, opcua) if url)]
         overrides = {
-            "source": str(camera) if camera is not None else source, "model": model, "mode": mode, "imgsz": imgsz,
+            "source": sources[0] if len(sources) == 1 else None, "model": model,
+            "cameras": [{"source": s} for s in sources] if len(sources) > 1 else None, "camera": camera_name,
+            "serve": serve, "serve_token_env": serve_token_env, "serve_insecure": serve_insecure,
+            "event_store": event_store, "mode": mode, "imgsz": imgsz,
             "device": device, "thresholds": thresholds, "conf": conf, "reject_classes": tuple(reject) if reject else None,
             "min_area": min_area, "roi": roi, "tile": tile, "min_frames": min_frames, "emit_pass": emit_pass,
             "trigger": trigger, "parts": parts, "belt": belt, "belt_frames": belt_frames, "part_class": part_class,
@@ -394,7 +412,9 @@ def watch(
             "anomaly_thresholds": anomaly_thresholds,
         }
         options = resolve_options(config, overrides)
-        if options.source is None:
+        if options.cameras and sources:
+            options = dataclasses.replace(options, source=None)  # --source replaces the station file's cameras
+        if options.source is None and not options.cameras:
             raise UsageError("nothing to watch: give --camera N, --source PATH_OR_URL, or 'source:' in --config")
         stdout_events = "-" in options.sinks
         shown_card = []

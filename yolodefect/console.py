@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
@@ -24,13 +25,40 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
-def configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=debug, show_time=False)],
-        force=True,
-    )
+LOG_FORMATS = ("human", "json")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (journald, Loki): time (ISO 8601 UTC), level, logger, message[, exception]."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # Escaped non-ASCII keeps each line valid JSON whatever the stderr encoding; a newline in a message
+        # stays inside its JSON string, so one record is always one line.
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(debug: bool, log_format: str = "human") -> None:
+    """Logs on stderr: ``"human"`` (rich, for a terminal) or ``"json"`` (one JSON object per line)."""
+    if log_format == "human":
+        handler: logging.Handler = RichHandler(console=err_console, show_path=debug, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    elif log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        raise ValueError(f"unknown log format {log_format!r}; use one of: {', '.join(LOG_FORMATS)}")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
     if not debug:
         # Ultralytics logs every step at INFO; our own messages are enough by default.
         logging.getLogger("ultralytics").setLevel(logging.WARNING)

@@ -249,6 +249,10 @@ def render_model_card(card: dict | None, console: Console) -> None:
 def render_watch_summary(summary: WatchSummary, console: Console) -> None:
     s = summary.stats
     console.print(watch_panel(s))
+    for camera in summary.cameras:  # a station of several cameras: each one's own line
+        c = camera.stats
+        console.print(f"  camera {c.camera} ({c.source}): {c.frames} frames, {c.fps:.1f} fps, {c.rejects} reject(s), "
+                      f"{c.passes} pass, {c.errors} error(s), {c.dropped_frames} dropped", highlight=False)
     console.print(f"Stopped by {summary.stopped_by}. {s.rejects} reject event(s), {s.passes} pass, {s.errors} error; "
                   + ("every event delivered." if summary.flushed else
                      f"[yellow]undelivered, kept in the outbox for the next run: {summary.undelivered}[/yellow]")

@@ -139,6 +139,13 @@ class UltralyticsRunner:
         """Detections of one BGR uint8 (H, W, 3) frame, in that frame's pixels."""
         return from_ultralytics(self.yolo.predict(image, **self.settings.arguments(self.imgsz))[0])
 
+    def predict_frames(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """:meth:`predict_frame` of several BGR frames of one size in one forward pass (a batch)."""
+        if not images:
+            return []
+        results = self.yolo.predict(list(images), **{**self.settings.arguments(self.imgsz), "batch": len(images)})
+        return [from_ultralytics(result) for result in results]
+
     def track_frame(self, image: np.ndarray, tracker: str = "bytetrack.yaml") -> Detections:
         """:meth:`predict_frame` through Ultralytics' tracker (state kept between calls): detections carry
         ``tracker_id``, -1 for a detection whose track is not confirmed yet."""

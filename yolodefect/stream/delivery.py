@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from yolodefect.errors import YoloDefectError
-from yolodefect.stream.events import Event
+from yolodefect.stream.events import Event, utc_now_iso
 from yolodefect.stream.outbox import Outbox, OutboxStoreError
 from yolodefect.stream.sinks.base import Sink, event_json
 
@@ -51,6 +51,7 @@ class SinkStats:
     failed_attempts: int = 0
     last_error: str | None = None
     failed_at: float = 0.0  # time.monotonic() of the last failure
+    down_since: str | None = None  # UTC ISO time of the first failure since the last delivery; None while it works
 
 
 class Dispatcher:
@@ -128,8 +129,9 @@ class Dispatcher:
             self._threads.append(thread)
             thread.start()
 
-    def submit(self, event: Mapping[str, Any] | Event) -> str:
-        """Store the event durably and return its id; delivery happens on the worker threads.
+    def submit(self, event: Mapping[str, Any] | Event, sinks: Sequence[str] | None = None) -> str:
+        """Store the event durably and return its id; delivery happens on the worker threads. ``sinks`` (names)
+        limits it to some sinks: each camera of a station sends to its own.
 
         If the outbox cannot store it, the event goes to the sinks directly instead (see the module
         docstring) and its id is added to :meth:`not_persisted_event_ids`; this does not raise.
@@ -139,9 +141,9 @@ class Dispatcher:
         data = event.to_dict() if isinstance(event, Event) else event
         event_id = str(data["event_id"])
         try:
-            self.outbox.put(data)
+            self.outbox.put(data, sinks)
         except OutboxStoreError as exc:
-            self._not_stored(event_id, data, exc)
+            self._not_stored(event_id, data, exc, sinks)
             return event_id
         if self._outbox_failure is not None:
             logger.warning("outbox %s stores events again (%d event(s) not stored so far this run)",
@@ -161,7 +163,8 @@ class Dispatcher:
         with self._stats_lock:
             return tuple(self._not_persisted)
 
-    def _not_stored(self, event_id: str, data: Mapping[str, Any], exc: OutboxStoreError) -> None:
+    def _not_stored(self, event_id: str, data: Mapping[str, Any], exc: OutboxStoreError,
+                    sinks: Sequence[str] | None = None) -> None:
         if self._outbox_failure is None:
             logger.error("%s; events now go to the sinks directly, without durability, until it stores again", exc)
         self._outbox_failure = str(exc)
@@ -175,7 +178,8 @@ class Dispatcher:
             logger.error("cannot write event %s to stderr either: %s", event_id, write_error)
         taken, missed = [], []
         for sink in self.sinks:
-            (taken if self._send_directly(sink, event_id, data) else missed).append(sink.name)
+            if sinks is None or sink.name in sinks:
+                (taken if self._send_directly(sink, event_id, data) else missed).append(sink.name)
         logger.error("event %s NOT stored in the outbox; sent directly to %s%s", event_id,
                      ", ".join(taken) or "no sink", f"; not delivered to {', '.join(missed)}" if missed else "")
 
@@ -199,27 +203,40 @@ class Dispatcher:
                 self._stats[sink.name].failed_attempts += 1
                 self._stats[sink.name].last_error = str(exc)
                 self._stats[sink.name].failed_at = time.monotonic()
+                self._stats[sink.name].down_since = self._stats[sink.name].down_since or utc_now_iso()
             logger.warning("sink %s: direct delivery of event %s failed: %s", sink.name, event_id, exc)
             return False
         finally:
             lock.release()
         with self._stats_lock:
             self._stats[sink.name].delivered += 1
+            self._stats[sink.name].down_since = None
         return True
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per sink: delivered (this run), failed_attempts (this run), backlog (in the outbox), last_error."""
+        """Per sink: delivered (this run), failed_attempts (this run), backlog (in the outbox), last_error, and
+        down_since (UTC ISO time of the first failed attempt since the last delivery; None while it delivers)."""
         backlog = self.outbox.backlog()
         with self._stats_lock:
-            return {
+            stats = {
                 name: {
                     "delivered": s.delivered,
                     "failed_attempts": s.failed_attempts,
                     "backlog": backlog.get(name, 0),
                     "last_error": s.last_error,
+                    "down_since": s.down_since,
                 }
                 for name, s in self._stats.items()
             }
+        for sink in self.sinks:
+            # A sink that holds a connection (MQTT) says when it is lost, before an event has to fail on it.
+            connection = getattr(sink, "connection", None)
+            if connection is not None:
+                problem, since = connection()
+                stats[sink.name]["connection_error"] = problem
+                if problem is not None and stats[sink.name]["down_since"] is None:
+                    stats[sink.name]["down_since"] = since
+        return stats
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every sink's backlog is 0; False if ``timeout_s`` passed first."""
@@ -304,6 +321,7 @@ class Dispatcher:
                         self._stats[name].failed_attempts += 1
                         self._stats[name].last_error = str(exc)
                         self._stats[name].failed_at = time.monotonic()
+                        self._stats[name].down_since = self._stats[name].down_since or utc_now_iso()
                     # Equal jitter: many stations must not hammer a recovering server in lockstep.
                     pause = min(delay, self.retry_max_s) * self._random.uniform(0.5, 1.0)
                     logger.warning(
@@ -321,6 +339,7 @@ class Dispatcher:
                     with self._stats_lock:
                         self._stats[name].delivered += 1
                         self._stats[name].last_error = None
+                        self._stats[name].down_since = None
                 try:
                     self.outbox.ack(event_id, name)
                 except YoloDefectError as exc:

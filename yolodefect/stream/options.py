@@ -42,6 +42,7 @@ _REMOVED = {
 
 DEFAULT_SINKS = ("-",)
 DEFAULT_OUTBOX = Path("yolodefect-outbox.sqlite")
+DEFAULT_TOKEN_ENV = "YOLODEFECT_SERVE_TOKEN"
 
 
 def _help(text: str) -> dict[str, str]:
@@ -55,6 +56,11 @@ class WatchOptions:
     # -- input
     source: str | None = field(default=None, metadata=_help(
         "Camera index (0), stream URL (rtsp://...), video file, image file/folder/glob, or - for image paths on stdin."))
+    camera: str | None = field(default=None, metadata=_help(
+        "This camera's name in events, the web page and /metrics (default: the source's file stem, or cam0, cam1 ...)."))
+    cameras: tuple[Mapping[str, Any], ...] = field(default=(), metadata=_help(
+        "Several cameras in one station (station file): a list of {name, source, and this camera's own roi, tile, "
+        "thresholds, class_conf, conf, sinks, mode, parts, belt ...}; the model is loaded once and shared."))
     mode: Mode = field(default="auto", metadata=_help(
         "auto (images and triggers: one part per image; video/camera: track parts on a moving line), part (every "
         "frame is one part) or track."))
@@ -127,6 +133,17 @@ class WatchOptions:
         "names, if present and unchanged). Ignored without evidence_cam."))
     save: Path | None = field(default=None, metadata=_help("Write the annotated video to this file (.mp4 or .avi)."))
     show: bool = field(default=False, metadata=_help("Show the annotated stream in a window (needs a display)."))
+    serve: str | None = field(default=None, metadata=_help(
+        "Serve the operator's web page, the JSON API, /metrics (Prometheus) and /healthz at HOST:PORT "
+        "(e.g. 127.0.0.1:8080; another address than loopback needs serve_token_env or serve_insecure)."))
+    serve_token_env: str | None = field(default=None, metadata=_help(
+        "serve: the environment variable holding the bearer token every request must carry "
+        "(default: YOLODEFECT_SERVE_TOKEN, when set)."))
+    serve_insecure: bool = field(default=False, metadata=_help(
+        "serve: allow a non-loopback address without a token (anyone on the network sees the line)."))
+    event_store: Path | None = field(default=None, metadata=_help(
+        "serve: the recent-events database behind /api/events (kept across restarts, bounded; default: next to the "
+        "outbox, <outbox>-recent.sqlite)."))
     # -- safety and shutdown
     fail_safe: FailSafe = field(default="reject", metadata=_help(
         "reject: a frame that fails or is late emits an 'error' event and the run goes on; off: failures stop the run."))
@@ -157,8 +174,13 @@ class WatchOptions:
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WatchOptions))
 OPTION_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(WatchOptions)}
 _PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save", "belt", "anomaly", "anomaly_thresholds",
-                "evidence_cam_model")
-_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show", "anomaly_only", "evidence_cam")
+                "evidence_cam_model", "event_store")
+_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show", "anomaly_only", "evidence_cam", "serve_insecure")
+# What one station shares between its cameras: a camera entry naming one of these is refused.
+STATION_FIELDS = ("cameras", "camera", "model", "imgsz", "device", "half", "anomaly", "anomaly_only",
+                  "anomaly_thresholds", "evidence_cam", "evidence_cam_model", "outbox", "evidence_dir", "serve",
+                  "serve_token_env", "serve_insecure", "event_store", "flush_timeout_s", "stats_interval_s",
+                  "max_frames", "save", "show")
 _OPTIONAL_INT = ("max_frames", "imgsz", "tile", "min_frames")
 _INT = ("belt_frames", "min_part_frames")
 _OPTIONAL_FLOAT = ("fps_cap", "max_latency_ms", "min_part_area")
@@ -203,6 +225,14 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, Path)):
             raise _fail(name, "a camera index, URL or path", value)
         return str(value)
+    if name in ("camera", "serve", "serve_token_env"):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+            raise _fail(name, "a non-empty string", value)
+        return str(value).strip()
+    if name == "cameras":
+        return _cameras(value)
     if name == "trigger":
         if value is None:
             return None
@@ -234,6 +264,60 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "roi":
         return None if value is None else parse_roi(value)
     raise AssertionError(f"no coercion for option {name}")  # a new field without a rule is a bug of ours
+
+
+def _cameras(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """The ``cameras`` list: each entry a mapping with a source, a unique name (given or derived) and only
+    per-camera options (shared ones such as the model are the station's)."""
+    if value in (None, (), []):
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+        raise _fail("cameras", "a list of mappings (name, source, and per-camera options)", value)
+    entries, names = [], set()
+    for index, raw in enumerate(value):
+        entry = {("name" if key == "camera" else str(key)): item for key, item in raw.items()}
+        if entry.get("source") is None:
+            raise UsageError(f"cameras[{index}] has no source: give each camera its source (camera index, URL, "
+                             "video file or image folder)")
+        for key in entry:
+            if key == "name":
+                continue
+            if key in STATION_FIELDS:
+                raise UsageError(f"cameras[{index}] sets {key!r}, which the whole station shares (one model, one "
+                                 "outbox, one web server): set it at the top of the station file")
+            if key not in FIELD_NAMES:
+                raise _unknown_key(key, f"cameras[{index}]")
+        name = str(entry.get("name") or default_camera_name(str(entry["source"]), index)).strip()
+        if not name or name in names:
+            raise UsageError(f"cameras[{index}]: camera name {name!r} is empty or used twice; give each camera "
+                             "its own name")
+        names.add(name)
+        entries.append({**entry, "name": name})
+    return tuple(entries)
+
+
+def default_camera_name(source: str, index: int) -> str:
+    """A camera's name when none is given: a file source's stem, else cam<index>."""
+    text = str(source).strip()
+    if _source_is_path(text) and not glob.has_magic(text):
+        stem = Path(text).stem
+        if stem:
+            return stem
+    return f"cam{index}"
+
+
+def camera_options(station: WatchOptions) -> list[tuple[str, WatchOptions]]:
+    """Each camera's name and its options (the station's, with the camera's own on top); one entry without cameras."""
+    if not station.cameras:
+        name = station.camera or default_camera_name(station.source or "", 0)
+        return [(name, station)]
+    if station.source is not None:
+        raise UsageError(f"give either source ({station.source}) or cameras, not both: with several cameras each "
+                         "one names its source")
+    base = dataclasses.replace(station, cameras=())
+    return [(entry["name"], merge_options(base, {k: v for k, v in entry.items() if k != "name"} | {"camera": entry["name"]},
+                                          origin=f"camera {entry['name']}"))
+            for entry in station.cameras]
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -285,6 +369,11 @@ def _check(options: WatchOptions) -> None:
     if options.flush_timeout_s < 0:
         raise UsageError("flush_timeout_s must be >= 0")
     _check_anomaly(options)
+    if options.serve is not None:
+        parse_serve_address(options.serve)
+    if options.cameras and (options.anomaly is not None or options.evidence_cam):
+        raise UsageError("anomaly and evidence_cam run on one camera for now; a station of several cameras "
+                         "runs the detector only (start one station per camera for them)")
     if options.evidence_cam and options.evidence_dir is None:
         raise UsageError("evidence_cam (--evidence-cam) saves its heatmap with each reject's snapshots: give "
                          "evidence_dir (--evidence DIR) too")
@@ -305,6 +394,22 @@ def _check_anomaly(options: WatchOptions) -> None:
                              "detector: use parts=belt")
         if options.tile is not None:
             raise UsageError("tile slices the detector's input; anomaly_only runs no detector: drop tile")
+
+
+def event_store_path(options: WatchOptions) -> Path:
+    """The recent-events database of ``serve``: the option, else beside the outbox."""
+    if options.event_store is not None:
+        return options.event_store
+    return options.outbox.with_name(options.outbox.stem + "-recent.sqlite")
+
+
+def parse_serve_address(text: str) -> tuple[str, int]:
+    """(host, port) of ``serve``: HOST:PORT, [IPv6]:PORT or :PORT (loopback)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"serve must be HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+    return host, int(port)
 
 
 def _unknown_key(key: str, origin: str) -> UsageError:
@@ -343,18 +448,26 @@ def _source_is_path(source: str) -> bool:
 def options_from_mapping(data: Mapping[str, Any], *, base: WatchOptions | None = None, origin: str = "station config",
                          relative_to: Path | None = None) -> WatchOptions:
     """Options from a mapping of YAML keys over ``base`` (defaults if None); paths resolved against ``relative_to``."""
-    values = dict(data)
-    if relative_to is not None:
-        for key in (*_PATH_FIELDS, "source"):
-            if key in values:
-                values[key] = _resolve(values[key], relative_to, source=key == "source")
-        sinks = values.get("sinks")
-        if isinstance(sinks, str):
-            sinks = sinks.split(",")
-        if isinstance(sinks, (list, tuple)):
-            values["sinks"] = [_resolve(sink.strip(), relative_to, source=True) if isinstance(sink, str) else sink
-                               for sink in sinks]
+    values = _resolved(data, relative_to) if relative_to is not None else dict(data)
+    cameras = values.get("cameras")
+    if relative_to is not None and isinstance(cameras, (list, tuple)):
+        values["cameras"] = [_resolved(c, relative_to) if isinstance(c, Mapping) else c for c in cameras]
     return merge_options(base or WatchOptions(), values, origin=origin)
+
+
+def _resolved(data: Mapping[str, Any], relative_to: Path) -> dict[str, Any]:
+    """``data`` with its paths (source, sinks and path options) resolved against the station file's folder."""
+    values = dict(data)
+    for key in (*_PATH_FIELDS, "source"):
+        if key in values:
+            values[key] = _resolve(values[key], relative_to, source=key == "source")
+    sinks = values.get("sinks")
+    if isinstance(sinks, str):
+        sinks = sinks.split(",")
+    if isinstance(sinks, (list, tuple)):
+        values["sinks"] = [_resolve(sink.strip(), relative_to, source=True) if isinstance(sink, str) else sink
+                           for sink in sinks]
+    return values
 
 
 def load_station_config(path: Path | str) -> WatchOptions:
@@ -418,6 +531,10 @@ def _outputs(options: WatchOptions) -> list[_Output]:
                                is_folder=True))
     if options.save is not None:
         outputs.append(_Output(f"--save {options.save}", options.save, "the annotated video"))
+    if options.serve is not None or options.event_store is not None:
+        store = event_store_path(options)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            outputs.append(_Output(f"--event-store {store}", store.with_name(store.name + suffix), "the recent events"))
     return outputs
 
 

@@ -144,11 +144,16 @@ class Outbox:
                     self.path, count, sink, sink,
                 )
 
-    def put(self, event: Mapping[str, Any]) -> None:
-        """Store an event durably (fsynced) for every configured sink; re-putting an id still queued is a no-op."""
+    def put(self, event: Mapping[str, Any], sinks: Sequence[str] | None = None) -> None:
+        """Store an event durably (fsynced) for every configured sink (or those of ``sinks``: a camera's own, in a
+        station of several cameras); re-putting an id still queued is a no-op."""
         event_id = event.get("event_id")
         if not isinstance(event_id, str) or not event_id:
             raise OutboxError("event has no 'event_id'; build events with yolodefect.stream.events.new_event()")
+        targets = self.sink_names if sinks is None else tuple(sinks)
+        unknown = sorted(set(targets) - set(self.sink_names))
+        if unknown:
+            raise OutboxError(f"event {event_id} names sinks {unknown} that this outbox does not serve")
         body = json.dumps(dict(event), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         with self._lock:
             self._check_open()
@@ -163,7 +168,7 @@ class Outbox:
                     seq = cur.lastrowid
                     self._db.executemany(
                         "INSERT INTO deliveries(sink, event_seq) VALUES (?, ?)",
-                        [(name, seq) for name in self.sink_names],
+                        [(name, seq) for name in targets],
                     )
             except sqlite3.Error as exc:
                 # Usually a full or read-only disk; the event is not stored, so the caller must know.

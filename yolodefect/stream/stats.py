@@ -6,7 +6,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +21,7 @@ class WatchStats:
     source: str
     mode: str  # "part" or "track"
     model: dict[str, str]  # name, sha256, precision
+    camera: str | None = None  # the camera's name (a station of several cameras; else the source's stem)
     running: bool = True
     elapsed_s: float = 0.0
     frames: int = 0  # processed
@@ -48,6 +49,7 @@ class WatchStats:
     off_part_detections: int = 0  # track mode: defect detections outside every part (belt): counted, never emitted
     discarded_regions: int = 0  # track mode: regions that came and went without reaching the line (not parts)
     rejects: int = 0
+    rejects_by_class: dict[str, int] = field(default_factory=dict)  # reject events naming the class
     passes: int = 0
     errors: int = 0  # 'error' events
     events: int = 0  # events handed to the outbox
@@ -60,6 +62,7 @@ class WatchStats:
     evidence_cam_p50_ms: float | None = None
     evidence_cam_failures: int = 0
     model_card: dict[str, Any] | None = None
+    seconds_since_frame: float | None = None  # since the last frame was finished; None before the first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,10 +79,14 @@ class WatchSummary:
     # Events the outbox could not store (disk full): sent to the sinks directly and written to stderr,
     # but not durable. Non-empty means the CLI exits 1.
     not_persisted_event_ids: tuple[str, ...] = ()
+    # A station of several cameras: each camera's own summary (``stats`` then sums them); empty for one camera.
+    cameras: tuple[WatchSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.stats.to_dict(), "stopped_by": self.stopped_by, "flushed": self.flushed,
-                "undelivered": dict(self.undelivered), "not_persisted_event_ids": list(self.not_persisted_event_ids)}
+                "undelivered": dict(self.undelivered), "not_persisted_event_ids": list(self.not_persisted_event_ids),
+                **({"cameras": {c.stats.camera or c.stats.source: c.to_dict() for c in self.cameras}}
+                   if self.cameras else {})}
 
 
 class StatsBoard:
@@ -89,6 +96,7 @@ class StatsBoard:
         self._lock = threading.Lock()
         self._base = base
         self._counts: dict[str, int] = {}
+        self._by_class: dict[str, int] = {}
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self._frame_times: deque[float] = deque(maxlen=1000)
         self._latency_window = latency_window
@@ -102,6 +110,12 @@ class StatsBoard:
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
+
+    def add_classes(self, names: set[str]) -> None:
+        """One reject event naming each of ``names`` (a part rejected for two classes counts once in each)."""
+        with self._lock:
+            for name in names:
+                self._by_class[name] = self._by_class.get(name, 0) + 1
 
     def frame_done(self, latency_ms: float) -> None:
         """Count a processed frame; ``latency_ms`` runs from its capture (for files: when it was taken) to now."""
@@ -151,9 +165,12 @@ class StatsBoard:
             counts = dict(self._counts)
             fps = self._fps_locked(now) if running else self._run_fps_locked()
             stages = {f"{name}_p50_ms": float(np.median(times)) for name, times in self._stage_ms.items() if times}
+            by_class = dict(self._by_class)
+            since_frame = None if self._last_frame_done is None else now - self._last_frame_done
         p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95])) if latencies.size else (None, None)
         return replace(self._base, running=running, elapsed_s=now - self._started, fps=fps,
-                       latency_p50_ms=p50, latency_p95_ms=p95, **stages, **counts, **extra)
+                       latency_p50_ms=p50, latency_p95_ms=p95, rejects_by_class=by_class,
+                       seconds_since_frame=since_frame, **stages, **counts, **extra)
 
 
 class StatsTicker:
@@ -182,3 +199,30 @@ class StatsTicker:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
+
+
+def combine_stats(stats: list[WatchStats], running: bool = True) -> WatchStats:
+    """The station's numbers over its cameras: counters summed, latencies the worst camera's."""
+    first = stats[0]
+    summed: dict[str, Any] = {}
+    for f in fields(WatchStats):
+        values = [getattr(s, f.name) for s in stats]
+        if f.type in ("int", "float") and f.name not in ("elapsed_s",):
+            summed[f.name] = sum(values)
+    by_class: dict[str, int] = {}
+    for s in stats:
+        for name, count in s.rejects_by_class.items():
+            by_class[name] = by_class.get(name, 0) + count
+    worst = {name: max((getattr(s, name) for s in stats if getattr(s, name) is not None), default=None)
+             for name in ("latency_p50_ms", "latency_p95_ms", "anomaly_p50_ms", "evidence_cam_p50_ms")}
+    since = [s.seconds_since_frame for s in stats if s.seconds_since_frame is not None]
+    backlog: dict[str, int] = {}
+    errors: dict[str, str | None] = {}
+    for s in stats:
+        backlog.update(s.sink_backlog)
+        errors.update(s.sink_errors)
+    return replace(first, **summed, **worst, source=", ".join(s.source for s in stats), camera=None, running=running,
+                   elapsed_s=max(s.elapsed_s for s in stats), rejects_by_class=by_class,
+                   truncated=any(s.truncated for s in stats),
+                   truncation="; ".join(s.truncation for s in stats if s.truncation) or None,
+                   seconds_since_frame=max(since) if since else None, sink_backlog=backlog, sink_errors=errors)

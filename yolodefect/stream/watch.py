@@ -51,16 +51,18 @@ from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yam
 from yolodefect.shipped import with_shipped_model
 from yolodefect.stream.anomaly_stage import AnomalyStage, NoDetector, appended, open_anomaly_stage, with_anomaly_rule
 from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
-from yolodefect.stream.detector import Detector, TiledDetector, UltralyticsDetector
+from yolodefect.stream.detector import Detector, SharedDetector, TiledDetector, UltralyticsDetector
 from yolodefect.stream.drawing import Overlay, draw_frame
 from yolodefect.stream.events import Decision, Defect, Event, ModelIdentity, new_event, utc_now_iso
 from yolodefect.stream.evidence import EvidenceWriter, VideoSink
-from yolodefect.stream.options import (DEFAULT_MIN_FRAMES, DEFAULT_OUTBOX, WatchOptions, check_outputs_outside_source, load_station_config,
-                                      merge_options, resolve_options)
+from yolodefect.stream.live import LiveView
+from yolodefect.stream.options import (DEFAULT_MIN_FRAMES, DEFAULT_OUTBOX, WatchOptions, camera_options,
+                                      check_outputs_outside_source, load_station_config, merge_options, resolve_options)
 from yolodefect.stream.line import LineFrame, LinePartDecider
 from yolodefect.stream.part_finder import BeltModel, class_part_boxes
 from yolodefect.stream.parts import ImagePartDecider, PartDecision, PartNotInspectedError
 from yolodefect.stream.sinks import sink_from_url
+from yolodefect.stream.sinks.base import Sink
 from yolodefect.stream.sources import (
     CaptureFactory,
     Frame,
@@ -70,7 +72,8 @@ from yolodefect.stream.sources import (
     default_capture_factory,
     open_source,
 )
-from yolodefect.stream.stats import StatsBoard, StatsTicker, StopReason, WatchStats, WatchSummary
+from yolodefect.stream.serving import check_serving, start_serving
+from yolodefect.stream.stats import StatsBoard, StatsTicker, StopReason, WatchStats, WatchSummary, combine_stats
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +168,14 @@ class _Station:
                  rules: RejectRules, source: FrameSource, dispatcher: Dispatcher, track_mode: bool,
                  stop: threading.Event, board: StatsBoard, *, min_frames: int = 3, belt: BeltModel | None = None,
                  keep_scores: bool = False, on_part: Callable[[PartDecision], None] | None = None,
-                 anomaly: AnomalyStage | None = None, cam: EigenCam | None = None):
+                 anomaly: AnomalyStage | None = None, cam: EigenCam | None = None, camera: str = "",
+                 camera_is_source: bool = False, sink_names: tuple[str, ...] | None = None,
+                 live: LiveView | None = None):
         self.options = options
+        self.camera = camera  # its name on the web page and in /metrics
+        self.event_source = camera if camera_is_source else None  # several cameras: the events' source
+        self.sink_names = sink_names  # this camera's sinks (None: all of the dispatcher's)
+        self.live = live  # --serve: the web page's view of this station
         self.cam = cam  # --evidence-cam: run on reject evidence only, never on the detection path
         self.anomaly = anomaly
         self.detector = detector
@@ -203,7 +212,10 @@ class _Station:
     # -- per frame ---------------------------------------------------------------------------
 
     def _detect(self, frame: Frame) -> _FrameResult:
+        started = time.perf_counter()
         detections = self.detector(frame.image)
+        if self.live is not None:
+            self.live.observe("model", self.camera, (time.perf_counter() - started) * 1000.0)
         if not isinstance(detections, Detections):
             raise TypeError(f"the detector returned {type(detections).__name__}, expected Detections")
         finite = np.isfinite(detections.xyxy).all(axis=1) & np.isfinite(detections.confidence)
@@ -289,6 +301,9 @@ class _Station:
                 if self.options.save is not None or self.show:  # the saved video keeps every frame of the source
                     self._output(draw_frame(frame.image, Detections.empty(), self.names,
                                             overlay=Overlay(text="learning the empty belt")))
+                if self.live is not None:
+                    self.live.publish_frame(self.camera, lambda: draw_frame(
+                        frame.image, Detections.empty(), self.names, overlay=Overlay(text="learning the empty belt")))
                 return
             result = self._detect(frame) if frame.error is None else self._unreadable(frame)
         except Exception as exc:
@@ -344,6 +359,10 @@ class _Station:
             self.board.frame_done((time.monotonic() - frame.captured_monotonic) * 1000.0)
         if annotated is not None and count_frame:
             self._output(annotated)
+        if self.live is not None and count_frame:
+            # By reference: the web server draws it (once, when a page asks), never this thread.
+            self.live.publish_frame(self.camera, (lambda: annotated) if annotated is not None
+                                    else (lambda: self._annotated(frame, result)))
 
     def _evidence_drawing(self, outcome: _Outcome) -> np.ndarray | None:
         """The annotated picture of a part decided on a later frame than the one that shows its defects, or of an
@@ -403,7 +422,7 @@ class _Station:
         decision, part_id, defects, shown = outcome.decision, outcome.part_id, outcome.defects, outcome.frame
         part_box = None if outcome.part_box is None else tuple(round(float(v), 1) for v in outcome.part_box)
         event = new_event(
-            decision=decision, source=shown.source, frame_index=shown.index, captured_at=shown.captured_at,
+            decision=decision, source=self.event_source or shown.source, frame_index=shown.index, captured_at=shown.captured_at,
             latency_ms=0.0, image_size_wh=shown.size_wh, model=self.model, part_id=part_id, message=outcome.message,
             part_bbox_xyxy=part_box, anomaly_model=self.anomaly.identity if self.anomaly is not None else None,
             defects=[
@@ -429,8 +448,13 @@ class _Station:
         self._submit(event)
         counter = {"reject": "rejects", "pass": "passes", "error": "errors"}[decision]
         self.board.add(counter)
+        if decision == "reject":
+            self.board.add_classes({d.class_name for d in event.defects})
         if decision != "error":
             self.board.add("parts")
+        if self.live is not None:
+            self.live.observe("event", self.camera, latency_ms)
+            self.live.event_added(event.to_dict())
         logger.debug("event %s: %s part %s (%d defects)", event.event_id, decision, part_id, len(defects))
         if self.dispatcher.outbox_failure is not None and not outbox_was_failing:
             self._outbox_alarm(frame)
@@ -457,15 +481,21 @@ class _Station:
     def _submit(self, event: Event) -> None:
         # A full outbox does not stop the line: submit then sends the event to the sinks directly and
         # to stderr, and the run ends non-zero naming it (WatchSummary.not_persisted_event_ids).
-        self.dispatcher.submit(event)
+        self.dispatcher.submit(event, self.sink_names)
         self.board.add("events")
-        if self.dispatcher.outbox_failure is not None:
+        failure = self.dispatcher.outbox_failure
+        if failure is not None:
             self.board.add("not_persisted_events")
+        if self.live is not None:
+            if failure is not None:
+                self.live.set_alarm("outbox", None, f"events are not stored in the outbox: {failure}")
+            else:
+                self.live.clear_alarm("outbox", None)
 
     def _outbox_alarm(self, frame: Frame) -> None:
         """Tell the line, once per outage, that events are no longer durable (an 'error' event with no part)."""
         alarm = new_event(
-            decision="error", source=frame.source, frame_index=frame.index, captured_at=frame.captured_at,
+            decision="error", source=self.event_source or frame.source, frame_index=frame.index, captured_at=frame.captured_at,
             latency_ms=(time.monotonic() - frame.captured_monotonic) * 1000.0, image_size_wh=frame.size_wh,
             model=self.model, part_id=None,
             message=f"station alarm: events are sent without durability until the outbox stores again "
@@ -522,7 +552,8 @@ class _Station:
 
     def _sink_stats(self) -> dict[str, dict[str, Any]]:
         try:
-            return self.dispatcher.stats()
+            stats = self.dispatcher.stats()
+            return stats if self.sink_names is None else {k: v for k, v in stats.items() if k in self.sink_names}
         except Exception as exc:  # closed outbox at shutdown: the panel shows nothing rather than failing
             logger.debug("sink stats unavailable: %s", exc)
             return {}
@@ -571,6 +602,22 @@ def make_detector(options: WatchOptions, rules: RejectRules, conf_floor: float |
     return detector
 
 
+@dataclass
+class _CameraRun:
+    """One camera of a station: its options, source, part logic and counters (see :func:`watch`)."""
+
+    name: str
+    options: WatchOptions
+    source: FrameSource
+    sink_names: tuple[str, ...]
+    thresholds: Thresholds | None
+    rules: RejectRules
+    board: StatsBoard | None = None
+    station: _Station | None = None
+    stopped_by: StopReason = "end"
+    error: BaseException | None = None
+
+
 def watch(
     options: WatchOptions,
     *,
@@ -595,30 +642,47 @@ def watch(
     On return every event is in the outbox, and delivered unless a sink stayed down for
     ``flush_timeout_s`` (see ``WatchSummary.undelivered``); events the outbox could not store (full
     disk) were sent to the sinks directly and are listed in ``WatchSummary.not_persisted_event_ids``.
+
+    With ``cameras`` (or several ``--source``), each camera runs on its own thread with its own
+    source, part logic, rules and counters; the model is loaded once and shared, and the events of
+    every camera go through one outbox, each to its camera's sinks, with the camera's name as source.
+    ``serve`` starts the web page / JSON API / metrics server for the run (see :mod:`yolodefect.stream.web`).
     """
-    if options.source is None:
+    if options.source is None and not options.cameras:
         raise UsageError("no source: give --source (or 'source:' in the station config), e.g. a camera index, "
                          "rtsp:// URL, video file or image folder")
-    check_outputs_outside_source(options)  # before any sink, outbox, evidence or video file is opened
     if detector is None and options.model is None and not options.anomaly_only:
         options = with_shipped_model(options)
         logger.info("no model given: running the shipped demonstration model %s (trained on synthetic parts; "
                     "give --model for your own)", options.model)
+    several = bool(options.cameras)
+    cameras = camera_options(options)
+    for _, camera_opts in cameras:
+        check_outputs_outside_source(camera_opts)  # before any sink, outbox, evidence or video file is opened
     cam_checkpoint = _cam_checkpoint(options)  # before opening anything: an export without its .pt is a usage error
+    if options.serve is not None:
+        check_serving(options)  # a non-loopback address without a token is refused before anything opens
     stop = stop_event if stop_event is not None else threading.Event()
-    thresholds = read_thresholds_yaml(options.thresholds) if options.thresholds is not None else None
-    rules = build_rules(options, thresholds)
-    anomaly = open_anomaly_stage(options, thresholds) if options.anomaly is not None else None
-    source_options = SourceOptions(fps_cap=options.fps_cap, loop=options.loop, follow=options.follow,
-                                   stall_timeout_s=options.stall_timeout_s)
-    source = open_source(options.source, source_options, stop_event=stop, capture_factory=capture_factory)
-    triggered = options.trigger is not None  # one part per trigger: the trigger is the part finder
-    track_mode = not triggered and (options.mode == "track" or (options.mode == "auto" and not source.per_part))
-    min_frames = line_min_frames(options, thresholds)
-    if track_mode and on_part is None:  # on_part: a calibration or verification run, which is the remedy itself
-        _warn_unless_calibrated(options, thresholds)
-    if detector is None:
-        detector = NoDetector() if options.anomaly_only else make_detector(options, rules, conf_floor)
+    runs: list[_CameraRun] = []
+    for name, camera_opts in cameras:
+        thresholds = read_thresholds_yaml(camera_opts.thresholds) if camera_opts.thresholds is not None else None
+        runs.append(_CameraRun(name, camera_opts, None, (), thresholds, build_rules(camera_opts, thresholds)))  # type: ignore[arg-type]
+    anomaly = open_anomaly_stage(options, runs[0].thresholds) if options.anomaly is not None else None
+    tile_per_camera = False  # several cameras share one model; each runs it on its own tiles
+    if detector is None and options.anomaly_only:
+        detector = NoDetector()
+    elif detector is None and several:
+        # The model keeps boxes down to the lowest threshold of every camera's rules.
+        floor = min(run.rules.min_threshold() for run in runs)
+        floor = floor if conf_floor is None else min(floor, conf_floor)
+        detector = SharedDetector(make_detector(replace(options, tile=None), runs[0].rules, floor))
+        tile_per_camera = True
+    elif detector is None:
+        detector = make_detector(runs[0].options, runs[0].rules, conf_floor)
+    elif several:
+        if model_info is None and getattr(detector, "model_info", None) is None:
+            model_info = _fallback_model_info(detector)  # the caller's detector's name, not the wrapper's
+        detector = SharedDetector(detector)
     names = class_names if class_names is not None else getattr(detector, "class_names", None)
     if names is None:
         raise UsageError("the detector has no class_names; pass class_names= to watch()")
@@ -626,8 +690,9 @@ def watch(
     if anomaly is not None:  # the anomaly model's rejects: one more class, judged by the same rule
         anomaly = anomaly.for_classes(names)
         names = {**names, anomaly.class_id: anomaly.class_name}
-        rules = with_anomaly_rule(rules, anomaly)
-    rules.check_classes(names)
+        runs[0].rules = with_anomaly_rule(runs[0].rules, anomaly)
+    for run in runs:
+        run.rules.check_classes(names)
     if model_info is None:
         model_info = getattr(detector, "model_info", None)
     if model_info is None and anomaly is not None and isinstance(detector, NoDetector):
@@ -637,62 +702,105 @@ def watch(
                       else _fallback_model_info(detector))
     cam = _open_cam(cam_checkpoint, options, names) if cam_checkpoint is not None else None
 
-    sinks = [sink_from_url(spec) for spec in options.sinks]
-    if triggered:
-        from yolodefect.stream.trigger import open_triggered_source
-
-        source = open_triggered_source(options.trigger, source, stop)
+    sinks = _station_sinks(runs)
+    opened: list[_CameraRun] = []
     try:
+        for run in runs:
+            run.source = _open_camera_source(run.options, stop, capture_factory)
+            opened.append(run)
         dispatcher = Dispatcher.open(options.outbox, sinks)
     except BaseException:
-        _close_trigger(source)
+        for run in opened:
+            _close_trigger(run.source)
         raise
-    board = StatsBoard(WatchStats(source=source.name, mode="track" if track_mode else "part",
-                                  model=model_info.to_dict(), model_card=getattr(detector, "card", None)))
+    live = server = event_store = None
     try:
-        belt = learn_belt(options.belt, options, stop) if track_mode and options.belt is not None else None
-        station = _Station(options, detector, names, model_info, rules, source, dispatcher, track_mode, stop, board,
-                           min_frames=min_frames, belt=belt, keep_scores=on_part is not None, on_part=on_part,
-                           anomaly=anomaly, cam=cam)
+        for run in runs:
+            track_mode = _track_mode(run.options, run.source)
+            if track_mode and on_part is None:  # on_part: a calibration or verification run, the remedy itself
+                _warn_unless_calibrated(run.options, run.thresholds)
+            run.board = StatsBoard(WatchStats(source=run.source.name, camera=run.name,
+                                              mode="track" if track_mode else "part",
+                                              model=model_info.to_dict(), model_card=getattr(detector, "card", None)))
+        if options.serve is not None:
+            live, server, event_store = start_serving(options, [run.rules for run in runs], [run.name for run in runs],
+                                                      model_info, getattr(detector, "card", None), names)
+        for run in runs:
+            track_mode = run.board.snapshot().mode == "track"
+            belt = (learn_belt(run.options.belt, run.options, stop)
+                    if track_mode and run.options.belt is not None else None)
+            camera_detector = detector
+            if tile_per_camera and run.options.tile is not None:
+                camera_detector = TiledDetector(detector, (run.options.tile, run.options.tile),
+                                                overlap=run.options.tile_overlap)
+            run.station = _Station(run.options, camera_detector, names, model_info,
+                                   run.rules, run.source, dispatcher, track_mode, stop, run.board,
+                                   min_frames=line_min_frames(run.options, run.thresholds), belt=belt,
+                                   keep_scores=on_part is not None, on_part=on_part, anomaly=anomaly, cam=cam,
+                                   camera=run.name, camera_is_source=several,
+                                   sink_names=run.sink_names if several else None, live=live)
+            if live is not None:
+                live.add_camera(run.name, run.source.name, run.station.snapshot, sinks=run.station._sink_stats,
+                                outbox_failure=lambda: dispatcher.outbox_failure)
     except BaseException:
+        if server is not None:
+            server.stop()
+        if event_store is not None:
+            event_store.close()
         dispatcher.close(timeout_s=0.0)  # releases the outbox lock: a retry in this process must not find it taken
-        _close_trigger(source)
+        for run in runs:
+            _close_trigger(run.source)
         raise
-    logger.info("watching %s (%s mode) with %s [%s]; events to %s; outbox %s", source.name, board.snapshot().mode,
-                model_info.name, model_info.precision, ", ".join(s.name for s in sinks), _outbox_words(options.outbox))
+    for run in runs:
+        logger.info("watching %s%s (%s mode) with %s [%s]; events to %s; outbox %s", run.source.name,
+                    f" as camera {run.name}" if several else "", run.board.snapshot().mode, model_info.name,
+                    model_info.precision, ", ".join(run.sink_names), _outbox_words(options.outbox))
+    if server is not None:
+        logger.info("web page, API, /metrics and /healthz at %s", server.url)
 
-    ticker = StatsTicker(options.stats_interval_s, station.snapshot, on_stats,
+    snapshot = runs[0].station.snapshot if not several else lambda: combine_stats([r.station.snapshot() for r in runs])
+    ticker = StatsTicker(options.stats_interval_s, snapshot, on_stats,
                          lambda exc: logger.warning("stats callback failed: %s", exc)) if on_stats else None
     signals = _SignalHandlers(stop)
-    stopped_by: StopReason = "end"
-    frames: Iterator[Frame] = iter(source)
     with signals if install_signal_handlers else contextlib.nullcontext():
         if ticker is not None:
             ticker.start()
         try:
-            for frame in frames:
-                station.process(frame)
-                if options.max_frames is not None and board.count("frames") >= options.max_frames:
-                    stopped_by = "max_frames"
-                    break
-                if stop.is_set():
-                    break
-            if stop.is_set() and stopped_by == "end":
-                stopped_by = "signal" if signals.received is not None else "window" if station.window_closed else "stop"
-            station.finish("the source ended" if stopped_by == "end" else f"the station stopped ({stopped_by})")
+            if several:
+                _run_cameras(runs, stop, options.max_frames)
+            else:
+                _run_camera(runs[0], stop, options.max_frames)
+            for run in runs:
+                if run.stopped_by == "stop":
+                    run.stopped_by = ("signal" if signals.received is not None
+                                      else "window" if run.station.window_closed else "stop")
         finally:
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()  # runs the source's finally, which joins its reader thread
             if ticker is not None:
                 ticker.stop()
-            station.close_outputs()
+            for run in runs:
+                run.station.close_outputs()
             # Also on an exception: what is already in the outbox still gets its chance to go out.
             flushed, undelivered = _shutdown_delivery(dispatcher, options.flush_timeout_s)
-    final = board.snapshot(running=False, **_final_extras(station, undelivered))
-    summary = WatchSummary(stats=final, stopped_by=stopped_by, flushed=flushed, undelivered=undelivered,
-                           not_persisted_event_ids=dispatcher.not_persisted_event_ids())
-    logger.info("stopped (%s): %d frames, %d rejects, %d passes, %d errors; %s", stopped_by, final.frames,
+            if live is not None:
+                live.stopped()
+            if server is not None:
+                server.stop()
+            if event_store is not None:
+                event_store.close()
+    not_persisted = dispatcher.not_persisted_event_ids()
+    per_camera = [WatchSummary(stats=run.station.board.snapshot(running=False, **_final_extras(
+                      run.station, {k: v for k, v in undelivered.items() if k in run.sink_names})),
+                  stopped_by=run.stopped_by, flushed=flushed, undelivered=undelivered,
+                  not_persisted_event_ids=not_persisted) for run in runs]
+    if several:
+        stopped_by = next((s.stopped_by for s in per_camera if s.stopped_by != "end"), "end")
+        summary = WatchSummary(stats=combine_stats([s.stats for s in per_camera], running=False),
+                               stopped_by=stopped_by, flushed=flushed, undelivered=undelivered,
+                               not_persisted_event_ids=not_persisted, cameras=tuple(per_camera))
+    else:
+        summary = replace(per_camera[0], stats=replace(per_camera[0].stats, sink_backlog=dict(undelivered)))
+    final = summary.stats
+    logger.info("stopped (%s): %d frames, %d rejects, %d passes, %d errors; %s", summary.stopped_by, final.frames,
                 final.rejects, final.passes, final.errors,
                 "all events delivered" if flushed else f"undelivered events kept in {options.outbox}: {undelivered}")
     if summary.not_persisted_event_ids:
@@ -707,6 +815,82 @@ def watch(
         except Exception as exc:
             logger.warning("stats callback failed: %s", exc)
     return summary
+
+
+def _track_mode(options: WatchOptions, source: FrameSource) -> bool:
+    """Whether a camera tracks parts on a moving line (else each frame or trigger is one part)."""
+    if options.trigger is not None:  # one part per trigger: the trigger is the part finder
+        return False
+    return options.mode == "track" or (options.mode == "auto" and not source.per_part)
+
+
+def _open_camera_source(options: WatchOptions, stop: threading.Event, capture_factory: CaptureFactory) -> FrameSource:
+    source_options = SourceOptions(fps_cap=options.fps_cap, loop=options.loop, follow=options.follow,
+                                   stall_timeout_s=options.stall_timeout_s)
+    source = open_source(options.source, source_options, stop_event=stop, capture_factory=capture_factory)
+    if options.trigger is not None:
+        from yolodefect.stream.trigger import open_triggered_source
+
+        source = open_triggered_source(options.trigger, source, stop)
+    return source
+
+
+def _station_sinks(runs: list[_CameraRun]) -> list[Sink]:
+    """One sink per distinct spec over the cameras (two cameras naming the same file share its one writer);
+    each run gets the names of its own."""
+    by_spec: dict[str, Sink] = {}
+    for run in runs:
+        for spec in run.options.sinks:
+            if spec not in by_spec:
+                by_spec[spec] = sink_from_url(spec)
+        run.sink_names = tuple(dict.fromkeys(by_spec[spec].name for spec in run.options.sinks))
+    unique: dict[str, Sink] = {}
+    for sink in by_spec.values():
+        unique.setdefault(sink.name, sink)
+    return list(unique.values())
+
+
+def _run_camera(run: _CameraRun, stop: threading.Event, max_frames: int | None) -> None:
+    """One camera's frame loop, to the end of its source (or max_frames, or stop); its parts all decided."""
+    station = run.station
+    frames: Iterator[Frame] = iter(run.source)
+    try:
+        for frame in frames:
+            station.process(frame)
+            if max_frames is not None and station.board.count("frames") >= max_frames:
+                run.stopped_by = "max_frames"
+                break
+            if stop.is_set():
+                break
+        if stop.is_set() and run.stopped_by == "end":
+            run.stopped_by = "stop"
+        station.finish("the source ended" if run.stopped_by == "end" else f"the station stopped ({run.stopped_by})")
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()  # runs the source's finally, which joins its reader thread
+
+
+def _run_cameras(runs: list[_CameraRun], stop: threading.Event, max_frames: int | None) -> None:
+    """Every camera on its own thread; this (main) thread waits, so signals still reach the station.
+    A camera that fails stops the others, and its error is raised here once they have finished."""
+    def run_one(run: _CameraRun) -> None:
+        try:
+            _run_camera(run, stop, max_frames)
+        except BaseException as exc:
+            run.error = exc
+            logger.error("camera %s failed: %s; stopping the station", run.name, exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run_one, args=(run,), name=f"camera-{run.name}", daemon=True) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=0.2)
+    for run in runs:
+        if run.error is not None:
+            raise run.error
 
 
 def _cam_checkpoint(options: WatchOptions) -> Path | None:

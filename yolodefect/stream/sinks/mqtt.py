@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from yolodefect.stream.events import utc_now_iso
 from yolodefect.stream.redact import redact_urls
 from yolodefect.stream.sinks.base import SinkConfigError, SinkError, event_json, missing_extra
 
@@ -75,6 +76,7 @@ class MqttSink:
         self._closing = False
         self._connected = threading.Event()
         self._last_error = "not connected yet"
+        self._down_since: str | None = utc_now_iso()  # for the web page's "down since"; None while connected
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             # A unique id: two stations sharing an id would keep kicking each other off the broker.
@@ -100,6 +102,7 @@ class MqttSink:
             logger.warning("MQTT %s: %s", self.name, self._last_error)
             return
         logger.info("MQTT %s connected", self.name)
+        self._down_since = None
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -107,6 +110,14 @@ class MqttSink:
             logger.warning("MQTT %s disconnected (%s); reconnecting in the background", self.name, reason_code)
         self._connected.clear()
         self._last_error = f"disconnected: {reason_code}"
+        self._down_since = self._down_since or utc_now_iso()
+
+    def connection(self) -> tuple[str | None, str | None]:
+        """(why the broker connection is down, since when as UTC ISO); (None, None) while connected. The web page
+        shows a broker outage at once, before an event has to fail on it."""
+        if self._connected.is_set():
+            return None, None
+        return self._last_error, self._down_since
 
     def send(self, event: Mapping[str, Any]) -> None:
         if not self._connected.wait(self.timeout_s):
