@@ -137,3 +137,28 @@ def test_the_real_model_gives_a_batch_the_boxes_it_gives_each_frame() -> None:
         assert len(one) == len(batched)
         np.testing.assert_allclose(one.xyxy, batched.xyxy, atol=0.5)
         np.testing.assert_array_equal(one.class_id, batched.class_id)
+
+
+def test_with_a_batch_wait_two_cameras_calling_in_turn_share_batches_a_lone_camera_never_waits() -> None:
+    model = SlowModel(seconds=0.02)
+    shared = SharedDetector(model, batch_wait_ms=200)
+    results: dict[str, list[float]] = {"a": [], "b": []}
+
+    def camera(name: str, base: int) -> None:
+        for i in range(5):
+            time.sleep(0.003)  # the camera's own work between frames: without waiting they would alternate
+            results[name].append(float(shared(frame(base + i)).xyxy[0, 0]))
+
+    threads = [threading.Thread(target=camera, args=("a", 10)), threading.Thread(target=camera, args=("b", 20))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == {"a": [10.0, 11.0, 12.0, 13.0, 14.0], "b": [20.0, 21.0, 22.0, 23.0, 24.0]}
+    assert model.batch_sizes.count(2) >= 4  # nearly every pair went in together
+
+    lone = SharedDetector(SlowModel(seconds=0.0), batch_wait_ms=500)
+    started = time.monotonic()
+    for i in range(5):
+        lone(frame(i))
+    assert time.monotonic() - started < 0.5  # one camera: no call waited for a batch
