@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,21 @@ def demo_data(tmp_path_factory) -> Path:
     config["names"], config["nc"] = names, len(names)
     (out / "data.yaml").write_text(yaml.safe_dump(config))
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem, unmounted afterwards."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("a real full disk needs root, to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?): {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        # Lazy: a file the test failed to close must not leave the mount behind.
+        subprocess.run(["umount", "-l", str(mount)], check=True)

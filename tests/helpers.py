@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,34 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, interva
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET on 127.0.0.1; (0, why) while nothing listens there."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def fill(folder: Path) -> Path:
+    """Take every free block of folder's filesystem with one file; delete it to free the disk."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert os.statvfs(folder).f_bavail == 0
+    return filler

@@ -3,14 +3,9 @@ and never a reason for the station to stop (a full disk is tried for real on a s
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +17,7 @@ from yolodefect.stream import event_store as event_store_module
 from yolodefect.stream.event_store import EventStore, EventStoreError
 from yolodefect.stream.events import to_utc_iso
 from tests.builders import make_event
+from tests.helpers import fill
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -179,38 +175,6 @@ def test_reading_a_closed_store_says_so(tmp_path: Path) -> None:
 
 # -- a real full disk -----------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem, unmounted afterwards."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("a real full disk needs root, to mount a small tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?): {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(folder: Path) -> Path:
-    """Take every free block of folder's filesystem with one file; delete it to free the disk."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    assert os.statvfs(folder).f_bavail == 0
-    return filler
 
 
 def test_a_full_disk_is_logged_and_counted_never_raised(small_disk: Path, caplog: pytest.LogCaptureFixture,

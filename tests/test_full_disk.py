@@ -6,14 +6,9 @@ deleting the filler. Mounting needs root; elsewhere they skip with the reason.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,44 +26,11 @@ from yolodefect.stream.evidence import EvidenceWriter
 from yolodefect.stream.outbox import Outbox, OutboxError
 from yolodefect.stream.sinks import JsonlFileSink, WebhookSink
 from tests.builders import make_event
-from tests.helpers import wait_until
+from tests.helpers import fill, wait_until
 
 MODEL = ModelIdentity("fake.pt", "0" * 64, "fp32")
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem, unmounted afterwards."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("a real full disk needs root, to mount a small tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?): {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        # Lazy: a file the test failed to close must not leave the mount behind.
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(folder: Path) -> Path:
-    """Take every free block of folder's filesystem with one file; delete it to free the disk."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    assert os.statvfs(folder).f_bavail == 0
-    return filler
 
 
 def lines_of(path: Path) -> list[str]:

@@ -4,7 +4,6 @@ the events, the recent events survive a restart, and a bind the security rule fo
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -22,33 +21,9 @@ from yolodefect.detections import Detections
 from yolodefect.stream.events import ModelIdentity
 from yolodefect.stream.options import WatchOptions
 from yolodefect.stream.watch import watch
+from tests.helpers import free_port, http_get as get, wait_until
 
 MODEL = ModelIdentity(name="fake.pt", sha256="f" * 64, precision="fp32")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:  # not listening (yet, or any more)
-        return 0, str(exc)
-
-
-def wait_until(condition, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class Camera:

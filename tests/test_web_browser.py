@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import pytest
 
 from tests.browser import browser, page  # noqa: F401 - fixtures
 from tests.conftest import REPO_ROOT
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, http_get as get, wait_until
 from tests.station_child import FLUSH_TIMEOUT_S, truth_path
 from tests.test_sinks_mqtt import Broker  # skips here too without mosquitto
 from yolodefect.data.conveyor import write_conveyor_video
@@ -69,16 +68,6 @@ def write_videos(folder: Path) -> list[Path]:
         truth_path(truth.path).write_text(json.dumps(truth.to_dict()))
         videos.append(truth.path)
     return videos
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def rejects_by_camera(metrics_text: str) -> dict[str, float]:
