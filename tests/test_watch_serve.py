@@ -121,6 +121,7 @@ def test_health_metrics_and_events_follow_a_running_station(tmp_path: Path) -> N
     summary = result["summary"]
     written = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert summary.stats.rejects == len([e for e in written if e["decision"] == "reject"])
+    assert {e["source"] for e in written} == {"press-1"}  # a camera given a name is named in its events
     assert summary.stats.rejects_by_class == {
         name: len([e for e in written if e["defects"][0]["class"] == name]) for name in ("scratch", "pit")}
     # The server went away with the station.

@@ -745,7 +745,7 @@ def watch(
                                    run.rules, run.source, dispatcher, track_mode, stop, run.board,
                                    min_frames=line_min_frames(run.options, run.thresholds), belt=belt,
                                    keep_scores=on_part is not None, on_part=on_part, anomaly=anomaly, cam=cam,
-                                   camera=run.name, camera_is_source=several,
+                                   camera=run.name, camera_is_source=several or options.camera is not None,
                                    sink_names=run.sink_names if several else None, live=live)
             if live is not None:
                 live.add_camera(run.name, run.source.name, run.station.snapshot, sinks=run.station._sink_stats,
