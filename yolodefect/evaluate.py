@@ -16,12 +16,13 @@ from typing import Any
 
 from yolodefect.data.yolo_dataset import load_data_config
 from yolodefect.errors import UsageError
-from yolodefect.evaluation.decisions import eligible_predictions, operating_curve
+from yolodefect.evaluation.decisions import eligible_predictions, operating_curve, rejected_parts
 from yolodefect.evaluation.evaluator import evaluate_detections
 from yolodefect.evaluation.ground_truth import load_ground_truth
 from yolodefect.evaluation.metrics import EvalMetrics
 from yolodefect.evaluation.plots import plot_confusion_matrix, plot_operating_curve, plot_pr_curves
 from yolodefect.evaluation.predictors import Predictor, UltralyticsPredictor
+from yolodefect.evaluation.profile import PROFILE_NAME, build_profile, write_profile
 from yolodefect.evaluation.thresholds import choose_thresholds
 from yolodefect.evaluation.ultralytics_val import validator_predictions
 from yolodefect.inference.model_file import check_imgsz
@@ -236,6 +237,12 @@ def evaluate(
             )
             files["confusion_matrix"] = plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
         files["metrics"] = out_dir / "metrics.json"
+        # What this split looked like to the model: the station's drift monitor compares the line with it.
+        rejected = rejected_parts(predictions, class_names, rules)
+        profile = build_profile([truth.image_path for truth in ground_truth], predictions, class_names, rules,
+                                split=split, model=model.name,
+                                reject_rate=float(rejected.mean()) if len(rejected) else 0.0)
+        files["profile"] = write_profile(profile, out_dir / PROFILE_NAME)
 
     result = EvalResult(
         model=str(model),
