@@ -107,6 +107,7 @@ def test_health_metrics_and_events_follow_a_running_station(tmp_path: Path) -> N
         assert metric(text, "yolodefect_rejected_class_total") == len(rejects)  # one class per reject here
         assert metric(text, "yolodefect_frames_total") == state["totals"]["frames"]
         assert metric(text, "yolodefect_healthy") == 0
+        assert state["cameras"][0]["thresholds"] == {"scratch": 0.25, "pit": 0.25}  # the camera's own (conf)
         first = rejects[-1]
         status, one = get(f"{base}/api/events/{first['event_id']}")
         assert status == 200 and json.loads(one)["event_id"] == first["event_id"]

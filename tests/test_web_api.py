@@ -285,7 +285,7 @@ def test_mjpeg_stream_sends_new_frames_at_most_max_fps(station):
     def camera():  # a fast camera: 100 frames a second
         value = 0
         while not stop.is_set():
-            value = (value + 10) % 250
+            value = (value + 1) % 250  # 250 distinct frames: no repeat within the ~2 s the test reads
             station.view.publish_frame("a", lambda v=value: _frame(v))
             time.sleep(0.01)
 
@@ -297,7 +297,7 @@ def test_mjpeg_stream_sends_new_frames_at_most_max_fps(station):
         with httpx.stream("GET", f"{web.url}api/cameras/a/stream.mjpeg", timeout=10.0) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("multipart/x-mixed-replace; boundary=")
-            parts = _mjpeg_parts(response, count=6, timeout_s=5.0)
+            parts = _mjpeg_parts(response, count=6, timeout_s=15.0)  # generous: a loaded CI machine
     finally:
         stop.set()
         web.stop()

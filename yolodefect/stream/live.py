@@ -44,6 +44,7 @@ class _Camera:
     stats: Callable[[], WatchStats]
     sinks: Callable[[], dict[str, dict[str, Any]]] | None = None
     outbox_failure: Callable[[], str | None] | None = None
+    thresholds: dict[str, float] | None = None
     draw: Callable[[], np.ndarray] | None = None
     sequence: int = 0  # of the latest published frame
     jpeg: tuple[int, bytes] | None = None  # (sequence, bytes) of the latest encoded frame
@@ -79,11 +80,14 @@ class LiveView:
 
     def add_camera(self, name: str, source: str, stats: Callable[[], WatchStats], *,
                    sinks: Callable[[], dict[str, dict[str, Any]]] | None = None,
-                   outbox_failure: Callable[[], str | None] | None = None) -> None:
+                   outbox_failure: Callable[[], str | None] | None = None,
+                   thresholds: Mapping[str, float] | None = None) -> None:
+        """A camera of the station; ``thresholds`` are its own (cameras may have their own thresholds file)."""
         with self._lock:
             if name in self._cameras:
                 raise ValueError(f"camera {name!r} is already in this station; camera names must differ")
-            self._cameras[name] = _Camera(name, source, stats, sinks, outbox_failure)
+            self._cameras[name] = _Camera(name, source, stats, sinks, outbox_failure,
+                                          thresholds=dict(thresholds) if thresholds is not None else None)
             self._version += 1
             self._changed.notify_all()
 
@@ -223,8 +227,10 @@ class LiveView:
         per_camera = self.camera_stats()
         with self._lock:
             sources = {name: c.source for name, c in self._cameras.items()}
+            thresholds = {name: c.thresholds for name, c in self._cameras.items()}
             running, version = self._running, self._version
-        cameras = [_camera_status(name, sources[name], stats) for name, stats in per_camera.items()]
+        cameras = [{**_camera_status(name, sources[name], stats), "thresholds": thresholds[name]}
+                   for name, stats in per_camera.items()]
         totals: dict[str, Any] = {key: sum(c[key] for c in cameras) for key in
                                   ("frames", "parts", "rejects", "passes", "errors", "dropped_frames", "events")}
         by_class: dict[str, int] = {}

@@ -473,14 +473,14 @@ class Station:
                 pass
 
     def snapshot(self, running: bool = True) -> WatchStats:
-        sinks = self._sink_stats()
+        sinks = self.sink_stats()
         return self.board.snapshot(
             running=running, **source_extras(self.source), sink_backlog={k: int(v["backlog"]) for k, v in sinks.items()},
             sink_errors={k: v["last_error"] for k, v in sinks.items()},
             evidence_failures=self.evidence.failures if self.evidence else 0,
         )
 
-    def _sink_stats(self) -> dict[str, dict[str, Any]]:
+    def sink_stats(self) -> dict[str, dict[str, Any]]:
         try:
             stats = self.dispatcher.stats()
             return stats if self.sink_names is None else {k: v for k, v in stats.items() if k in self.sink_names}

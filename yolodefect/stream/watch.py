@@ -201,6 +201,8 @@ def watch(
     if options.source is None and not options.cameras:
         raise UsageError("no source: give --source (or 'source:' in the station config), e.g. a camera index, "
                          "rtsp:// URL, video file or image folder")
+    if options.serve is not None:
+        check_serving(options)  # a non-loopback address without a token is refused before anything opens
     if detector is None and options.model is None and not options.anomaly_only:
         options = with_shipped_model(options)
         logger.info("no model given: running the shipped demonstration model %s (trained on synthetic parts; "
@@ -210,8 +212,6 @@ def watch(
     for _, camera_opts in cameras:
         check_outputs_outside_source(camera_opts)  # before any sink, outbox, evidence or video file is opened
     cam_checkpoint = _cam_checkpoint(options)  # before opening anything: an export without its .pt is a usage error
-    if options.serve is not None:
-        check_serving(options)  # a non-loopback address without a token is refused before anything opens
     stop = stop_event if stop_event is not None else threading.Event()
     runs: list[_CameraRun] = []
     for name, camera_opts in cameras:
@@ -294,8 +294,9 @@ def watch(
                                    camera=run.name, camera_is_source=several or options.camera is not None,
                                    sink_names=run.sink_names if several else None, live=live)
             if live is not None:
-                live.add_camera(run.name, run.source.name, run.station.snapshot, sinks=run.station._sink_stats,
-                                outbox_failure=lambda: dispatcher.outbox_failure)
+                live.add_camera(run.name, run.source.name, run.station.snapshot, sinks=run.station.sink_stats,
+                                outbox_failure=lambda: dispatcher.outbox_failure,
+                                thresholds={name: run.rules.threshold(name) for name in names.values()})
     except BaseException:
         if server is not None:
             server.stop()
