@@ -152,3 +152,25 @@ def test_station_file_cameras_resolve_paths_and_keep_their_own_settings(tmp_path
     assert cameras["top"].sinks == (str(tmp_path / "top.jsonl"),)
     assert cameras["side"].conf == 0.4 and cameras["side"].roi == ((0, 0), (10, 0), (10, 10))
     assert cameras["side"].camera == "side"
+
+
+def test_the_cli_runs_one_station_for_repeated_sources(videos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from yolodefect.cli import app
+    from yolodefect.stream.events import ModelIdentity
+
+    left, right = videos
+    detector = FrameContentDetector(left, right)
+    detector.model_info = ModelIdentity(name="fake.pt", sha256="f" * 64, precision="fp32")
+    (tmp_path / "fake.pt").write_bytes(b"not used: the model is replaced")
+    loaded = []
+    monkeypatch.setattr("yolodefect.stream.watch.make_detector", lambda *args: loaded.append(args) or detector)
+    result = CliRunner().invoke(app, ["watch", "--source", str(left.path), "--source", str(right.path), "--model",
+                                      str(tmp_path / "fake.pt"), "--sink", str(tmp_path / "events.jsonl"),
+                                      "--outbox", str(tmp_path / "outbox.sqlite"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {name: camera["rejects"] for name, camera in summary["cameras"].items()} == {"left": 1, "right": 2}
+    assert summary["rejects"] == 3 and len(loaded) == 1  # one station, one model for both cameras
+    assert sorted(e["source"] for e in read_events(tmp_path / "events.jsonl")) == ["left", "right", "right"]
