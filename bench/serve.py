@@ -117,6 +117,21 @@ def serve_round(model: Path, imgsz: int, clip: Path, work: Path, browser, order:
     return results
 
 
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(port: int, timeout_s: float = 10.0) -> None:
+    """Until the station's server takes connections (it starts before the first frame)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not listening(port):
+        time.sleep(0.05)
+
+
 def stream_client(port: int, camera: str) -> None:
     """What a page elsewhere costs the station: the live MJPEG and the server-sent events, read to the end."""
     import urllib.request
@@ -129,13 +144,7 @@ def stream_client(port: int, camera: str) -> None:
         except OSError:
             pass  # the station stopped and took the server with it
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
+    wait_listening(port)
     readers = [threading.Thread(target=read, args=(path,), daemon=True)
                for path in (f"/api/cameras/{camera}/stream.mjpeg", "/api/stream")]
     for reader in readers:
@@ -146,13 +155,7 @@ def stream_client(port: int, camera: str) -> None:
 
 def open_page(browser, port: int) -> None:
     """Keep the page open (live view, SSE) while the station runs; it ends when the server goes away."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
+    wait_listening(port)
     browser.put(port)
 
 
@@ -186,12 +189,7 @@ class PageDriver:
                     page.goto(f"http://127.0.0.1:{port}/", timeout=10_000)
                     self.loaded.append(time.perf_counter() - started)
                     # Stay on the page (MJPEG + SSE flowing) until the station stops and the server goes away.
-                    while True:
-                        try:
-                            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                                pass
-                        except OSError:
-                            break
+                    while listening(port):
                         page.wait_for_timeout(250)
                 except Exception as exc:  # a page that fails is reported, the station's numbers still count
                     print(f"page: {exc}", file=sys.stderr)

@@ -23,7 +23,9 @@ import cv2
 import numpy as np
 
 from yolodefect.stream.events import utc_now_iso
-from yolodefect.stream.stats import WatchStats
+from yolodefect.stream.stats import WatchStats, combine_stats
+
+_TOTALS = ("frames", "parts", "rejects", "passes", "errors", "dropped_frames", "events")
 
 # A camera that has not finished a frame for this long is stalled: /healthz says 503 and names it.
 DEFAULT_STALL_S = 10.0
@@ -200,8 +202,9 @@ class LiveView:
                                 "failed_attempts": int(sink.get("failed_attempts", 0)), "last_error": problem}
         return list(states.values())
 
-    def health(self) -> tuple[bool, str | None]:
-        """(ok, reason): ok while every camera finishes frames (within ``stall_s``) and every outbox stores events."""
+    def health(self, camera_stats: Mapping[str, WatchStats] | None = None) -> tuple[bool, str | None]:
+        """(ok, reason): ok while every camera finishes frames (within ``stall_s``) and every outbox stores events.
+        ``camera_stats``: the cameras' stats when the caller has just taken them (a snapshot is not free)."""
         reasons = []
         with self._lock:
             cameras = list(self._cameras.values())
@@ -209,7 +212,7 @@ class LiveView:
         if not running:
             reasons.append("the station has stopped")
         for camera in cameras:
-            stats = camera.stats()
+            stats = (camera_stats or {}).get(camera.name) or camera.stats()
             age = stats.seconds_since_frame
             if age is None:
                 age = time.monotonic() - self._started
@@ -231,14 +234,11 @@ class LiveView:
             running, version = self._running, self._version
         cameras = [{**_camera_status(name, sources[name], stats), "thresholds": thresholds[name]}
                    for name, stats in per_camera.items()]
-        totals: dict[str, Any] = {key: sum(c[key] for c in cameras) for key in
-                                  ("frames", "parts", "rejects", "passes", "errors", "dropped_frames", "events")}
-        by_class: dict[str, int] = {}
-        for camera in cameras:
-            for name, count in camera["rejects_by_class"].items():
-                by_class[name] = by_class.get(name, 0) + count
-        totals["rejects_by_class"] = by_class
-        ok, reason = self.health()
+        # The station's numbers are the cameras' summed, as the watch summary sums them.
+        combined = combine_stats(list(per_camera.values())) if per_camera else None
+        totals: dict[str, Any] = {key: getattr(combined, key) if combined else 0 for key in _TOTALS}
+        totals["rejects_by_class"] = dict(combined.rejects_by_class) if combined else {}
+        ok, reason = self.health(per_camera)
         return {
             "station": {"name": self.station, "started_at": self.started_at, "running": running,
                         "uptime_s": round(time.monotonic() - self._started, 1)},

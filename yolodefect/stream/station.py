@@ -375,7 +375,8 @@ class Station:
         latency_ms = (time.monotonic() - frame.captured_monotonic) * 1000.0
         event = replace(event, latency_ms=latency_ms, emitted_at=utc_now_iso(), snapshot_paths=paths)
         outbox_was_failing = self.dispatcher.outbox_failure is not None
-        self._submit(event)
+        data = event.to_dict()  # once: the outbox stores it, the web page's store keeps it
+        self._submit(data)
         counter = {"reject": "rejects", "pass": "passes", "error": "errors"}[decision]
         self.board.add(counter)
         if decision == "reject":
@@ -384,7 +385,7 @@ class Station:
             self.board.add("parts")
         if self.live is not None:
             self.live.observe("event", self.camera, latency_ms)
-            self.live.event_added(event.to_dict())
+            self.live.event_added(data)
         logger.debug("event %s: %s part %s (%d defects)", event.event_id, decision, part_id, len(defects))
         if self.dispatcher.outbox_failure is not None and not outbox_was_failing:
             self._outbox_alarm(frame)
@@ -408,7 +409,7 @@ class Station:
             return None
         return round(self.anomaly.score_of(confidence), 4)
 
-    def _submit(self, event: Event) -> None:
+    def _submit(self, event: Mapping[str, Any] | Event) -> None:
         # A full outbox does not stop the line: submit then sends the event to the sinks directly and
         # to stderr, and the run ends non-zero naming it (WatchSummary.not_persisted_event_ids).
         self.dispatcher.submit(event, self.sink_names)
