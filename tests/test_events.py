@@ -52,7 +52,7 @@ def test_wire_field_names() -> None:
     assert data["defects"][0] == {"class": "scratch", "confidence": 0.91, "bbox_xyxy": [10.0, 20.0, 110.5, 220.0]}
     assert data["image_size"] == [1280, 720]
     assert data["model"] == {"name": "best.pt", "sha256": "ab" * 32, "precision": "fp16"}
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
 
 
 @pytest.mark.parametrize("decision", ["reject", "pass", "error"])
@@ -134,3 +134,52 @@ def test_invalid_values_raise_actionable_errors() -> None:
         ModelIdentity("m.pt", "abc", "fp32")
     with pytest.raises(EventError, match="confidence"):
         Defect("scratch", 1.2, (0, 0, 1, 1))
+
+
+def alarm_event(decision: str = "drift", state: str = "raised", **overrides: Any) -> Event:
+    from yolodefect.stream.events import Alarm
+
+    alarm = Alarm(state=state, reason="brightness moved away from the reference profile",
+                  features={"brightness": {"psi": 1.8, "p_value": 1e-9, "reference_median": 121.0,
+                                           "window_median": 84.0}},
+                  alarm_id=None if state == "raised" else str(uuid.uuid4()))
+    fields: dict[str, Any] = dict(source="cam0", latency_ms=0.0, image_size_wh=(640, 360), model=MODEL,
+                                  message="drift raised: brightness", alarm=alarm)
+    fields.update(overrides)
+    return make_event_record(7, decision, **fields)
+
+
+@pytest.mark.parametrize("decision,state", [("drift", "raised"), ("drift", "cleared"), ("camera_fault", "raised")])
+def test_alarm_events_round_trip_and_validate(validator: Any, decision: str, state: str) -> None:
+    event = alarm_event(decision, state)
+    data = json.loads(event.to_json())
+    validator.validate(data)
+    assert data["schema_version"] == 2 and data["alarm"]["state"] == state
+    assert data["alarm"]["features"]["brightness"]["window_median"] == 84.0
+    assert Event.from_json(event.to_json()) == event
+
+
+def test_an_alarm_decision_needs_its_alarm_and_a_part_decision_has_none(validator: Any) -> None:
+    with pytest.raises(EventError, match="needs an alarm record"):
+        alarm_event(alarm=None)
+    with pytest.raises(EventError, match="cannot carry an alarm record"):
+        alarm_event("reject")
+    data = full_event().to_dict()
+    data["alarm"] = {"state": "raised", "reason": "x", "features": {}}
+    assert not validator.is_valid(data)
+    data = alarm_event().to_dict()
+    del data["alarm"]
+    assert not validator.is_valid(data)
+
+
+def test_thresholds_recorded_and_version_1_events_still_read(validator: Any) -> None:
+    event = full_event(thresholds={"scratch": 0.25, "dent": 0.4})
+    data = event.to_dict()
+    validator.validate(data)
+    assert data["thresholds"] == {"scratch": 0.25, "dent": 0.4}
+    old = full_event().to_dict()
+    old["schema_version"] = 1  # an outbox written by the previous release
+    validator.validate(old)
+    assert Event.from_dict(old).thresholds is None
+    with pytest.raises(EventError, match="schema_version 3"):
+        Event.from_dict({**old, "schema_version": 3})

@@ -19,10 +19,16 @@ from typing import Any, Literal, cast, get_args
 from yolodefect.errors import YoloDefectError
 from yolodefect.inference.model_file import ModelFile
 
-SCHEMA_VERSION = 1
+# Version 2 (issue #17) added the alarm events ("drift", "camera_fault") with their ``alarm`` record, and the
+# ``thresholds`` a part was decided with. Version 1 events (an outbox written before the upgrade) still read.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
-Decision = Literal["reject", "pass", "error"]
+Decision = Literal["reject", "pass", "error", "drift", "camera_fault"]
 DECISIONS: tuple[str, ...] = get_args(Decision)
+PART_DECISIONS: tuple[str, ...] = ("reject", "pass", "error")  # the rest are station alarms, not parts
+ALARM_DECISIONS: tuple[str, ...] = ("drift", "camera_fault")
+AlarmState = Literal["raised", "cleared"]
 
 # UTC only: line events are compared across stations and PLCs, so a local offset would be a bug waiting.
 _UTC_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)$")
@@ -128,6 +134,41 @@ class ModelIdentity:
 
 
 @dataclass(frozen=True)
+class Alarm:
+    """A station alarm (events with decision ``drift`` or ``camera_fault``): raised, then cleared by a second event.
+
+    ``features`` says what moved and how far, by feature name (for drift: the test's numbers, e.g. ``psi``,
+    ``p_value``, ``reference_median``, ``window_median``; for a camera fault: the frame measure that tripped it).
+    """
+
+    state: AlarmState
+    reason: str
+    features: dict[str, dict[str, float]] = field(default_factory=dict)
+    alarm_id: str | None = None  # the raising event's id, on the clearing event: pairs the two
+
+    def __post_init__(self) -> None:
+        if self.state not in ("raised", "cleared"):
+            raise EventError(f"alarm state {self.state!r} must be 'raised' or 'cleared'")
+        if not self.reason:
+            raise EventError("an alarm needs a reason saying what moved or failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason,
+                "features": {name: {k: float(v) for k, v in values.items()} for name, values in self.features.items()},
+                **({"alarm_id": self.alarm_id} if self.alarm_id else {})}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Alarm:
+        try:
+            return cls(state=cast(AlarmState, data["state"]), reason=str(data["reason"]),
+                       features={str(n): {str(k): float(v) for k, v in values.items()}
+                                 for n, values in (data.get("features") or {}).items()},
+                       alarm_id=data.get("alarm_id"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EventError(f"alarm {data!r} is malformed ({exc}); expected state, reason, features") from exc
+
+
+@dataclass(frozen=True)
 class Event:
     """One inspection result. Build it with :func:`new_event`, which fills the id and emission time."""
 
@@ -148,6 +189,10 @@ class Event:
     part_bbox_xyxy: tuple[float, float, float, float] | None = None
     # The anomaly model the station ran beside the detector (watch --anomaly); None when it ran none.
     anomaly_model: ModelIdentity | None = None
+    # The per-class confidence thresholds the part was decided with (schema 2); None where not recorded.
+    thresholds: dict[str, float] | None = None
+    # Decisions "drift" and "camera_fault" only: what the alarm is about, raised or cleared.
+    alarm: Alarm | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -172,6 +217,12 @@ class Event:
         if self.decision == "error" and not self.message:
             # An error event without a reason cannot be acted on at the line.
             raise EventError("an 'error' event needs a message saying what failed")
+        if (self.decision in ALARM_DECISIONS) != (self.alarm is not None):
+            raise EventError(f"decision {self.decision!r} " + ("needs an alarm record" if self.alarm is None
+                                                              else "cannot carry an alarm record"))
+        if self.thresholds is not None and not all(
+                isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0 for v in self.thresholds.values()):
+            raise EventError(f"thresholds {self.thresholds!r} must map class names to confidences in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +242,8 @@ class Event:
             "message": self.message,
             **({"part_bbox_xyxy": [float(v) for v in self.part_bbox_xyxy]} if self.part_bbox_xyxy is not None else {}),
             **({"anomaly_model": self.anomaly_model.to_dict()} if self.anomaly_model is not None else {}),
+            **({"thresholds": {k: float(v) for k, v in self.thresholds.items()}} if self.thresholds is not None else {}),
+            **({"alarm": self.alarm.to_dict()} if self.alarm is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -200,10 +253,10 @@ class Event:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
         version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise EventError(
-                f"event schema_version {version!r} is not supported (this yolodefect reads {SCHEMA_VERSION}); "
-                "upgrade yolodefect"
+                f"event schema_version {version!r} is not supported (this yolodefect reads "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}); upgrade yolodefect"
             )
         try:
             width, height = (int(v) for v in data["image_size"])
@@ -223,6 +276,8 @@ class Event:
                 message=data.get("message"),
                 part_bbox_xyxy=tuple(float(v) for v in data["part_bbox_xyxy"]) if data.get("part_bbox_xyxy") else None,
                 anomaly_model=ModelIdentity.from_dict(data["anomaly_model"]) if data.get("anomaly_model") else None,
+                thresholds={str(k): float(v) for k, v in data["thresholds"].items()} if data.get("thresholds") else None,
+                alarm=Alarm.from_dict(data["alarm"]) if data.get("alarm") else None,
             )
         except KeyError as exc:
             raise EventError(f"event is missing field {exc.args[0]!r}") from exc
@@ -255,6 +310,8 @@ def new_event(
     message: str | None = None,
     part_bbox_xyxy: tuple[float, float, float, float] | None = None,
     anomaly_model: ModelIdentity | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    alarm: Alarm | None = None,
 ) -> Event:
     """Create an event with a fresh uuid4 ``event_id`` and ``emitted_at`` set to now (UTC)."""
     captured = to_utc_iso(captured_at) if isinstance(captured_at, datetime) else captured_at
@@ -274,6 +331,8 @@ def new_event(
         message=message,
         part_bbox_xyxy=part_bbox_xyxy,
         anomaly_model=anomaly_model,
+        thresholds=None if thresholds is None else {str(k): float(v) for k, v in thresholds.items()},
+        alarm=alarm,
     )
 
 
