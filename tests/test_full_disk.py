@@ -197,7 +197,7 @@ def test_watch_on_a_full_disk_loses_no_decision_and_exits_1(
     parts = tmp_path / "parts"
     parts.mkdir()
     for i in range(8):
-        cv2.imwrite(str(parts / f"p{i}.png"), np.full((32, 32), 10 * i, np.uint8))
+        cv2.imwrite(str(parts / f"p{i}.png"), np.full((32, 32), 40 + 10 * i, np.uint8))
     (tmp_path / "fake.pt").write_bytes(b"not used: the detector is replaced")
     detector = FillingDetector(small_disk)
     monkeypatch.setattr("yolodefect.stream.watch.make_detector", lambda *args: detector)

@@ -110,7 +110,7 @@ def test_the_model_file_is_what_events_carry(tiny_model: Path, tmp_path: Path) -
         folder = tmp_path / "parts"
         folder.mkdir()
         cv2.imwrite(str(folder / "p0.png"), np.zeros((32, 32, 3), np.uint8))
-        options = WatchOptions(source=str(folder), model=tiny_model, conf=0.5, emit_pass=True,
+        options = WatchOptions(camera_faults=False, source=str(folder), model=tiny_model, conf=0.5, emit_pass=True,
                                sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite")
         watch(options, detector=lambda image: Detections.empty(), class_names=["scratch"])
         events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]

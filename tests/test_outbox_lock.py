@@ -98,7 +98,7 @@ def test_second_station_on_the_same_outbox_fails_at_start_with_one_red_line(tmp_
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     parts = tmp_path / "parts"
     parts.mkdir()
-    cv2.imwrite(str(parts / "p0.png"), np.zeros((32, 32), np.uint8))
+    cv2.imwrite(str(parts / "p0.png"), np.full((32, 32), 128, np.uint8))
     (tmp_path / "fake.pt").write_bytes(b"not used: the detector is replaced")
     monkeypatch.setattr("yolodefect.stream.watch.make_detector", lambda *args: detector)
     outbox, events_path = tmp_path / "outbox.sqlite", tmp_path / "events.jsonl"
@@ -115,7 +115,7 @@ def test_startup_log_says_the_default_outbox_is_in_the_working_folder(tmp_path: 
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     parts = tmp_path / "parts"
     parts.mkdir()
-    cv2.imwrite(str(parts / "p0.png"), np.zeros((32, 32), np.uint8))
+    cv2.imwrite(str(parts / "p0.png"), np.full((32, 32), 128, np.uint8))
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger="yolodefect.stream.watch"):
         summary = watch(WatchOptions(source=str(parts), sinks=("events.jsonl",)), detector=detector)

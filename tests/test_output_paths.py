@@ -38,7 +38,7 @@ def one_defect(image: np.ndarray) -> Detections:
 def write_images(folder: Path, count: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        assert cv2.imwrite(str(folder / f"part_{i}.png"), np.full((64, 64, 3), 60 * i, np.uint8))
+        assert cv2.imwrite(str(folder / f"part_{i}.png"), np.full((64, 64, 3), 60 + 60 * i, np.uint8))
     return folder
 
 
@@ -127,7 +127,7 @@ def save_is_a_file_the_glob_matched(tmp: Path) -> tuple[dict[str, Any], str, str
 
 def evidence_under_a_recursive_glob(tmp: Path) -> tuple[dict[str, Any], str, str]:
     (tmp / "parts" / "old").mkdir(parents=True)
-    assert cv2.imwrite(str(tmp / "parts" / "old" / "part.jpg"), np.zeros((64, 64, 3), np.uint8))
+    assert cv2.imwrite(str(tmp / "parts" / "old" / "part.jpg"), np.full((64, 64, 3), 128, np.uint8))
     return dict(source="parts/**/*.jpg", evidence_dir="parts/evidence"), "--evidence parts/evidence", "parts/**/*.jpg"
 
 
@@ -163,7 +163,7 @@ def test_outputs_beside_the_source_run_and_write_there(tmp_path: Path, monkeypat
     glob_run = WatchOptions(source="parts/*.png", sinks=("parts/events.jsonl",), outbox="parts/outbox.sqlite",
                             evidence_dir="parts/evidence")
     folder_run = WatchOptions(source="parts", sinks=("events.jsonl",), outbox="outbox.sqlite", evidence_dir="evidence")
-    video_run = WatchOptions(source="v.mp4", mode="part", sinks=("v.jsonl",), outbox="v.sqlite",
+    video_run = WatchOptions(source="v.mp4", mode="part", sinks=("v.jsonl",), outbox="v.sqlite", camera_faults=False,
                              save="v.annotated.mp4", max_frames=2)
     for options, events in ((glob_run, "parts/events.jsonl"), (folder_run, "events.jsonl"), (video_run, "v.jsonl")):
         check_outputs_outside_source(options)

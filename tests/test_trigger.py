@@ -399,7 +399,7 @@ def test_watch_with_a_trigger_makes_one_decision_per_message(broker: Broker, tmp
 
     detector.class_names = ["scratch"]  # type: ignore[attr-defined]
     events_path = tmp_path / "events.jsonl"
-    options = WatchOptions(source="0", trigger=f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", emit_pass=True,
+    options = WatchOptions(camera_faults=False, source="0", trigger=f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", emit_pass=True,
                            sinks=(str(events_path),), outbox=tmp_path / "outbox.sqlite", stall_timeout_s=1.0)
     runner = threading.Thread(target=lambda: watch(options, detector=detector, stop_event=stop,
                                                    capture_factory=camera.capture), daemon=True)

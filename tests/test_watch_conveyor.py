@@ -9,6 +9,7 @@ slower test; the part finder's hard cases (small gaps, texture, flicker) are in 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -340,3 +341,38 @@ def test_camera_faster_than_the_station_still_rejects_each_part_once(tmp_path: P
     for part, event in enumerate(events):
         assert event["frame_index"] - camera.first_locked in LockstepCamera.in_view(part)
         assert len(event["defects"]) == 1 and inside(event["defects"][0]["bbox_xyxy"], event["part_bbox_xyxy"])
+
+
+def test_a_still_image_profile_beside_the_thresholds_is_not_used_on_a_moving_line(
+        conveyor: ConveyorTruth, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """eval's profile.json describes still images; a line's part crops differ from them (framing, sharpness), so
+    found beside the thresholds it would alarm on a stable line: the station leaves drift off there and says why,
+    and runs it when asked explicitly."""
+    from yolodefect.evaluation.profile import build_profile, write_profile
+    from yolodefect.inference.rules import build_reject_rules
+    from yolodefect.inference.thresholds_file import Thresholds, write_thresholds_yaml
+
+    names = list(conveyor.class_names)
+    bright = []
+    for index in range(60):  # a reference nothing on this line looks like: white, flat stills
+        path = tmp_path / f"still{index}.png"
+        cv2.imwrite(str(path), np.full((64, 64, 3), 250 - index % 3, np.uint8))
+        bright.append(path)
+    profile = build_profile(bright, [Detections.empty()] * len(bright), names, build_reject_rules(thresholds=None, conf=0.5),
+                            split="val", model="fake.pt", reject_rate=0.0)
+    write_profile(profile, tmp_path / "profile.json")
+    thresholds = write_thresholds_yaml(tmp_path / "thresholds.yaml", Thresholds(
+        conf={name: 0.5 for name in names}, target_recall=None, target_reached=True, recall=None, escape_rate=None,
+        false_reject_rate=None, reject_classes=names))
+    caplog.set_level(logging.INFO, logger="yolodefect")
+    watch(options_for(tmp_path, conveyor.path, evidence_dir=None, thresholds=thresholds),
+          detector=GroundTruthDetector(conveyor))
+    assert "drift monitor off on this moving line" in caplog.text
+    assert all(e["decision"] in ("reject", "pass", "error") for e in read_events(tmp_path / "events.jsonl"))
+
+    caplog.clear()
+    asked = tmp_path / "asked"
+    asked.mkdir()
+    watch(options_for(asked, conveyor.path, evidence_dir=None, thresholds=thresholds, drift="alarm", drift_window=10),
+          detector=GroundTruthDetector(conveyor))
+    assert "drift monitor (alarm)" in caplog.text

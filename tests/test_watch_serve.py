@@ -80,7 +80,7 @@ def test_health_metrics_and_events_follow_a_running_station(tmp_path: Path) -> N
     flowing.set()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    options = WatchOptions(source="0", camera="press-1", mode="part", sinks=(str(tmp_path / "events.jsonl"),),
+    options = WatchOptions(camera_faults=False, source="0", camera="press-1", mode="part", sinks=(str(tmp_path / "events.jsonl"),),
                            outbox=tmp_path / "outbox.sqlite", evidence_dir=tmp_path / "evidence",
                            serve=f"127.0.0.1:{port}", stall_timeout_s=0.5, flush_timeout_s=2)
     result: dict[str, Any] = {}
@@ -134,7 +134,7 @@ def test_health_metrics_and_events_follow_a_running_station(tmp_path: Path) -> N
     port = free_port()
     stop = threading.Event()
     restarted = threading.Thread(target=watch, args=(WatchOptions(
-        source="0", camera="press-1", mode="part", sinks=(str(tmp_path / "events.jsonl"),),
+        camera_faults=False, source="0", camera="press-1", mode="part", sinks=(str(tmp_path / "events.jsonl"),),
         outbox=tmp_path / "outbox.sqlite", serve=f"127.0.0.1:{port}", stall_timeout_s=0.5),),
         kwargs=dict(detector=EveryTenth(), stop_event=stop, capture_factory=lambda _: Camera(flowing)))
     restarted.start()

@@ -60,7 +60,7 @@ STATION = textwrap.dedent(
         return Detections(np.array([[2.0, 2.0, 20.0, 20.0]]), np.array([0.9]), np.array([1]))
 
     video, events, outbox = sys.argv[1:4]
-    options = WatchOptions(source=video, loop=True, mode="part", fps_cap=200, sinks=(events,), outbox=outbox)
+    options = WatchOptions(camera_faults=False, source=video, loop=True, mode="part", fps_cap=200, sinks=(events,), outbox=outbox)
     summary = watch(options, detector=detector, class_names=["scratch", "pit"], install_signal_handlers=True)
     print(json.dumps(summary.to_dict()))
     """
@@ -113,7 +113,7 @@ class FlakyModel:
 
 
 def options_for(tmp_path: Path, source: Path, **overrides: Any) -> WatchOptions:
-    return WatchOptions(source=str(source), sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
+    return WatchOptions(camera_faults=False, source=str(source), sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
                         **overrides)
 
 
@@ -238,7 +238,7 @@ def test_camera_outage_does_not_stop_the_station(tmp_path: Path) -> None:
                           np.array([0.9]), np.array([1]))
 
     # 5 belt frames, then at least 40 line frames: the part (32 px) has crossed the 96 px view by line frame 32.
-    options = WatchOptions(source="0", sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
+    options = WatchOptions(camera_faults=False, source="0", sinks=(str(tmp_path / "events.jsonl"),), outbox=tmp_path / "outbox.sqlite",
                            max_frames=45, min_frames=2, belt_frames=5)
     summary = watch(options, detector=white_defect, class_names=NAMES, capture_factory=factory)
     assert summary.stopped_by == "max_frames" and summary.stats.frames == 45

@@ -13,6 +13,7 @@ from yolodefect.compare.options import CompareOptions
 from yolodefect.console import (configure_logging, default_of, err_console, print_json, progress_bar, stdout_reserved,
                                 ultralytics_logs_to_stderr, user_errors)
 from yolodefect.data.convert import ConvertOptions
+from yolodefect.data.review_merge import MergeOptions
 from yolodefect.data.synth_dataset import SynthOptions
 from yolodefect.demo import DemoOptions
 from yolodefect.evaluate import evaluate
@@ -254,14 +255,15 @@ def eval_command(
     split: Annotated[str, typer.Option(help="val or test.")] = default_of(evaluate, "split"),
     imgsz: Annotated[Optional[int], typer.Option(help="Default: the size the model was trained or exported at.")] = None,
     conf: Annotated[float, typer.Option(help="One confidence threshold for every class (when neither --thresholds nor --target-recall).")] = default_of(evaluate, "conf"),
-    thresholds: Annotated[Optional[Path], typer.Option(help="A thresholds.yaml to score at.")] = None,
-    target_recall: Annotated[Optional[float], typer.Option(help="Choose thresholds reaching this part-level recall with the fewest false rejects, and write thresholds.yaml.")] = None,
+    thresholds: Annotated[Optional[Path], typer.Option(help="A thresholds.yaml to score at (with --baseline: the baseline's; default: the thresholds.yaml beside it).")] = None,
+    target_recall: Annotated[Optional[float], typer.Option(help="Choose thresholds reaching this part-level recall with the fewest false rejects, and write thresholds.yaml (with --baseline: the baseline's).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="With --target-recall: one threshold per class.")] = default_of(evaluate, "per_class_thresholds"),
     reject: Annotated[Optional[list[str]], typer.Option("--reject", help="A class that rejects a part (repeatable). Default: the thresholds file's, else every class.")] = None,
     min_area: Annotated[float, typer.Option(help="As watch --min-area: defect boxes smaller than this many square pixels do not count.")] = default_of(evaluate, "min_area"),
     roi: Annotated[Optional[str], typer.Option(help="As watch --roi: only defects centred inside the polygon 'x,y x,y x,y ...' count. Frame pixels: the images must be the station's frames.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, thresholds.yaml and plots. Default: a new runs/eval/MODEL-SPLIT (then MODEL-SPLIT2, ...).")] = None,
     device: Annotated[str, typer.Option(help="cpu or a GPU index.")] = default_of(evaluate, "device"),
+    baseline: Annotated[Optional[Path], typer.Option(help="The model the line runs now: score both on the same split and say whether MODEL may replace it (not more escapes, overall and per class, at the baseline's false-reject rate); exit 1 when it may not.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Score a model: mAP, per-class AP and P/R/F1, confusion matrix, escape and false-reject rates.
@@ -276,6 +278,8 @@ def eval_command(
 
       yolodefect eval best.pt frames --thresholds thresholds.yaml --roi "40,20 600,20 600,340 40,340" --min-area 64
 
+      yolodefect eval new/best.pt neu-yolo --baseline line/best.pt --split test   # gate: exit 1 = keep the old one
+
     The escape and false-reject rates are the station's: watch with the same --conf, --thresholds,
     --reject, --min-area and --roi rejects the same parts.
 
@@ -284,24 +288,31 @@ def eval_command(
     --min-area, --roi are detector options and refused).
     """
     from yolodefect.anomaly import is_anomaly_model_file
+    from yolodefect.errors import UsageError
     from yolodefect.evaluate import new_eval_dir
     from yolodefect.render import render_anomaly_eval, render_eval
 
     with user_errors(_debug(ctx)):
         out_dir = out or new_eval_dir(model, split)
         run_eval, render = evaluate, render_eval
+        extra = {"baseline": baseline} if baseline is not None else {}
         if is_anomaly_model_file(model):  # same options; the detector-only ones are refused there
             from yolodefect.anomaly.evaluate import evaluate_anomaly as run_eval
             render = render_anomaly_eval
+            if baseline is not None:
+                raise UsageError("--baseline compares two detectors; an anomaly model is scored on its own")
         with progress_bar(not json_output) as progress, stdout_reserved(json_output):
             result = run_eval(model, data, split=split, imgsz=imgsz, conf=conf, thresholds=thresholds,
                               target_recall=target_recall, per_class_thresholds=per_class, reject_classes=reject,
-                              min_area=min_area, roi=roi, out_dir=out_dir, device=device, progress=progress)
+                              min_area=min_area, roi=roi, out_dir=out_dir, device=device, progress=progress, **extra)
         if json_output:
             print_json(result.to_dict())
         else:
             render(result, err_console)
             err_console.print(f"Results are in [bold]{out_dir}[/bold]", highlight=False)
+    promotion = getattr(result, "promotion", None)
+    if promotion is not None and not promotion.promote:
+        raise typer.Exit(1)  # a script gates on it: the new model may not replace the baseline
 
 
 def _help_of(name: str) -> str:
@@ -349,6 +360,11 @@ def watch(
     evidence: Annotated[Optional[Path], typer.Option(help=_help_of("evidence_dir"))] = None,
     evidence_cam: Annotated[Optional[bool], typer.Option("--evidence-cam/--no-evidence-cam", help=_help_of("evidence_cam"))] = None,
     evidence_cam_model: Annotated[Optional[Path], typer.Option(help=_help_of("evidence_cam_model"))] = None,
+    review: Annotated[Optional[Path], typer.Option(help=_help_of("review"))] = None,
+    review_band: Annotated[Optional[float], typer.Option(help=_help_of("review_band"))] = None,
+    review_sample: Annotated[Optional[float], typer.Option(help=_help_of("review_sample"))] = None,
+    review_max_per_min: Annotated[Optional[int], typer.Option(help=_help_of("review_max_per_min"))] = None,
+    review_max_items: Annotated[Optional[int], typer.Option(help=_help_of("review_max_items"))] = None,
     save: Annotated[Optional[Path], typer.Option(help=_help_of("save"))] = None,
     show: Annotated[Optional[bool], typer.Option("--show/--no-show", help=_help_of("show"))] = None,
     fps: Annotated[Optional[float], typer.Option(help=_help_of("fps_cap"))] = None,
@@ -361,6 +377,13 @@ def watch(
     serve_token_env: Annotated[Optional[str], typer.Option(help=_help_of("serve_token_env"))] = None,
     serve_insecure: Annotated[Optional[bool], typer.Option("--serve-insecure/--no-serve-insecure", help=_help_of("serve_insecure"))] = None,
     event_store: Annotated[Optional[Path], typer.Option(help=_help_of("event_store"))] = None,
+    drift: Annotated[Optional[str], typer.Option(help=_help_of("drift"))] = None,
+    profile: Annotated[Optional[Path], typer.Option(help=_help_of("profile"))] = None,
+    drift_window: Annotated[Optional[int], typer.Option(help=_help_of("drift_window"))] = None,
+    drift_psi: Annotated[Optional[float], typer.Option(help=_help_of("drift_psi"))] = None,
+    camera_faults: Annotated[Optional[bool], typer.Option("--camera-faults/--no-camera-faults", help=_help_of("camera_faults"))] = None,
+    frozen_s: Annotated[Optional[float], typer.Option(help=_help_of("frozen_s"))] = None,
+    reload_on_change: Annotated[Optional[bool], typer.Option("--reload-on-change/--no-reload-on-change", help=_help_of("reload_on_change"))] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run the inspection station: read frames, detect, draw, and emit one event per defective part.
@@ -407,9 +430,13 @@ def watch(
             "min_part_area": min_part_area, "decide_at": decide_at, "min_part_frames": min_part_frames,
             "sinks": tuple(sinks) if sinks else None, "outbox": outbox, "evidence_dir": evidence, "save": save,
             "evidence_cam": evidence_cam, "evidence_cam_model": evidence_cam_model,
+            "review": review, "review_band": review_band, "review_sample": review_sample,
+            "review_max_per_min": review_max_per_min, "review_max_items": review_max_items,
             "show": show, "fps_cap": fps, "loop": loop, "follow": follow, "fail_safe": fail_safe,
             "max_latency_ms": max_latency_ms, "max_frames": max_frames, "anomaly": anomaly, "anomaly_only": anomaly_only,
             "anomaly_thresholds": anomaly_thresholds,
+            "drift": drift, "profile": profile, "drift_window": drift_window, "drift_psi": drift_psi,
+            "camera_faults": camera_faults, "frozen_s": frozen_s, "reload_on_change": reload_on_change,
         }
         options = resolve_options(config, overrides)
         if options.cameras and sources:
@@ -683,3 +710,46 @@ def anomaly_train(
             print_json(result.to_dict())
         else:
             render_anomaly_training(result, err_console)
+
+
+review_app = typer.Typer(help="Close the loop: fold the line's reviewed frames back into the dataset.",
+                         no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command(name="merge")
+def review_merge(
+    ctx: typer.Context,
+    queue: Annotated[Path, typer.Argument(help="The review queue folder of `watch --review DIR` (never modified).")],
+    data: Annotated[Path, typer.Argument(help="The dataset (data.yaml or folder made by `convert`) the model was "
+                                              "trained on (never modified).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the new version (default: DATA's name + -v2, -v3... "
+                                                     "beside DATA, the next free one).")] = None,
+    accept_unreviewed: Annotated[bool, typer.Option("--accept-unreviewed", help="Also take items nobody reviewed, "
+                                                    "with the model's boxes as they are.")] = default_of(MergeOptions, "accept_unreviewed"),
+    copy: Annotated[bool, typer.Option("--copy/--link", help="Copy DATA's images into the new version, or link them "
+                                                             "(default, falls back to copy). Queue frames are always "
+                                                             "copied.")] = default_of(MergeOptions, "transfer") == "copy",
+    json_output: JsonOption = False,
+) -> None:
+    """Add the reviewed LabelMe files of a review queue to a new version of DATA, train split only.
+
+    Items count as reviewed when their `reviewed` flag is ticked or their boxes were edited. Images already in DATA (any split, same bytes) are skipped. Val and test stay as they are, so metrics stay comparable. Writes NEW/data.yaml, CHANGELOG.md, changes.json and merge.json.
+
+    [bold]Examples[/bold]
+
+      yolodefect review merge runs/review neu-yolo
+
+      yolodefect review merge runs/review neu-yolo --out neu-yolo-line --accept-unreviewed
+    """
+    from yolodefect.data.review_merge import merge_review
+    from yolodefect.render import render_review_merge
+
+    with user_errors(_debug(ctx)):
+        options = MergeOptions(out=out, accept_unreviewed=accept_unreviewed, transfer="copy" if copy else "link")
+        with progress_bar(not json_output) as progress:
+            result = merge_review(queue, data, options, progress)
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            render_review_merge(result, err_console)

@@ -23,8 +23,10 @@ from yolodefect.evaluation.metrics import EvalMetrics
 from yolodefect.evaluation.plots import plot_confusion_matrix, plot_operating_curve, plot_pr_curves
 from yolodefect.evaluation.predictors import Predictor, UltralyticsPredictor
 from yolodefect.evaluation.profile import PROFILE_NAME, build_profile, write_profile
+from yolodefect.evaluation.promotion import Promotion, promotion_verdict, thresholds_at_false_reject_rate
 from yolodefect.evaluation.thresholds import choose_thresholds
 from yolodefect.evaluation.ultralytics_val import validator_predictions
+from yolodefect.exporting.source import thresholds_file
 from yolodefect.inference.model_file import check_imgsz
 from yolodefect.inference.rules import DEFAULT_CONF, build_reject_rules
 from yolodefect.inference.thresholds_file import Thresholds, read_thresholds_yaml, write_thresholds_yaml
@@ -66,6 +68,7 @@ class EvalResult:
     thresholds: Thresholds | None = None
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    promotion: Promotion | None = None  # eval --baseline: may this model replace the baseline?
 
     def to_dict(self) -> dict:
         """JSON-serialisable form; this is what metrics.json holds."""
@@ -79,6 +82,7 @@ class EvalResult:
             "metrics": self.metrics.to_dict(),
             "files": {name: str(path) for name, path in self.files.items()},
             "notes": list(self.notes),
+            **({"promotion": self.promotion.to_dict()} if self.promotion is not None else {}),
         }
 
 
@@ -129,6 +133,8 @@ def evaluate(
     plots: bool = True,
     val_rect: bool = True,
     validator_map: bool = True,
+    baseline: Path | str | None = None,
+    baseline_predictor: Predictor | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``split`` of ``data`` and, with ``out_dir``, write metrics.json, plots
     and (when chosen here) thresholds.yaml.
@@ -156,11 +162,20 @@ def evaluate(
     nowhere at the operating point (P/R/F1, confusion matrix, decisions, threshold search); AP and mAP
     still score every prediction, and ground truth is never filtered: a labelled defect the rules cannot
     see is an escape.
+
+    With ``baseline`` (the model the line runs now; ``baseline_predictor`` replaces its inference as
+    ``predictor`` does this model's), both are scored on the same split and the result's ``promotion`` says
+    whether ``model`` may replace it (:mod:`yolodefect.evaluation.promotion`). ``thresholds``, ``target_recall``
+    and ``conf`` then set the *baseline's* operating point (default: the thresholds.yaml beside it); this model
+    gets the thresholds with its lowest escape rate at no more false rejects than the baseline's, which are
+    written to ``out_dir``/thresholds.yaml to run it with.
     """
     model, data = Path(model), Path(data)
     if thresholds is not None and target_recall is not None:
         raise UsageError("give either a thresholds file or a target recall, not both")
-    if per_class_thresholds and target_recall is None:
+    if baseline is not None and thresholds is None and target_recall is None:
+        thresholds = thresholds_file(Path(baseline))  # the baseline's operating point, when it sits beside it
+    if per_class_thresholds and target_recall is None and baseline is None:
         raise UsageError("per-class thresholds are chosen for a target recall: also give target_recall (e.g. 0.99)")
     if imgsz is not None and predictor is None:
         check_imgsz(imgsz)  # before reading the dataset; the stride is applied once the model is loaded
@@ -198,7 +213,24 @@ def evaluate(
                                                batch=batch, device=device, rect=val_rect)
 
     chosen: Thresholds | None = None
-    if loaded_thresholds is not None:
+    promotion_inputs = None
+    if baseline is not None:
+        old_metrics, old_source = _baseline_metrics(
+            Path(baseline), baseline_predictor, ground_truth, class_names, rules, loaded_thresholds, thresholds,
+            target_recall=target_recall, per_class=per_class_thresholds, split=split, imgsz=imgsz,
+            device=device, batch=batch, progress=progress)
+        old_frr = old_metrics.decisions.false_reject_rate
+        chosen = thresholds_at_false_reject_rate(
+            ground_truth, predictions, class_names, max_false_reject_rate=old_frr,
+            per_class=per_class_thresholds or bool(loaded_thresholds and loaded_thresholds.per_class),
+            reject_classes=rules.reject_classes, min_box_area_px=rules.min_box_area_px,
+            roi_polygon=rules.roi_polygon, split=split, model=model.name)
+        rules = build_reject_rules(thresholds=chosen, conf=conf, reject_classes=rules.reject_classes,
+                                   min_box_area_px=rules.min_box_area_px, roi_polygon=rules.roi_polygon)
+        source = f"chosen on {split} at the false-reject rate of the baseline {Path(baseline).name} ({old_source})"
+        notes.extend(chosen.notes)
+        promotion_inputs = (old_metrics, old_source)
+    elif loaded_thresholds is not None:
         source, chosen = f"thresholds file {thresholds}", loaded_thresholds
     elif target_recall is not None:
         chosen = choose_thresholds(
@@ -224,7 +256,7 @@ def evaluate(
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if chosen is not None and target_recall is not None:
+        if chosen is not None and (target_recall is not None or baseline is not None):
             files["thresholds"] = write_thresholds_yaml(out_dir / "thresholds.yaml", chosen)
         if plots:
             curve = operating_curve(ground_truth, eligible_predictions(predictions, rules), len(class_names),
@@ -244,7 +276,12 @@ def evaluate(
                                 reject_rate=float(rejected.mean()) if len(rejected) else 0.0)
         files["profile"] = write_profile(profile, out_dir / PROFILE_NAME)
 
+    promotion = None
+    if promotion_inputs is not None:
+        promotion = promotion_verdict(ground_truth, promotion_inputs[0], metrics, baseline_model=str(baseline),
+                                      candidate_model=str(model), baseline_threshold_source=promotion_inputs[1])
     result = EvalResult(
+        promotion=promotion,
         model=str(model),
         data=str(data),
         split=split,
@@ -258,3 +295,36 @@ def evaluate(
     if out_dir is not None:
         files["metrics"].write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     return result
+
+
+def _baseline_metrics(
+    baseline: Path, predictor: Predictor | None, ground_truth: Sequence[Any], class_names: Sequence[str],
+    rules: Any, loaded_thresholds: Thresholds | None, thresholds_path: Path | str | None, *,
+    target_recall: float | None, per_class: bool, split: str, imgsz: Any, device: str, batch: int,
+    progress: ProgressCallback | None,
+) -> tuple[EvalMetrics, str]:
+    """The baseline model scored on the same split by the same evaluator, at its own operating point:
+    its thresholds file, else thresholds chosen here for ``target_recall``, else ``rules``' one confidence."""
+    if predictor is None:
+        predictor = UltralyticsPredictor(baseline, imgsz=imgsz, device=device, batch=batch, progress=progress)
+    _check_class_names(getattr(predictor, "class_names", None), class_names, baseline)
+    logger.info("predicting %d %s images with the baseline %s", len(ground_truth), split, baseline)
+    predictions = predictor([truth.image_path for truth in ground_truth])
+    source = f"conf {rules.default_conf}"
+    if loaded_thresholds is not None:
+        source = f"thresholds file {thresholds_path}"
+    elif target_recall is not None:
+        chosen = choose_thresholds(
+            ground_truth, predictions, class_names, target_recall=target_recall, per_class=per_class,
+            reject_classes=rules.reject_classes, min_box_area_px=rules.min_box_area_px,
+            roi_polygon=rules.roi_polygon, split=split, model=baseline.name)
+        rules = build_reject_rules(thresholds=chosen, conf=rules.default_conf, reject_classes=rules.reject_classes,
+                                   min_box_area_px=rules.min_box_area_px, roi_polygon=rules.roi_polygon)
+        source = f"chosen on {split} for recall >= {target_recall}"
+    metrics = evaluate_detections(ground_truth, predictions, class_names, rules=rules)
+    decisions = metrics.decisions
+    if decisions.false_reject_rate is None or decisions.escape_rate is None:
+        missing = "defect-free" if decisions.false_reject_rate is None else "defective"
+        raise UsageError(f"the {split} split has no {missing} images, so the two models cannot be compared at the "
+                         "baseline's false-reject rate; compare them on a split with both good and defective parts")
+    return metrics, source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from typing import TYPE_CHECKING
@@ -11,16 +12,18 @@ if TYPE_CHECKING:  # importing the results' modules would load matplotlib for ev
     from yolodefect.anomaly.evaluate import AnomalyEvalResult
     from yolodefect.data.check import CheckReport
     from yolodefect.data.convert import ConversionResult
+    from yolodefect.data.review_merge import MergeResult
     from yolodefect.evaluate import EvalResult
     from yolodefect.evaluation.metrics import EvalMetrics
     from yolodefect.stream.stats import WatchStats, WatchSummary
     from yolodefect.train import TrainResult
 
 
-def _notes_summary(console: Console, title: str, notes, colour: str, limit: int = 5) -> None:
+def _notes_summary(console: Console, title: str, notes, colour: str, limit: int = 5,
+                   listed_in: str = "conversion.json") -> None:
     if not notes:
         return
-    console.print(f"[{colour}]{len(notes)} {title}[/{colour}] (all listed in conversion.json)")
+    console.print(f"[{colour}]{len(notes)} {title}[/{colour}] (all listed in {listed_in})")
     for note in notes[:limit]:
         console.print(f"  {note.message}" if note.message.startswith(note.path) else f"  {note.path}: {note.message}",
                       highlight=False, soft_wrap=True)
@@ -131,6 +134,39 @@ def render_eval(result: EvalResult, console: Console) -> None:
             console.print(f"  [yellow]{note}[/yellow]", highlight=False)
     for name, path in result.files.items():
         console.print(f"  {name}: {path}", highlight=False)
+    if result.promotion is not None:
+        render_promotion(result.promotion, console)
+
+
+def render_promotion(promotion, console: Console) -> None:
+    """``eval --baseline``: the two models' part numbers side by side, class by class, and the verdict."""
+    p = promotion
+    table = Table(title=f"{p.candidate} (new) against {p.baseline} (baseline), same parts", title_justify="left")
+    for index, name in enumerate(("", "parts", "baseline", "new", "")):
+        table.add_column(name, justify="left" if index in (0, 4) else "right")
+
+    def share(count: int, total: int) -> str:
+        return f"{count} ({count / total:.1%})" if total else str(count)
+
+    shown = [row for row in p.per_class if row.defective]  # a class without defective parts here compares nothing
+    for index, row in enumerate(shown):
+        table.add_row(f"escapes: {escape(row.name)}", str(row.defective), share(row.baseline_escapes, row.defective),
+                      share(row.candidate_escapes, row.defective), "[red]worse[/red]" if row.worse else "ok",
+                      end_section=index == len(shown) - 1)
+    table.add_row("escapes: all", str(p.defective), share(p.baseline_escapes, p.defective),
+                  share(p.candidate_escapes, p.defective),
+                  "[red]worse[/red]" if p.candidate_escapes > p.baseline_escapes else "ok")
+    table.add_row("false rejects", str(p.good), share(p.baseline_false_rejects, p.good),
+                  share(p.candidate_false_rejects, p.good),
+                  "[red]worse[/red]" if p.candidate_false_rejects > p.baseline_false_rejects else "ok")
+    console.print(table)
+    console.print(f"  baseline at {p.baseline_threshold_source}; new at the thresholds chosen for the baseline's "
+                  "false-reject rate", highlight=False)
+    verdict = ("[bold green]PROMOTE[/bold green]: the new model may replace the baseline" if p.promote
+               else "[bold red]KEEP[/bold red] the baseline: the new model may not replace it")
+    console.print(verdict, highlight=False)
+    for reason in p.reasons:
+        console.print(f"  {escape(reason)}", highlight=False)
 
 
 def render_anomaly_eval(result: AnomalyEvalResult, console: Console) -> None:
@@ -209,6 +245,14 @@ def watch_panel(stats: WatchStats):
         table.add_row("video", f"[yellow]{stats.truncation}[/yellow]")
     unreadable = f" ({stats.unreadable_parts} unreadable images)" if stats.unreadable_parts else ""
     table.add_row("parts", f"[red]{stats.rejects} rejected[/red], {stats.passes} passed, {stats.errors} errors{unreadable}")
+    for kind, message in stats.active_alarms.items():  # drift and camera faults, while they last
+        table.add_row(f"[bold red]ALARM {escape(kind)}[/bold red]", f"[red]{escape(message)}[/red]")
+    if stats.drift_alarms or stats.camera_faults:
+        table.add_row("alarms", f"{stats.drift_alarms} drift, {stats.camera_faults} camera fault(s) raised in this run")
+    if stats.model_reloads or stats.reload_failures:  # watch --reload-on-change
+        refused = f", [yellow]{stats.reload_failures} changed file(s) refused[/yellow]" if stats.reload_failures else ""
+        table.add_row("model", f"{escape(str(stats.model.get('name')))} {str(stats.model.get('sha256'))[:12]}, "
+                               f"{stats.model_reloads} reload(s){refused}")
     if stats.mode == "track":
         learning = f"learning the empty belt ({stats.belt_frames} frames), " if stats.belt_frames and not stats.parts else ""
         table.add_row("line", f"{learning}{stats.open_parts} part(s) in view; "
@@ -225,6 +269,12 @@ def watch_panel(stats: WatchStats):
         cost = "" if stats.evidence_cam_p50_ms is None else f", p50 {stats.evidence_cam_p50_ms:.1f} ms per reject"
         failed = f", [yellow]{stats.evidence_cam_failures} failed[/yellow]" if stats.evidence_cam_failures else ""
         table.add_row("evidence CAM", f"{stats.evidence_cams} heatmap(s){cost}{failed}")
+    if stats.review_saved or stats.review_rate_limited or stats.review_dropped or stats.review_failures:
+        problems = [f"{n} {what}" for n, what in ((stats.review_rate_limited, "over the rate limit"),
+                                                  (stats.review_dropped, "dropped"), (stats.review_failures, "failed"))
+                    if n]
+        table.add_row("review", f"{stats.review_saved} frame(s) saved for review"
+                      + (f", [yellow]{', '.join(problems)}[/yellow]" if problems else ""))
     title = f"yolodefect watch: {stats.source} ({stats.mode}) with {stats.model.get('name', '?')} {stats.model.get('precision', '')}"
     return Panel(table, title=title, title_align="left")
 
@@ -403,4 +453,30 @@ def render_anomaly_training(result, console: Console) -> None:
                   highlight=False)
     console.print(f"  threshold: score {result.reference_score:.3g} (the most unusual held-out good image; choose one "
                   f"for a target recall with: yolodefect eval {result.model_path} DATA --target-recall 0.99)",
+                  highlight=False)
+
+
+def render_review_merge(result: MergeResult, console: Console) -> None:
+    console.print(f"Read [bold]{result.items_found}[/bold] review queue items from {result.queue}: "
+                  f"[bold]{len(result.added)}[/bold] added to train ({result.backgrounds_added} defect-free"
+                  + (f", {result.accepted_unreviewed} unreviewed, accepted" if result.accepted_unreviewed else "")
+                  + f"), {result.unreviewed_skipped} skipped as unreviewed, {len(result.duplicates)} already in the "
+                  "dataset.", highlight=False)
+    if result.unreviewed_skipped:
+        more = result.unreviewed_skipped - len(result.unreviewed_examples)
+        console.print("  unreviewed: " + ", ".join(result.unreviewed_examples) + (f" and {more} more" if more > 0 else "")
+                      + " (tick 'reviewed' in LabelMe, or pass --accept-unreviewed)", highlight=False, soft_wrap=True)
+    table = Table(title=f"{result.out} (from {result.base})", title_justify="left")
+    table.add_column("")
+    for split in result.images:
+        table.add_column(split, justify="right")
+    table.add_row("images before", *(str(result.base_images[split]) for split in result.images))
+    table.add_row("images now", *(str(count) for count in result.images.values()))
+    console.print(table)
+    added = ", ".join(f"{count} {name}" for name, count in result.boxes_added_per_class.items() if count)
+    console.print(f"Boxes added to train: {added or 'none'}.", highlight=False)
+    _notes_summary(console, "duplicates skipped", result.duplicates, "cyan", limit=3, listed_in="merge.json")
+    _notes_summary(console, "warnings", result.warnings, "yellow", listed_in="merge.json")
+    console.print(f"Wrote a new dataset version in {result.seconds:.1f} s (changelog: {result.out}/CHANGELOG.md). "
+                  f"Next: [bold]yolodefect check {result.out}[/bold] then [bold]yolodefect train {result.out}[/bold]",
                   highlight=False)

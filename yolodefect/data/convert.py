@@ -159,7 +159,7 @@ def inspect_image(path: Path) -> ImageFacts:
 BORDER_TOLERANCE_PX = 0.5
 
 
-def _clean_boxes(record: ImageRecord, size_wh: tuple[int, int], class_map: ClassMap,
+def clean_boxes(record: ImageRecord, size_wh: tuple[int, int], class_map: ClassMap,
                  policy: BadFilePolicy) -> tuple[Box, ...]:
     """The record's boxes in output classes, inside the image; every box changed or dropped is a counted warning."""
     width, height = size_wh
@@ -308,7 +308,7 @@ def build_dataset(source: SourceDataset, out: Path, options: ConvertOptions, pro
         if fact.jpeg_trailing_bytes:
             policy.warn(record.image_path, f"JPEG ends with {fact.jpeg_trailer_words} after its end-of-image "
                         "marker: the image is complete, written as a copy without them", kind="jpeg_trailing_bytes")
-        boxes.append(_clean_boxes(record, fact.size_wh, class_map, policy))
+        boxes.append(clean_boxes(record, fact.size_wh, class_map, policy))
 
     keep = _decide_split_mode(source, options.keep_split)
     items = [SplitItem(f.sha1, frozenset(b.class_name for b in bx), r.split, str(r.image_path))

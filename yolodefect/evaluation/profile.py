@@ -1,53 +1,23 @@
-"""The reference profile: what the evaluated split looked like to the model, written beside thresholds.yaml.
+"""Building the reference profile of an evaluated split (the record and its file: :mod:`yolodefect.inference.profile_file`).
 
-For every image of the split: its :data:`~yolodefect.inference.image_stats.IMAGE_FEATURES`, the top
-detection confidence (0 when the model found nothing) and the number of detections the reject rules count;
-and the split's reject rate at the operating thresholds. ``watch``'s drift monitor compares rolling
-windows of the same numbers on the line with these distributions (issue #17). The values are kept, sorted,
-rather than a histogram: any test (population stability index, Kolmogorov-Smirnov, Wasserstein) can be
-computed from them later, with the bins chosen then.
+``watch``'s drift monitor compares rolling windows of the same numbers on the line with these distributions
+(issue #17).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from yolodefect.data.image_file import UnreadableImageError, read_image
 from yolodefect.detections import Detections
-from yolodefect.errors import UsageError
 from yolodefect.inference.image_stats import IMAGE_FEATURES, image_statistics
+from yolodefect.inference.profile_file import (DETECTION_FEATURES, PROFILE_NAME, PROFILE_VERSION, ReferenceProfile,
+                                               read_profile, write_profile)
 from yolodefect.inference.rules import RejectRules
 
-PROFILE_NAME = "profile.json"
-PROFILE_VERSION = 1
-DETECTION_FEATURES = ("top_confidence", "detections")
-
-
-@dataclass(frozen=True)
-class ReferenceProfile:
-    """Per feature, the split's values (sorted); ``reject_rate`` is the share of its parts the rules reject."""
-
-    split: str
-    model: str
-    images: int
-    reject_rate: float
-    thresholds: dict[str, float]
-    features: dict[str, list[float]] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)  # images left out (named), so the count is honest
-    version: int = PROFILE_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def quantiles(self, feature: str, q: Sequence[float] = (0.05, 0.5, 0.95)) -> list[float]:
-        return [float(v) for v in np.quantile(np.asarray(self.features[feature]), q)]
+__all__ = ["DETECTION_FEATURES", "PROFILE_NAME", "PROFILE_VERSION", "ReferenceProfile", "build_profile",
+           "read_profile", "write_profile"]
 
 
 def build_profile(image_paths: Sequence[Path | str], predictions: Sequence[Detections], class_names: Sequence[str],
@@ -73,31 +43,3 @@ def build_profile(image_paths: Sequence[Path | str], predictions: Sequence[Detec
                             features={name: sorted(v) for name, v in values.items()}, unreadable=unreadable)
 
 
-def write_profile(profile: ReferenceProfile, path: Path) -> Path:
-    """Write ``profile`` as JSON, through a temporary file moved into place (never a half-written profile)."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(profile.to_dict(), indent=1), encoding="utf-8")
-    os.replace(partial, path)
-    return path
-
-
-def read_profile(path: Path) -> ReferenceProfile:
-    """A profile written by :func:`write_profile`; UsageError naming the file when it is not one."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read the reference profile {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not a reference profile (not JSON: {exc}); rewrite it with "
-                         "yolodefect eval") from None
-    if not isinstance(data, Mapping) or "features" not in data or "version" not in data:
-        raise UsageError(f"{path} is not a reference profile written by yolodefect eval")
-    if data["version"] > PROFILE_VERSION:
-        raise UsageError(f"{path} is a version {data['version']} profile; this yolodefect reads up to "
-                         f"version {PROFILE_VERSION}: upgrade yolodefect")
-    missing = [name for name in (*IMAGE_FEATURES, *DETECTION_FEATURES) if name not in data["features"]]
-    if missing:
-        raise UsageError(f"the reference profile {path} lacks {', '.join(missing)}; rewrite it with yolodefect eval")
-    return ReferenceProfile(**{key: data[key] for key in ReferenceProfile.__dataclass_fields__ if key in data})

@@ -66,6 +66,14 @@ def part_rejected(scores: np.ndarray, thresholds: np.ndarray, reject_ids: list[i
     return bool((hits.sum(axis=0) >= min_frames).any())
 
 
+def class_maxima(detections: Detections, mask: np.ndarray, class_count: int) -> np.ndarray:
+    """(classes,) the highest confidence of the ``mask``-ed detections of each class (0 for a class without one)."""
+    scores = np.zeros(class_count, dtype=np.float32)
+    if mask.any():
+        np.maximum.at(scores, detections.class_id[mask], detections.confidence[mask])
+    return scores
+
+
 def kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
     """(classes,) the k-th largest per-frame score of each class (0 when seen on fewer than k frames):
     the part reaches a threshold on k frames exactly when this reaches it."""
@@ -83,6 +91,10 @@ class _Part:
     scores: list[np.ndarray] = field(default_factory=list)
     best_key: tuple[float, ...] = (-1, -np.inf, 0.0)  # (classes at threshold, best margin, visible part area)
     best: tuple[Frame, Detections, np.ndarray] | None = None  # frame, its counted defects on the part, part box
+    # keep_peak: the frame where a reject class came closest to (or furthest over) its threshold, with all of that
+    # frame's detections and the part box on it (the review queue saves it); key (score / threshold, part area)
+    peak_key: tuple[float, float] = (-1.0, 0.0)
+    peak: tuple[Frame, Detections, np.ndarray] | None = None
     decided: bool = False
     fragment: bool = False  # first seen beyond the decision line: a piece of a part already decided, never a part
 
@@ -102,26 +114,22 @@ class LinePartDecider:
 
     def __init__(self, finder: PartFinder, class_names: Mapping[int, str], rules: RejectRules, *,
                  min_frames: int = 3, min_part_frames: int = 5, decide_at: float = 0.5, emit_pass: bool = False,
-                 keep_scores: bool = False):
+                 keep_scores: bool = False, keep_peak: bool = False):
         if min_frames < 1 or min_part_frames < 1:
             raise UsageError("min_frames and min_part_frames must be >= 1")
         if not 0.0 < decide_at < 1.0:
             raise UsageError(f"decide_at must lie in (0, 1) (fraction of the frame from the entry edge), got {decide_at}")
         self.finder = finder
         self.names = dict(class_names)
-        self.rules = rules
         self.min_frames = min_frames
         self.needed_frames = max(min_frames, min_part_frames)
         self.decide_at = decide_at
         self.emit_pass = emit_pass
         self.keep_scores = keep_scores  # calibration keeps each part's per-frame scores in its decision
+        self.keep_peak = keep_peak  # the review queue: each decision carries its part's peak frame (PartDecision.peak)
         self.tracker = PartTracker()
-        classes = max(self.names) + 1 if self.names else 0
-        self.class_count = classes
-        self.thresholds = np.array([rules.threshold(class_name(self.names, c)) for c in range(classes)], dtype=np.float32)
-        self.reject_ids = rules.reject_ids(self.names)
-        self._rejecting = np.zeros(classes, dtype=bool)
-        self._rejecting[self.reject_ids] = True
+        self.class_count = max(self.names) + 1 if self.names else 0
+        self.set_rules(rules)
         self._parts: OrderedDict[int, _Part] = OrderedDict()
         self._tick = 0
         self._next_number = 1
@@ -129,6 +137,15 @@ class LinePartDecider:
         # (axis, +1/-1): the way parts move, from the first part that crossed the line. From then on a region first
         # seen beyond the line is the tail of a part already decided (a leaving part can split at the exit edge).
         self.direction: tuple[int, int] | None = None
+
+    def set_rules(self, rules: RejectRules) -> None:
+        """The rules parts are judged by from now on (also between frames: watch --reload-on-change)."""
+        self.rules = rules
+        classes = self.class_count
+        self.thresholds = np.array([rules.threshold(class_name(self.names, c)) for c in range(classes)], dtype=np.float32)
+        self.reject_ids = rules.reject_ids(self.names)
+        self._rejecting = np.zeros(classes, dtype=bool)
+        self._rejecting[self.reject_ids] = True
 
     def before_line(self, boxes: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
         """(N,) True for boxes whose centre has not reached the decision line: parts still to be decided. All True
@@ -167,6 +184,8 @@ class LinePartDecider:
                 continue
             on_part = owner == row
             self._record(part, frame, detections, on_part & eligible, on_part & counted, boxes[row])
+            if self.keep_peak:
+                self._record_peak(part, frame, detections, boxes[row])
             if self._crossed(part, width, height):
                 decisions.append(self._decide(part, frame, reason="line"))
         decisions.extend(self._lost(frame))
@@ -212,10 +231,7 @@ class LinePartDecider:
 
     def _record(self, part: _Part, frame: Frame, detections: Detections, eligible: np.ndarray, counted: np.ndarray,
                 box: np.ndarray) -> None:
-        scores = np.zeros(self.class_count, dtype=np.float32)
-        if eligible.any():
-            np.maximum.at(scores, detections.class_id[eligible], detections.confidence[eligible])
-        part.scores.append(scores)
+        part.scores.append(class_maxima(detections, eligible, self.class_count))
         if counted.any():
             mine = detections.filter(counted)
             # The evidence frame: the one showing the most classes at their thresholds (an anomaly reject scored
@@ -226,6 +242,13 @@ class LinePartDecider:
             key = (classes_at_threshold, round(float(over.max()), 2), float((box[2] - box[0]) * (box[3] - box[1])))
             if key > part.best_key:
                 part.best_key, part.best = key, (frame, mine, box.copy())
+
+    def _record_peak(self, part: _Part, frame: Frame, detections: Detections, box: np.ndarray) -> None:
+        scores = part.scores[-1][self.reject_ids]
+        ratio = float((scores / np.maximum(self.thresholds[self.reject_ids], 1e-6)).max()) if len(scores) else 0.0
+        key = (round(ratio, 3), float((box[2] - box[0]) * (box[3] - box[1])))
+        if key > part.peak_key:
+            part.peak_key, part.peak = key, (frame, detections, box.copy())
 
     def _crossed(self, part: _Part, width: int, height: int) -> bool:
         # The direction comes from the distance the part's edges travelled (not its centre: a part entering the
@@ -262,21 +285,23 @@ class LinePartDecider:
         self._next_number += 1
         scores = np.stack(part.scores) if part.scores else np.zeros((0, self.class_count), np.float32)
         kept = scores if self.keep_scores else None
+        peak = part.peak if self.keep_peak else None
         frames = len(part.scores)
         if frames < self.needed_frames:
             where = {"line": "at the decision line", "lost": "when it left the view"}.get(reason, "")
             message = (f"part {number} was seen on only {frames} frame(s) {where}; the rule needs "
                        f"{self.needed_frames} (min_frames {self.min_frames}): not inspected")
             return PartDecision("error", number, Detections.empty(), frame, part_box=part.box.copy(), message=message,
-                                scores=kept)
+                                scores=kept, peak=peak)
         if part_rejected(scores, self.thresholds, self.reject_ids, self.min_frames) and part.best is not None:
             best_frame, defects, box = part.best
             hits = (scores >= self.thresholds) & (scores > 0)
             rejecting = np.flatnonzero((hits.sum(axis=0) >= self.min_frames) & self._rejecting)
             defects = defects.filter(np.isin(defects.class_id, rejecting)) if len(rejecting) else defects
-            return PartDecision("reject", number, defects, best_frame, part_box=box, decided_frame=frame, scores=kept)
+            return PartDecision("reject", number, defects, best_frame, part_box=box, decided_frame=frame, scores=kept,
+                                peak=peak)
         return PartDecision("pass", number, Detections.empty(), frame, part_box=part.box.copy(), scores=kept,
-                            emit=self.emit_pass)
+                            emit=self.emit_pass, peak=peak)
 
     def _on_leaving(self, part: _Part, frame: Frame) -> PartDecision | None:
         if part.fragment or len(part.scores) < PART_CONFIRM_FRAMES or (len(part.scores) < self.needed_frames and not self._moved(part)):

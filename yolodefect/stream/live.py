@@ -93,6 +93,20 @@ class LiveView:
             self._version += 1
             self._changed.notify_all()
 
+    def model_changed(self, camera: str, model: Mapping[str, Any], card: Mapping[str, Any] | None,
+                      thresholds: Mapping[str, float]) -> None:
+        """A camera reloaded its model and/or thresholds (watch --reload-on-change): the status shows the new ones."""
+        with self._lock:
+            self.model = dict(model)
+            if card is not None:
+                self.model_card = dict(card)
+            if camera in self._cameras:
+                self._cameras[camera].thresholds = dict(thresholds)
+            if len(self._cameras) <= 1:
+                self.thresholds = dict(thresholds)
+            self._version += 1
+            self._changed.notify_all()
+
     def publish_frame(self, camera: str, draw: Callable[[], np.ndarray]) -> None:
         """The latest frame of ``camera``, as a closure that returns its annotated BGR image (called lazily,
         on a reader's thread). O(1): this is on the detection path."""

@@ -31,6 +31,7 @@ from yolodefect.stream.redact import redact_urls
 FailSafe = Literal["off", "reject"]
 Mode = Literal["auto", "track", "part"]
 PartFinding = Literal["belt", "class"]
+DriftMode = Literal["off", "warn", "alarm"]
 
 DEFAULT_MIN_FRAMES = 3
 # Options that existed once: a station file naming them gets told what replaced them.
@@ -144,6 +145,41 @@ class WatchOptions:
     event_store: Path | None = field(default=None, metadata=_help(
         "serve: the recent-events database behind /api/events (kept across restarts, bounded; default: next to the "
         "outbox, <outbox>-recent.sqlite)."))
+    # -- drift and camera faults (issue #17)
+    drift: DriftMode | None = field(default=None, metadata=_help(
+        "Drift monitor: off, warn (log and show it) or alarm (also send 'drift' events through the outbox and sinks); "
+        "default: alarm when a reference profile is found (profile, else profile.json beside the thresholds file), "
+        "else off."))
+    profile: Path | None = field(default=None, metadata=_help(
+        "The reference profile (profile.json from 'yolodefect eval') the drift monitor compares the line with "
+        "(default: profile.json beside the thresholds file)."))
+    drift_window: int = field(default=50, metadata=_help(
+        "Drift monitor: the rolling window, in parts, compared with the profile."))
+    drift_psi: float = field(default=0.25, metadata=_help(
+        "Drift monitor: a feature drifts at this population stability index or more (and a Kolmogorov-Smirnov "
+        "p-value below 1e-6); the alarm clears when no feature is above 0.1 (with p < 0.05) for 3 parts in a row."))
+    camera_faults: bool = field(default=True, metadata=_help(
+        "Immediate 'camera_fault' alarms on black, saturated or (video/camera sources) frozen frames."))
+    frozen_s: float = field(default=2.0, metadata=_help(
+        "Camera faults: a picture that has not changed for this many seconds is a frozen camera."))
+    # -- review queue (yolodefect.stream.review)
+    review: Path | None = field(default=None, metadata=_help(
+        "Save the frames a person should look at in this folder, as LabelMe JSON with the model's boxes as "
+        "pre-annotations: parts near a reject threshold, flickering defects, anomaly scores near their threshold, "
+        "and a sample of passed parts (merge them back with 'yolodefect review merge')."))
+    review_band: float = field(default=0.5, metadata=_help(
+        "review: a part is near its threshold T when its decisive confidence lies in [T*(1-band), min(1, T*(1+band))] "
+        "(on a line: the k-th best frame's, k = min_frames)."))
+    review_sample: float = field(default=0.01, metadata=_help(
+        "review: the fraction of the other passed parts saved too, at random (0 for none)."))
+    review_max_per_min: int = field(default=30, metadata=_help(
+        "review: save at most this many items per minute (the rest are counted as rate_limited)."))
+    review_max_items: int = field(default=2000, metadata=_help(
+        "review: keep at most this many items in the folder; the oldest not yet reviewed is removed first."))
+    # -- reload without restart (yolodefect.stream.reload)
+    reload_on_change: bool = field(default=False, metadata=_help(
+        "Watch the model and thresholds files (about once a second) and swap a changed one in between frames once "
+        "it has loaded completely and fits the model's classes; a broken file is logged and the running one stays."))
     # -- safety and shutdown
     fail_safe: FailSafe = field(default="reject", metadata=_help(
         "reject: a frame that fails or is late emits an 'error' event and the run goes on; off: failures stop the run."))
@@ -173,18 +209,22 @@ class WatchOptions:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(WatchOptions))
 OPTION_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(WatchOptions)}
-_PATH_FIELDS = ("model", "thresholds", "outbox", "evidence_dir", "save", "belt", "anomaly", "anomaly_thresholds",
-                "evidence_cam_model", "event_store")
-_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show", "anomaly_only", "evidence_cam", "serve_insecure")
+_PATH_FIELDS = ("model", "thresholds", "profile", "outbox", "evidence_dir", "save", "belt", "anomaly", "anomaly_thresholds",
+                "evidence_cam_model", "event_store", "review")
+_BOOL_FIELDS = ("loop", "follow", "half", "emit_pass", "show", "anomaly_only", "evidence_cam", "serve_insecure",
+                "camera_faults", "reload_on_change")
 # What one station shares between its cameras: a camera entry naming one of these is refused.
 STATION_FIELDS = ("cameras", "camera", "model", "imgsz", "device", "half", "anomaly", "anomaly_only",
                   "anomaly_thresholds", "evidence_cam", "evidence_cam_model", "outbox", "evidence_dir", "serve",
                   "serve_token_env", "serve_insecure", "event_store", "flush_timeout_s", "stats_interval_s",
-                  "max_frames", "save", "show")
+                  "max_frames", "save", "show", "reload_on_change", "review", "review_band", "review_sample", "review_max_per_min",
+                  "review_max_items")
 _OPTIONAL_INT = ("max_frames", "imgsz", "tile", "min_frames")
-_INT = ("belt_frames", "min_part_frames")
+_INT = ("belt_frames", "min_part_frames", "review_max_per_min", "review_max_items", "drift_window")
 _OPTIONAL_FLOAT = ("fps_cap", "max_latency_ms", "min_part_area")
-_FLOAT = ("stall_timeout_s", "tile_overlap", "conf", "min_area", "flush_timeout_s", "stats_interval_s", "decide_at")
+_FLOAT = ("stall_timeout_s", "tile_overlap", "conf", "min_area", "flush_timeout_s", "stats_interval_s", "decide_at",
+          "review_band", "review_sample",
+          "drift_psi", "frozen_s")
 
 
 def _fail(name: str, expected: str, value: Any) -> UsageError:
@@ -249,6 +289,10 @@ def _coerce(name: str, value: Any) -> Any:
         return _choice(name, value, get_args(Mode))
     if name == "fail_safe":
         return _choice(name, value, get_args(FailSafe))
+    if name == "drift":
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on as false/true
+            value = "alarm" if value else "off"
+        return None if value is None else _choice(name, value, get_args(DriftMode))
     if name == "reject_classes":
         if value is None:
             return None
@@ -338,6 +382,7 @@ def _names(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _check(options: WatchOptions) -> None:
+    _check_review(options)
     positive = {"stall_timeout_s": options.stall_timeout_s, "stats_interval_s": options.stats_interval_s}
     for name, value in positive.items():
         if value <= 0:
@@ -358,6 +403,12 @@ def _check(options: WatchOptions) -> None:
             raise _fail(name, ">= 1", value)
     if options.belt_frames < 2:
         raise _fail("belt_frames", ">= 2", options.belt_frames)
+    if options.drift_window < 10:
+        raise _fail("drift_window", ">= 10 parts (a distribution test needs a sample)", options.drift_window)
+    if options.drift_psi <= 0.1:
+        raise _fail("drift_psi", "> 0.1 (the level below which an alarm clears)", options.drift_psi)
+    if options.frozen_s <= 0:
+        raise _fail("frozen_s", "> 0 seconds", options.frozen_s)
     if not 0 < options.decide_at < 1:
         raise _fail("decide_at", "a fraction of the frame in (0, 1)", options.decide_at)
     if options.min_part_area is not None and options.min_part_area <= 0:
@@ -377,6 +428,16 @@ def _check(options: WatchOptions) -> None:
     if options.evidence_cam and options.evidence_dir is None:
         raise UsageError("evidence_cam (--evidence-cam) saves its heatmap with each reject's snapshots: give "
                          "evidence_dir (--evidence DIR) too")
+
+
+def _check_review(options: WatchOptions) -> None:
+    if not 0 < options.review_band <= 1:
+        raise _fail("review_band", "a fraction of the threshold in (0, 1]", options.review_band)
+    if not 0 <= options.review_sample <= 1:
+        raise _fail("review_sample", "a fraction in [0, 1]", options.review_sample)
+    for name in ("review_max_per_min", "review_max_items"):
+        if getattr(options, name) < 1:
+            raise _fail(name, ">= 1", getattr(options, name))
 
 
 def _check_anomaly(options: WatchOptions) -> None:
@@ -529,6 +590,8 @@ def _outputs(options: WatchOptions) -> list[_Output]:
     if options.evidence_dir is not None:
         outputs.append(_Output(f"--evidence {options.evidence_dir}", options.evidence_dir, "reject snapshots",
                                is_folder=True))
+    if options.review is not None:
+        outputs.append(_Output(f"--review {options.review}", options.review, "the review queue", is_folder=True))
     if options.save is not None:
         outputs.append(_Output(f"--save {options.save}", options.save, "the annotated video"))
     if options.serve is not None or options.event_store is not None:

@@ -31,7 +31,9 @@ class PartDecision:
     On a line: ``part_box`` is the part on ``frame``; ``decided_frame`` is the frame on which the
     decision was made (latency runs from its capture) when it is not ``frame`` itself; ``message``
     says why an ``error`` part was not inspected; ``scores`` (frames, classes) are the per-frame
-    class maxima the rule judged, kept for calibration; ``emit`` is False for a pass nobody asked to hear.
+    class maxima the rule judged, kept for calibration and the review queue; ``emit`` is False for a pass
+    nobody asked to hear; ``peak`` (the review queue, on a line) is the frame where a reject class came
+    closest to or furthest over its threshold, with all of that frame's detections and the part box on it.
     """
 
     decision: PartOutcome
@@ -43,6 +45,7 @@ class PartDecision:
     message: str | None = None
     scores: np.ndarray | None = None
     emit: bool = True
+    peak: tuple[Frame, Detections, np.ndarray] | None = None
 
 
 @dataclass

@@ -25,16 +25,20 @@ from yolodefect.inference.eigencam import EigenCam, cam_overlay
 from yolodefect.inference.names import class_name
 from yolodefect.inference.rules import RejectRules
 from yolodefect.stream.anomaly_stage import AnomalyStage, appended
+from yolodefect.stream.camera_faults import CameraFaultMonitor
 from yolodefect.stream.delivery import Dispatcher
 from yolodefect.stream.detector import Detector
 from yolodefect.stream.drawing import Overlay, draw_frame
-from yolodefect.stream.events import Decision, Defect, Event, ModelIdentity, new_event, utc_now_iso
+from yolodefect.stream.drift import DriftMonitor, crop_observation, image_observation
+from yolodefect.stream.events import Alarm, Decision, Defect, Event, ModelIdentity, new_event, utc_now_iso
 from yolodefect.stream.evidence import EvidenceWriter, VideoSink
 from yolodefect.stream.live import LiveView
 from yolodefect.stream.options import WatchOptions
-from yolodefect.stream.line import LineFrame, LinePartDecider
+from yolodefect.stream.line import LineFrame, LinePartDecider, class_maxima
 from yolodefect.stream.part_finder import BeltModel, class_part_boxes
 from yolodefect.stream.parts import ImagePartDecider, PartDecision, PartNotInspectedError
+from yolodefect.stream.reload import Swap, SwapSlot
+from yolodefect.stream.review import ReviewCase, ReviewQueue
 from yolodefect.stream.sources import Frame, FrameSource, UnreadableImageError
 from yolodefect.stream.stats import StatsBoard, WatchStats
 
@@ -100,7 +104,8 @@ class Station:
                  keep_scores: bool = False, on_part: Callable[[PartDecision], None] | None = None,
                  anomaly: AnomalyStage | None = None, cam: EigenCam | None = None, camera: str = "",
                  camera_is_source: bool = False, sink_names: tuple[str, ...] | None = None,
-                 live: LiveView | None = None):
+                 live: LiveView | None = None, drift: DriftMonitor | None = None,
+                 review: ReviewQueue | None = None):
         self.options = options
         self.camera = camera  # its name on the web page and in /metrics
         self.event_source = camera if camera_is_source else None  # several cameras: the events' source
@@ -118,6 +123,9 @@ class Station:
         self.stop = stop
         self.board = board
         self.on_part = on_part
+        self.review = review  # watch --review: the station's queue of frames for a person to look at
+        self.review_log = _RateLimitedLog(60.0)
+        self._review_rules: tuple[RejectRules, np.ndarray, list[int]] | None = None
         self.image_decider = ImagePartDecider(emit_pass=options.emit_pass)
         self.line: LinePartDecider | None = None
         self.belt: BeltModel | None = belt
@@ -127,7 +135,8 @@ class Station:
         if track_mode:
             self.line = LinePartDecider(self._find_parts, self.names, rules, min_frames=min_frames,
                                         min_part_frames=options.min_part_frames, decide_at=options.decide_at,
-                                        emit_pass=options.emit_pass, keep_scores=keep_scores)
+                                        emit_pass=options.emit_pass, keep_scores=keep_scores or review is not None,
+                                        keep_peak=review is not None)
         self.part_class_id = _part_class_id(options, self.names) if track_mode and options.parts == "class" else None
         self.off_part_log = _RateLimitedLog(60.0)
         self.evidence = EvidenceWriter(options.evidence_dir) if options.evidence_dir is not None else None
@@ -138,6 +147,13 @@ class Station:
         self.nan_log = _RateLimitedLog()
         self.cam_log = _RateLimitedLog()
         self.window_closed = False
+        self.swaps = SwapSlot()  # watch --reload-on-change: a new model or thresholds, taken before the next frame
+        # Issue #17: the drift monitor (options.drift "warn" or "alarm") and the camera fault alarms of this camera.
+        self.drift = drift
+        # In image mode two photos of an empty belt may be identical: frozen is judged on video and cameras only.
+        self.faults = (CameraFaultMonitor(check_frozen=not source.per_part, frozen_s=options.frozen_s)
+                       if options.camera_faults else None)
+        self._alarm_ids: dict[tuple[str, str], str] = {}  # (decision, kind): the event that raised it
 
     # -- per frame ---------------------------------------------------------------------------
 
@@ -224,6 +240,11 @@ class Station:
 
     def process(self, frame: Frame) -> None:
         self.last_frame = frame
+        swap = self.swaps.take()
+        if swap is not None:
+            self._swap(swap)
+        if self.faults is not None and frame.error is None:
+            self._check_camera(frame)
         try:
             if self._learning_belt(frame):
                 self.board.add("belt_frames")
@@ -278,21 +299,87 @@ class Station:
                 annotated = self._annotated(frame, result)
             except Exception as exc:  # a picture is not worth losing the event for
                 logger.warning("drawing frame %d failed (%s); continuing without the annotated image", frame.index, exc)
+        emitted: dict[str | int | None, tuple[Decision, str]] = {}  # part: its event's decision and id
         for outcome in outcomes:
             # An anomaly reject's evidence is its own drawing, over the anomaly heatmap of the part.
             heated = self.anomaly is not None and self.anomaly.shows(outcome.defects)
             evidence = annotated if outcome.frame is frame and not heated else None
             if evidence is None and self.evidence is not None and outcome.decision != "pass":
                 evidence = self._evidence_drawing(outcome)
-            self._emit(frame, outcome, evidence)
+            emitted[outcome.part_id] = (outcome.decision, self._emit(frame, outcome, evidence))
         if count_frame:
             self.board.frame_done((time.monotonic() - frame.captured_monotonic) * 1000.0)
+        if self.review is not None:
+            self._review(frame, result, emitted)
         if annotated is not None and count_frame:
             self._output(annotated)
         if self.live is not None and count_frame:
             # By reference: the web server draws it (once, when a page asks), never this thread.
             self.live.publish_frame(self.camera, (lambda: annotated) if annotated is not None
                                     else (lambda: self._annotated(frame, result)))
+        if self.drift is not None:
+            self._observe_drift(frame, result)
+
+    # -- station alarms (issue #17): drift and camera faults ------------------------------------------
+
+    def _check_camera(self, frame: Frame) -> None:
+        fps = self.source.nominal_fps if self.source.kind == "video" else None
+        # A video file's own clock (its position), not how fast this station happens to read it.
+        time_s = frame.index / fps if fps else frame.captured_monotonic
+        for change in self.faults.update(frame.image, time_s):
+            self._alarm("camera_fault", change.kind, change.state, change.kind, {change.kind: change.measures},
+                        change.describe(), frame, send=True)
+
+    def _observe_drift(self, frame: Frame, result: _FrameResult) -> None:
+        """One observation per inspected part: image mode the frame with its detections, a line each part's crop."""
+        if self.line is None:
+            if result.error is not None or frame.error is not None:
+                return
+            found = result.detections
+            top = float(found.confidence.max()) if len(found) else 0.0
+            observations = [image_observation(frame.image, top, int(np.count_nonzero(result.counted)))]
+        else:
+            observations = [crop_observation(d.frame.image, d.part_box) for d in result.decisions
+                            if d.decision != "error" and d.part_box is not None]
+        for observation in observations:
+            change = self.drift.update(observation) if observation is not None else None
+            if change is None:
+                continue
+            window = f"the last {self.drift.window} parts"
+            message = (f"drift: {window} differ from the reference profile: {change.reason()}"
+                       if change.state == "raised" else
+                       f"drift cleared: {window} look like the reference profile again ({change.reason()})")
+            self._alarm("drift", "drift", change.state, change.reason(), change.feature_dicts(), message, frame,
+                        send=self.options.drift == "alarm")
+
+    def _alarm(self, decision: Decision, kind: str, state: str, reason: str, features: dict[str, dict[str, float]],
+               message: str, frame: Frame, *, send: bool) -> None:
+        """Log, show and count a station alarm raised or cleared; with ``send``, an event through the outbox and
+        this camera's sinks (a cleared one carrying the raising event's id)."""
+        raised = state == "raised"
+        where = f"camera {self.camera}: " if self.event_source else ""
+        (logger.warning if raised else logger.info)("%s%s (frame %d)", where, message, frame.index)
+        live_kind = decision if decision == "drift" else f"{decision}:{kind}"
+        self.board.set_alarm(live_kind, message if raised else None)
+        if raised:
+            self.board.add("drift_alarms" if decision == "drift" else "camera_faults")
+        if self.live is not None:
+            if raised:
+                self.live.set_alarm(live_kind, self.camera, message)
+            else:
+                self.live.clear_alarm(live_kind, self.camera)
+        if not send:
+            return
+        raised_by = None if raised else self._alarm_ids.pop((decision, kind), None)
+        event = new_event(
+            decision=decision, source=self.event_source or frame.source, frame_index=frame.index,
+            captured_at=frame.captured_at, latency_ms=(time.monotonic() - frame.captured_monotonic) * 1000.0,
+            image_size_wh=frame.size_wh, model=self.model, part_id=None, message=message,
+            alarm=Alarm(state=state, reason=reason, features=features, alarm_id=raised_by),  # type: ignore[arg-type]
+        )
+        if raised:
+            self._alarm_ids[(decision, kind)] = event.event_id
+        self._submit(event.to_dict())
 
     def _evidence_drawing(self, outcome: _Outcome) -> np.ndarray | None:
         """The annotated picture of a part decided on a later frame than the one that shows its defects, or of an
@@ -347,14 +434,16 @@ class Station:
         return draw_frame(frame.image, result.detections, self.names, counted=result.counted,
                           roi_polygon=self.options.roi, overlay=overlay, part_boxes=result.part_boxes)
 
-    def _emit(self, frame: Frame, outcome: _Outcome, annotated: np.ndarray | None) -> None:
-        """Emit one event decided on ``frame`` (latency runs from its capture), shown by ``outcome.frame``."""
+    def _emit(self, frame: Frame, outcome: _Outcome, annotated: np.ndarray | None) -> str:
+        """Emit one event decided on ``frame`` (latency runs from its capture), shown by ``outcome.frame``;
+        returns its event id."""
         decision, part_id, defects, shown = outcome.decision, outcome.part_id, outcome.defects, outcome.frame
         part_box = None if outcome.part_box is None else tuple(round(float(v), 1) for v in outcome.part_box)
         event = new_event(
             decision=decision, source=self.event_source or shown.source, frame_index=shown.index, captured_at=shown.captured_at,
             latency_ms=0.0, image_size_wh=shown.size_wh, model=self.model, part_id=part_id, message=outcome.message,
             part_bbox_xyxy=part_box, anomaly_model=self.anomaly.identity if self.anomaly is not None else None,
+            thresholds={name: self.rules.threshold(name) for name in self.names.values()},
             defects=[
                 # float32 noise (0.8999999761) says nothing to a reader of the event; round it away.
                 Defect(class_name(self.names, int(c)), round(float(np.clip(s, 0.0, 1.0)), 4),
@@ -389,6 +478,70 @@ class Station:
         logger.debug("event %s: %s part %s (%d defects)", event.event_id, decision, part_id, len(defects))
         if self.dispatcher.outbox_failure is not None and not outbox_was_failing:
             self._outbox_alarm(frame)
+        return event.event_id
+
+    def _review(self, frame: Frame, result: _FrameResult, emitted: Mapping[str | int | None, tuple[Decision, str]]) -> None:
+        """Offer this frame's decided parts to the review queue (see :mod:`yolodefect.stream.review`); a failure
+        here is logged, never the line's problem."""
+        try:
+            for case in self._review_cases(frame, result, emitted):
+                self.review.consider(case, self.board.add)
+        except Exception as exc:
+            self.board.add("review_failures")
+            self.review_log(logger.error, "review queue: %s: %s", type(exc).__name__, exc)
+
+    def _review_cases(self, frame: Frame, result: _FrameResult,
+                      emitted: Mapping[str | int | None, tuple[Decision, str]]) -> Iterator[ReviewCase]:
+        if self._review_rules is None or self._review_rules[0] is not self.rules:  # once per rules object
+            classes = max(self.names) + 1 if self.names else 0
+            thresholds = np.array([self.rules.threshold(class_name(self.names, c)) for c in range(classes)],
+                                  dtype=np.float32)
+            self._review_rules = (self.rules, thresholds, self.rules.reject_ids(self.names))
+        _, thresholds, reject_ids = self._review_rules
+        anomaly_id = self.anomaly.class_id if self.anomaly is not None else None
+        common = dict(thresholds=thresholds, reject_ids=reject_ids, names=self.names, model=self.model,
+                      model_class_ids=[c for c in self.names if c != anomaly_id], anomaly_id=anomaly_id)
+        if self.line is None:  # one frame, one part: also the passes nobody asked to hear of
+            if result.error is not None or frame.error is not None:
+                return
+            part_id = frame.part_hint if frame.part_hint is not None else frame.index
+            rejected = any(d.decision == "reject" for d in result.decisions)
+            decision, event_id = emitted.get(part_id, ("reject" if rejected else "pass", None))
+            scores = class_maxima(result.detections, self.rules.eligible_mask(result.detections), len(thresholds))
+            yield ReviewCase(decision=decision, part_id=part_id, event_id=event_id, frame=frame,
+                             detections=result.detections, part_box=None, scores=scores[None, :], min_frames=1,
+                             source=self.event_source or frame.source, **common)
+            return
+        for decided in result.decisions:
+            if decided.scores is None:
+                continue
+            shown, detections, box = decided.peak if decided.peak is not None else (
+                decided.frame, result.detections if decided.frame is frame else decided.defects, decided.part_box)
+            decision, event_id = emitted.get(decided.part_id, (decided.decision, None))
+            yield ReviewCase(decision=decision, part_id=decided.part_id, event_id=event_id, frame=shown,
+                             detections=detections, part_box=box, scores=decided.scores,
+                             min_frames=self.line.min_frames, source=self.event_source or shown.source, **common)
+
+    def _swap(self, swap: Swap) -> None:
+        """Between frames: run the new model and/or thresholds staged by the reload watcher (stream/reload.py)."""
+        self.detector = swap.detector if swap.detector is not None else self.detector
+        self.model = swap.model if swap.model is not None else self.model
+        if swap.rules is not None:
+            self.rules = swap.rules
+            if self.line is not None:
+                self.line.set_rules(swap.rules)
+        thresholds = {name: self.rules.threshold(name) for name in self.names.values()}
+        changes: dict[str, Any] = {"model": self.model.to_dict()}
+        if swap.card is not None:
+            changes["model_card"] = dict(swap.card)
+        self.board.rebase(**changes)
+        self.board.add("model_reloads")
+        if self.live is not None:
+            self.live.model_changed(self.camera, self.model.to_dict(), swap.card, thresholds)
+        where = f"camera {self.camera}: " if self.event_source else ""
+        logger.info("%sreloaded (%s): deciding with %s [%s] sha256 %s..., thresholds %s", where, swap.why,
+                    self.model.name, self.model.precision, self.model.sha256[:12],
+                    ", ".join(f"{name} {value:.3g}" for name, value in thresholds.items()))
 
     def _cam_image(self, shown: Frame) -> np.ndarray | None:
         """The EigenCAM overlay of a reject's evidence frame; its cost goes to the stats (evidence_cam_p50_ms)."""

@@ -61,6 +61,22 @@ class WatchStats:
     evidence_cams: int = 0
     evidence_cam_p50_ms: float | None = None
     evidence_cam_failures: int = 0
+    # watch --review: items saved to the review queue; not saved because over review_max_per_min, because the
+    # writer was behind (its queue full), because the disk refused them; and the oldest removed at review_max_items
+    review_saved: int = 0
+    review_rate_limited: int = 0
+    review_dropped: int = 0
+    review_failures: int = 0
+    review_removed: int = 0
+    # Station alarms (issue #17): drift alarms and camera faults raised, and the alarms active now (kind: message;
+    # "drift", "camera_fault:black|saturated|frozen"; several cameras: "camera/kind")
+    drift_alarms: int = 0
+    camera_faults: int = 0
+    active_alarms: dict[str, str] = field(default_factory=dict)
+    # watch --reload-on-change: new models or thresholds this camera switched to, and changed files refused
+    # (incomplete or invalid: the running ones stayed)
+    model_reloads: int = 0
+    reload_failures: int = 0
     model_card: dict[str, Any] | None = None
     seconds_since_frame: float | None = None  # since the last frame was finished; None before the first
 
@@ -97,6 +113,7 @@ class StatsBoard:
         self._base = base
         self._counts: dict[str, int] = {}
         self._by_class: dict[str, int] = {}
+        self._alarms: dict[str, str] = {}
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self._frame_times: deque[float] = deque(maxlen=1000)
         self._latency_window = latency_window
@@ -110,6 +127,11 @@ class StatsBoard:
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
+
+    def rebase(self, **changes: Any) -> None:
+        """Change what the snapshots say beside the counters (e.g. ``model`` after a reload)."""
+        with self._lock:
+            self._base = replace(self._base, **changes)
 
     def add_classes(self, names: set[str]) -> None:
         """One reject event naming each of ``names`` (a part rejected for two classes counts once in each)."""
@@ -132,6 +154,14 @@ class StatsBoard:
         """One frame's time in stage ``name``; the snapshot gives its median as ``{name}_p50_ms``."""
         with self._lock:
             self._stage_ms.setdefault(name, deque(maxlen=self._latency_window)).append(elapsed_ms)
+
+    def set_alarm(self, kind: str, message: str | None) -> None:
+        """An alarm active now (``message``), or cleared (None)."""
+        with self._lock:
+            if message is None:
+                self._alarms.pop(kind, None)
+            else:
+                self._alarms[kind] = message
 
     def set(self, name: str, value: int) -> None:
         with self._lock:
@@ -166,10 +196,11 @@ class StatsBoard:
             fps = self._fps_locked(now) if running else self._run_fps_locked()
             stages = {f"{name}_p50_ms": float(np.median(times)) for name, times in self._stage_ms.items() if times}
             by_class = dict(self._by_class)
+            alarms = dict(self._alarms)
             since_frame = None if self._last_frame_done is None else now - self._last_frame_done
         p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95])) if latencies.size else (None, None)
         return replace(self._base, running=running, elapsed_s=now - self._started, fps=fps,
-                       latency_p50_ms=p50, latency_p95_ms=p95, rejects_by_class=by_class,
+                       latency_p50_ms=p50, latency_p95_ms=p95, rejects_by_class=by_class, active_alarms=alarms,
                        seconds_since_frame=since_frame, **stages, **counts, **extra)
 
 
@@ -221,7 +252,9 @@ def combine_stats(stats: list[WatchStats], running: bool = True) -> WatchStats:
     for s in stats:
         backlog.update(s.sink_backlog)
         errors.update(s.sink_errors)
+    alarms = {f"{s.camera or s.source}/{kind}": message for s in stats for kind, message in s.active_alarms.items()}
     return replace(first, **summed, **worst, source=", ".join(s.source for s in stats), camera=None, running=running,
+                   active_alarms=alarms,
                    elapsed_s=max(s.elapsed_s for s in stats), rejects_by_class=by_class,
                    truncated=any(s.truncated for s in stats),
                    truncation="; ".join(s.truncation for s in stats if s.truncation) or None,

@@ -49,10 +49,14 @@ from yolodefect.shipped import with_shipped_model
 from yolodefect.stream.anomaly_stage import NoDetector, open_anomaly_stage, with_anomaly_rule
 from yolodefect.stream.delivery import NOT_PERSISTED_PREFIX, Dispatcher
 from yolodefect.stream.detector import Detector, SharedDetector, TiledDetector, UltralyticsDetector
+from yolodefect.inference.profile_file import PROFILE_NAME
+from yolodefect.stream.drift import DriftMonitor, ReferenceProfile, drift_monitor, resolve_drift
 from yolodefect.stream.events import ModelIdentity
 from yolodefect.stream.options import (DEFAULT_MIN_FRAMES, DEFAULT_OUTBOX, WatchOptions, camera_options,
                                       check_outputs_outside_source, load_station_config, merge_options, resolve_options)
 from yolodefect.stream.part_finder import BeltModel
+from yolodefect.stream.reload import CameraReload, StationReloader
+from yolodefect.stream.review import ReviewQueue
 from yolodefect.stream.parts import PartDecision
 from yolodefect.stream.sinks import sink_from_url
 from yolodefect.stream.sinks.base import Sink
@@ -85,6 +89,8 @@ __all__ = [
 # 2 cores (bench/serve.py), two 640x360 videos at imgsz 320: 37 fps in all without waiting, 45 at 5 ms, 48 at 15 ms,
 # with a lower p95 latency too (a camera's frame no longer queues behind the other's whole model call).
 BATCH_WAIT_MS = 10.0
+# watch --review with review_band 1 would ask the model for every box down to confidence 0 (hundreds per frame).
+REVIEW_MIN_FLOOR = 0.01
 
 
 def build_rules(options: WatchOptions, thresholds: Thresholds | None = None) -> RejectRules:
@@ -164,8 +170,28 @@ class _CameraRun:
     rules: RejectRules
     board: StatsBoard | None = None
     station: Station | None = None
+    profile: ReferenceProfile | None = None  # the drift monitor's reference (options.drift warn or alarm)
+    drift_implicit: bool = False  # the profile was found beside the thresholds; drift was not asked for
     stopped_by: StopReason = "end"
     error: BaseException | None = None
+
+
+def _drift_for(run: _CameraRun, track_mode: bool) -> DriftMonitor | None:
+    """The camera's drift monitor, or None.
+
+    eval's profile describes still images, one per part. On a moving line the monitor compares part crops as
+    this camera sees them, and measured against a still-image profile they differ in sharpness and framing
+    (bench/drift.py: a stable line alarmed at part 52); so a profile only found beside the thresholds is not
+    used there unless drift or profile is asked for explicitly.
+    """
+    if run.profile is None:
+        return None
+    if track_mode and run.drift_implicit:
+        logger.info("drift monitor off on this moving line: %s is a profile of still images (one per part), not of "
+                    "parts as this camera sees them; pass --drift alarm --profile PATH to use one anyway",
+                    run.options.thresholds.with_name(PROFILE_NAME) if run.options.thresholds else "the profile")
+        return None
+    return drift_monitor(run.profile, run.options, track_mode=track_mode, confidence_floor=run.rules.min_threshold())
 
 
 def watch(
@@ -215,10 +241,19 @@ def watch(
     stop = stop_event if stop_event is not None else threading.Event()
     runs: list[_CameraRun] = []
     for name, camera_opts in cameras:
+        drift_mode, profile = resolve_drift(camera_opts)  # a missing profile is a usage error before anything opens
+        # Found beside the thresholds, not asked for: on a moving line it is not used (see _drift_for).
+        drift_implicit = camera_opts.drift is None and camera_opts.profile is None
+        camera_opts = replace(camera_opts, drift=drift_mode)
         thresholds = read_thresholds_yaml(camera_opts.thresholds) if camera_opts.thresholds is not None else None
-        runs.append(_CameraRun(name, camera_opts, None, (), thresholds, build_rules(camera_opts, thresholds)))  # type: ignore[arg-type]
+        runs.append(_CameraRun(name, camera_opts, None, (), thresholds, build_rules(camera_opts, thresholds),  # type: ignore[arg-type]
+                               profile=profile, drift_implicit=drift_implicit))
+    if options.review is not None:  # the review queue shows near-misses: the model keeps boxes down to the band's floor
+        floor = max(REVIEW_MIN_FLOOR, min(run.rules.min_threshold() for run in runs) * (1.0 - options.review_band))
+        conf_floor = floor if conf_floor is None else min(floor, conf_floor)
     anomaly = open_anomaly_stage(options, runs[0].thresholds) if options.anomaly is not None else None
     tile_per_camera = False  # several cameras share one model; each runs it on its own tiles
+    model_from_file = detector is None and not options.anomaly_only  # what --reload-on-change can load again
     if detector is None and options.anomaly_only:
         detector = NoDetector()
     elif detector is None and several:
@@ -238,6 +273,7 @@ def watch(
     if names is None:
         raise UsageError("the detector has no class_names; pass class_names= to watch()")
     names = names_dict(names)
+    model_names = dict(names)  # the model's own classes (the anomaly stage may add one below)
     if anomaly is not None:  # the anomaly model's rejects: one more class, judged by the same rule
         anomaly = anomaly.for_classes(names)
         names = {**names, anomaly.class_id: anomaly.class_name}
@@ -265,6 +301,7 @@ def watch(
             _close_trigger(run.source)
         raise
     live = server = event_store = None
+    review: ReviewQueue | None = None
     warned: set[Path | None] = set()
     try:
         for run in runs:
@@ -279,6 +316,9 @@ def watch(
         if options.serve is not None:
             live, server, event_store = start_serving(options, [run.rules for run in runs], [run.name for run in runs],
                                                       model_info, getattr(detector, "card", None), names)
+        if options.review is not None:
+            review = ReviewQueue(options.review, band_fraction=options.review_band, sample=options.review_sample,
+                                 max_per_min=options.review_max_per_min, max_items=options.review_max_items)
         for run in runs:
             track_mode = run.board.snapshot().mode == "track"
             belt = (learn_belt(run.options.belt, run.options, stop)
@@ -292,7 +332,9 @@ def watch(
                                    min_frames=line_min_frames(run.options, run.thresholds), belt=belt,
                                    keep_scores=on_part is not None, on_part=on_part, anomaly=anomaly, cam=cam,
                                    camera=run.name, camera_is_source=several or options.camera is not None,
-                                   sink_names=run.sink_names if several else None, live=live)
+                                   sink_names=run.sink_names if several else None, live=live,
+                                   drift=_drift_for(run, track_mode),
+                                   review=review)
             if live is not None:
                 live.add_camera(run.name, run.source.name, run.station.snapshot, sinks=run.station.sink_stats,
                                 outbox_failure=lambda: dispatcher.outbox_failure,
@@ -303,6 +345,8 @@ def watch(
         if event_store is not None:
             event_store.close()
         dispatcher.close(timeout_s=0.0)  # releases the outbox lock: a retry in this process must not find it taken
+        if review is not None:
+            review.close(timeout_s=1.0)
         for run in runs:
             _close_trigger(run.source)
         raise
@@ -317,9 +361,13 @@ def watch(
     ticker = StatsTicker(options.stats_interval_s, snapshot, on_stats,
                          lambda exc: logger.warning("stats callback failed: %s", exc)) if on_stats else None
     signals = _SignalHandlers(stop)
+    reloader = (_reloader(options, runs, names, model_names, anomaly, conf_floor, several, model_from_file)
+                if options.reload_on_change else None)
     with signals if install_signal_handlers else contextlib.nullcontext():
         if ticker is not None:
             ticker.start()
+        if reloader is not None:
+            reloader.start()
         try:
             if several:
                 _run_cameras(runs, stop, options.max_frames)
@@ -330,10 +378,14 @@ def watch(
                     run.stopped_by = ("signal" if signals.received is not None
                                       else "window" if run.station.window_closed else "stop")
         finally:
+            if reloader is not None:
+                reloader.stop()
             if ticker is not None:
                 ticker.stop()
             for run in runs:
                 run.station.close_outputs()
+            if review is not None:
+                review.close()
             # Also on an exception: what is already in the outbox still gets its chance to go out.
             flushed, undelivered = _shutdown_delivery(dispatcher, options.flush_timeout_s)
             if live is not None:
@@ -362,6 +414,10 @@ def watch(
         logger.error("%d event(s) NOT stored in the outbox %s (sent to the sinks directly, and written to stderr "
                      "as lines starting %r): %s", len(summary.not_persisted_event_ids), options.outbox,
                      NOT_PERSISTED_PREFIX.strip(), ", ".join(summary.not_persisted_event_ids))
+    if review is not None:
+        logger.info("review queue %s: %d item(s) saved this run, %d over review_max_per_min, %d dropped, %d failed; "
+                    "%d in the folder", options.review, final.review_saved, final.review_rate_limited,
+                    final.review_dropped, final.review_failures, review.state()["items"])
     if final.evidence_failures:
         logger.warning("%d evidence snapshot(s) could not be saved in %s", final.evidence_failures, options.evidence_dir)
     if on_stats is not None:
@@ -530,3 +586,37 @@ def _shutdown_delivery(dispatcher: Dispatcher, timeout_s: float) -> tuple[bool, 
     finally:
         dispatcher.close(timeout_s=1.0)
     return flushed, undelivered
+
+
+def _reloader(options: WatchOptions, runs: list[_CameraRun], names: Mapping[int, str], model_names: Mapping[int, str],
+              anomaly: Any, conf_floor: float | None, several: bool, model_from_file: bool) -> StationReloader:
+    """watch --reload-on-change: the model and thresholds files rebuilt exactly as this function built them."""
+    def build_detectors(rules: list[RejectRules]) -> list[Detector]:
+        if not several:
+            return [make_detector(runs[0].options, rules[0], conf_floor)]
+        floor = min(r.min_threshold() for r in rules)
+        shared = SharedDetector(make_detector(replace(options, tile=None), rules[0],
+                                              floor if conf_floor is None else min(floor, conf_floor)),
+                                batch_wait_ms=BATCH_WAIT_MS)
+        return [shared if run.options.tile is None else
+                TiledDetector(shared, (run.options.tile, run.options.tile), overlap=run.options.tile_overlap)
+                for run in runs]
+
+    def rules_maker(index: int, run: _CameraRun) -> Callable[[Path], RejectRules]:
+        def make(path: Path) -> RejectRules:
+            rules = build_rules(run.options, read_thresholds_yaml(path))
+            if anomaly is not None and index == 0:
+                rules = with_anomaly_rule(rules, anomaly)
+            rules.check_classes(names)
+            return rules
+        return make
+
+    def count_failure() -> None:
+        for run in runs:
+            run.station.board.add("reload_failures")
+
+    cameras = [CameraReload(run.name, run.station.swaps, run.options.thresholds, run.rules, rules_maker(i, run))
+               for i, run in enumerate(runs)]
+    return StationReloader(cameras, model=options.model, model_names=model_names,
+                           build_detectors=build_detectors if model_from_file and options.model is not None else None,
+                           on_failure=count_failure)
