@@ -356,3 +356,20 @@ def test_the_evidence_frame_shows_every_class_that_rejected_the_part() -> None:
     (decision,) = decisions
     assert decision.decision == "reject"
     assert sorted(decider.names[int(c)] for c in decision.defects.class_id) == ["anomaly", "patch"]
+
+
+def test_a_coloured_belt_shows_parts_of_the_grey_belts_own_tone(tmp_path: Path) -> None:
+    """Grey parts of every tone, the grey belt's own among them: on a green belt each is found once (on the grey
+    belt the belt-toned ones are not: bench/line.py's NEU-DET half), so a line can pick a belt for its parts."""
+    tones = [58, 30, 58, 120, 200, 58, 240, 90]
+    rng = np.random.default_rng(3)
+    images = [(np.clip(tone + rng.integers(-3, 4, size=(100, 110, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2), [])
+              for tone in tones]
+    truth = write_conveyor_video(tmp_path / "green.avi", part_images=images, class_names=["scratch"], seed=2,
+                                 frame_size=(480, 200), gap_px=(20, 40), lead_in_frames=BELT_FRAMES + 5,
+                                 flicker=0.05, textured_belt=True, speed_px_per_frame=12, belt_bgr=(60, 140, 60))
+    summary, events = run_watch(tmp_path, truth, TruthDetector(truth))
+    assert [truth_part(truth, e) for e in events] == list(range(len(tones)))
+    assert [e["decision"] for e in events] == ["pass"] * len(tones) and summary.stats.errors == 0
+    with pytest.raises(UsageError, match="belt_bgr"):
+        write_conveyor_video(tmp_path / "bad.avi", part_images=images, class_names=["scratch"], belt_bgr=(0, 300, 0))

@@ -312,6 +312,7 @@ def write_conveyor_video(
     lead_in_frames: int = 0,
     flicker: float = 0.0,
     textured_belt: bool = False,
+    belt_bgr: tuple[int, int, int] | None = None,
     part_images: Sequence[PartImage] | None = None,
     class_names: Sequence[str] | None = None,
     contaminated: Iterable[int] | float = (),
@@ -335,6 +336,8 @@ def write_conveyor_video(
       them defective (:attr:`ConveyorTruth.unseen_parts`); the rest of the video is the same as without them.
     * ``textured_belt``: blotches of about +-12 grey levels that move with the belt; ``flicker``: a lighting
       gain drawn per frame in [1 - flicker, 1 + flicker] (with ``seed``) applied to the whole frame.
+    * ``belt_bgr``: the belt's mean colour (default grey); texture, cleats and rails move by the same offset per
+      channel. A coloured belt contrasts with grey parts of any tone (a line picks its belt so).
     """
     width, height = (int(v) for v in frame_size)
     if not isinstance(contaminated, float):
@@ -426,6 +429,12 @@ def write_conveyor_video(
     else:
         loop = CLEAT_PERIOD_PX
         belt = _belt(rng, width, height, loop)
+    if belt_bgr is not None:
+        if len(belt_bgr) != 3 or not all(0 <= int(v) <= 255 for v in belt_bgr):
+            raise UsageError(f"belt_bgr={belt_bgr!r} must be three values 0-255 (blue, green, red)")
+        # An offset per channel, not a gain: the texture keeps its +-12 grey levels in every channel.
+        offset = np.asarray(belt_bgr, dtype=np.int16) - BELT_GREY
+        belt = np.clip(belt.astype(np.int16) + offset, 0, 255).astype(np.uint8)
     gains = np.random.default_rng([seed, 5]).uniform(1.0 - flicker, 1.0 + flicker, size=frames) if flicker else None
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
