@@ -80,7 +80,10 @@ def ensure_model(work: Path, args, dataset) -> tuple[Path, dict]:
     """The detector: --model, else the cached one in WORK/model, else the dataset's training (tens of minutes)."""
     if args.model:
         path = Path(args.model).resolve()
-        return path, {"source": "given", "path": str(path), **_run_record(path.parent.parent)}
+        # A model trained elsewhere (e.g. on a lent GPU by bench/train_pcb_gpu.py) says how in training.json beside it.
+        beside = path.with_name("training.json")
+        trained = json.loads(beside.read_text(encoding="utf-8")) if beside.exists() else {}
+        return path, {"source": "given", "path": str(path), **_run_record(path.parent.parent), **trained}
     cached, record = work / "model" / "best.pt", work / "model" / "training.json"
     if cached.exists() and record.exists():
         return cached, json.loads(record.read_text(encoding="utf-8"))
@@ -372,7 +375,7 @@ def build_line_data(work: Path, args, dataset) -> dict:
 
     settings = {"seed": args.seed, "frame": [args.frame_width, args.frame_height], "speeds": list(args.speeds),
                 "gaps": [args.gap_min, args.gap_max], "lead_in": args.lead_in, "flicker": args.flicker,
-                **dataset.settings(args)}
+                **dataset.settings(args), **({"belt_bgr": list(args.belt_bgr)} if args.belt_bgr else {})}
     # One folder per set of data settings: a cached build is reused only for the settings it was built with.
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = work / f"line-data-{key}"
@@ -392,7 +395,8 @@ def build_line_data(work: Path, args, dataset) -> dict:
                 folder / f"{name}_{speed}px.avi", part_images=images, class_names=class_names,
                 frame_size=(args.frame_width, args.frame_height), speed_px_per_frame=speed, fps=30.0,
                 gap_px=(args.gap_min, args.gap_max), lead_in_frames=args.lead_in, textured_belt=True,
-                flicker=args.flicker, seed=args.seed * 100 + speed * 10 + number)
+                flicker=args.flicker, seed=args.seed * 100 + speed * 10 + number,
+                belt_bgr=tuple(args.belt_bgr) if args.belt_bgr else None)
             truth_csv = write_part_truth(folder / f"{name}_{speed}px.truth.csv", truth.known_parts())
             (folder / f"{name}_{speed}px.truth.json").write_text(json.dumps(truth.to_dict()), encoding="utf-8")
             videos[f"{name}_{speed}"] = {"video": str(truth.path), "truth_csv": str(truth_csv),
@@ -405,7 +409,8 @@ def build_line_data(work: Path, args, dataset) -> dict:
     manifest = {"dataset": dataset.name, **dataset.manifest(parts_by_set, args),
                 "frame_size": [args.frame_width, args.frame_height], "speeds": list(args.speeds),
                 "gap_px": [args.gap_min, args.gap_max], "lead_in_frames": args.lead_in, "flicker": args.flicker,
-                "textured_belt": True, "stills": str(stills), "videos": videos,
+                "textured_belt": True, "belt_bgr": list(args.belt_bgr) if args.belt_bgr else "grey",
+                "stills": str(stills), "videos": videos,
                 "parts": {name: {"total": len(parts), "defective": sum(bool(p["boxes"]) for p in parts)}
                           for name, parts in parts_by_set.items()}}
     (folder / "parts.json").write_text(json.dumps(parts_by_set), encoding="utf-8")
@@ -537,6 +542,9 @@ def measure(model: Path, data: dict, work: Path, args, eval_imgsz: int) -> dict:
                 "target_reached": calibrated.target_reached, "conf": calibrated.conf,
                 "promised_escape_rate": calibrated.escape_rate,
                 "promised_false_reject_rate": calibrated.false_reject_rate, "search": calibrated.search,
+                # The in-sample promise is optimistic (thresholds chosen and measured on the same parts):
+                # calibrate's 2-fold cross-validation says what to expect on new parts.
+                "expected_on_new_parts": calibrated.expected,
                 "thresholds_path": str(calibrated.thresholds_path)}
             calibrated_thresholds = calibrated.thresholds_path
         except Exception as error:  # noqa: BLE001 - a failed calibration is a result to report, not a crash
@@ -607,6 +615,9 @@ def main() -> int:
     parser.add_argument("--gap-min", type=int, default=20)
     parser.add_argument("--gap-max", type=int, default=80)
     parser.add_argument("--lead-in", type=int, default=40, help="Frames of empty belt before the first part.")
+    parser.add_argument("--belt-bgr", type=int, nargs=3, default=None, metavar=("B", "G", "R"),
+                        help="The belt's colour (default grey 58): e.g. 60 140 60, a green belt that contrasts with "
+                             "grey steel of every tone (NEU-DET parts range from grey 35 to 243).")
     parser.add_argument("--flicker", type=float, default=0.05, help="Lighting gain per frame in [1-f, 1+f].")
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--station-imgsz", type=int, default=640, help="640 on 640x360 frames: parts at native scale.")
