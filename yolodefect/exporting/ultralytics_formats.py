@@ -7,8 +7,11 @@ the same images.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -40,12 +43,43 @@ def calibration_yaml(images: list[Path], class_names: list[str], work_dir: Path)
     return path
 
 
+class _DropUnlabelledCalibrationWarnings(logging.Filter):
+    """Our calibration folder holds images only (calibration needs no labels, and good parts have none), so
+    Ultralytics' dataset loader warns 'No labels found in ...' and 'Labels are missing or empty in ..., training
+    may not work correctly' about it: a user reads that as a failed export."""
+
+    MESSAGES = ("No labels found in", "Labels are missing or empty in")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.MESSAGES)
+
+
+@contextlib.contextmanager
+def unlabelled_calibration_quiet() -> Iterator[None]:
+    """Keep Ultralytics' missing-label warnings about the label-free calibration set off the screen."""
+    from ultralytics.utils import LOGGER
+
+    quiet = _DropUnlabelledCalibrationWarnings()
+    LOGGER.addFilter(quiet)
+    try:
+        yield
+    finally:
+        LOGGER.removeFilter(quiet)
+
+
 def export_with_ultralytics(spec: FormatSpec, checkpoint: Path, work_dir: Path, *, imgsz: int, dynamic: bool,
                             device: str, calibration_data: Path | None = None) -> Path:
     """FP32 export (``calibration_data`` None) or INT8 export calibrated on ``calibration_data``."""
     arguments: dict = {"format": spec.format.value, "imgsz": imgsz, "dynamic": dynamic, "batch": 1, "device": device}
     if spec.format is ExportFormat.ENGINE:
         arguments["simplify"] = False  # onnxslim cannot be installed offline; TensorRT parses the traced graph
-    if calibration_data is not None:
-        arguments.update(quantize=8, data=str(calibration_data), fraction=1.0)
-    return ultralytics_export(checkpoint, work_dir, **arguments)
+    if calibration_data is None:
+        return ultralytics_export(checkpoint, work_dir, **arguments)
+    arguments.update(quantize=8, data=str(calibration_data), fraction=1.0)
+    if spec.format is ExportFormat.OPENVINO and importlib.util.find_spec("nncf"):
+        # NNCF sets its logger to INFO when first imported; imported inside Ultralytics' export, that undoes
+        # quiet_ultralytics and prints one line per layer left in float. Imported here first, WARNING sticks.
+        import nncf  # noqa: F401
+    with unlabelled_calibration_quiet():
+        return ultralytics_export(checkpoint, work_dir, **arguments)
