@@ -376,3 +376,24 @@ def test_a_still_image_profile_beside_the_thresholds_is_not_used_on_a_moving_lin
     watch(options_for(asked, conveyor.path, evidence_dir=None, thresholds=thresholds, drift="alarm", drift_window=10),
           detector=GroundTruthDetector(conveyor))
     assert "drift monitor (alarm)" in caplog.text
+
+
+def test_image_mode_counts_the_passes_it_does_not_emit(tmp_path: Path) -> None:
+    """Without --emit-pass a good part sends no event, but the summary still counts it as passed (it said 0)."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for index in range(5):
+        cv2.imwrite(str(folder / f"part_{index}.png"), np.full((32, 32, 3), 100 + index, np.uint8))
+
+    class RejectsTheFirst:
+        class_names = ["scratch"]
+        calls = 0
+
+        def __call__(self, image: np.ndarray) -> Detections:
+            self.calls += 1
+            if self.calls == 1:
+                return Detections(np.array([[2.0, 2.0, 10.0, 10.0]]), np.array([0.9]), np.array([0]))
+            return Detections.empty()
+
+    summary = watch(options_for(tmp_path, folder, evidence_dir=None), detector=RejectsTheFirst())
+    assert (summary.stats.rejects, summary.stats.passes, summary.stats.parts, summary.stats.events) == (1, 4, 5, 1)

@@ -58,6 +58,5 @@ class ImagePartDecider:
         part_id: str | int = frame.part_hint if frame.part_hint is not None else frame.index
         if len(defects):
             return [PartDecision("reject", part_id, defects, frame)]
-        if self.emit_pass:
-            return [PartDecision("pass", part_id, defects, frame)]
-        return []
+        # A pass nobody asked to hear of is still a decision: counted in the stats, never emitted.
+        return [PartDecision("pass", part_id, defects, frame, emit=self.emit_pass)]
