@@ -72,6 +72,19 @@ def write_video(path: Path, frames: int, *, size_wh: tuple[int, int] = (64, 48),
     return path
 
 
+def read_video(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file as OpenCV decodes it (BGR), in order."""
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
 def nul_padded_jpeg(png: Path, padding: int) -> Path:
     """Replace the image ``png`` by a JPEG of it with ``padding`` NUL bytes after its end marker; returns the JPEG.
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.builders import write_video
+from tests.builders import read_video, write_video
 from yolodefect.detections import Detections
 from yolodefect.stream.camera_faults import CameraFaultMonitor
 from yolodefect.stream.events import Event
@@ -53,22 +53,11 @@ def faulty_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(tmp_path_factory.mktemp("faults") / "camera.mp4", FRAMES, size_wh=SIZE_WH, fps=FPS, draw=draw)
 
 
-def decoded(video: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
-    return frames
-
 
 def test_each_fault_is_raised_at_once_and_cleared_after_good_frames(faulty_video: Path) -> None:
     monitor = CameraFaultMonitor()
     seen = []
-    for index, image in enumerate(decoded(faulty_video)):
+    for index, image in enumerate(read_video(faulty_video)):
         for change in monitor.update(image, index / FPS):
             seen.append((change.kind, change.state, index))
     assert seen == EXPECTED

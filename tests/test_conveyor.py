@@ -17,21 +17,14 @@ from yolodefect.data.conveyor import ConveyorTruth, write_conveyor_video
 from yolodefect.data.part_truth import KnownPart
 from yolodefect.data.records import Box
 from yolodefect.errors import UsageError
+from tests.builders import read_video
 
 BRIGHT = 220  # the flat parts' grey: the belt (58 +- 12 texture +- 6 noise, rails 90) never comes near it
 EDGE = 2  # pixels of JPEG ringing kept clear of at every edge
 
 
 def decode(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.int16))
-    capture.release()
-    return frames
+    return [cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.int16) for frame in read_video(path)]
 
 
 def flat_part(width: int, height: int) -> np.ndarray:

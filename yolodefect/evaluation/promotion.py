@@ -18,22 +18,15 @@ from typing import Any, Literal
 import numpy as np
 
 from yolodefect.detections import Detections
-from yolodefect.errors import UsageError
-from yolodefect.evaluation.decisions import (
-    defective_parts,
-    eligible_predictions,
-    part_rates,
-    reject_scores,
-    rejected_parts,
-)
 from yolodefect.evaluation.ground_truth import GroundTruth
 from yolodefect.evaluation.metrics import EvalMetrics
 from yolodefect.evaluation.thresholds import (
     RECALL_TOLERANCE,
-    _rejected_by_maxima,
-    _with_margin,
+    rejected_by_maxima,
+    search_inputs,
+    station_rates,
+    with_margin,
 )
-from yolodefect.inference.rules import RejectRules, build_reject_rules
 from yolodefect.inference.thresholds_file import Thresholds
 
 Verdict = Literal["promote", "keep"]
@@ -79,16 +72,10 @@ def thresholds_at_false_reject_rate(
     as :func:`~yolodefect.evaluation.thresholds.choose_thresholds` places them; the result is measured with
     the station's own :class:`RejectRules`.
     """
-    if len(ground_truth) != len(predictions):
-        raise UsageError(f"{len(predictions)} predictions for {len(ground_truth)} images")
-    class_names = list(class_names)
-    base = build_reject_rules(reject_classes=reject_classes, min_box_area_px=min_box_area_px, roi_polygon=roi_polygon)
-    base.check_classes(class_names, owner="dataset")
-    reject_ids = base.reject_ids(class_names)
-    predictions = eligible_predictions(predictions, base)
-    defective = defective_parts(ground_truth, reject_ids)
+    inputs = search_inputs(ground_truth, predictions, class_names, reject_classes=reject_classes,
+                           min_box_area_px=min_box_area_px, roi_polygon=roi_polygon)
+    class_names, reject_ids, defective, scores = inputs.class_names, inputs.reject_ids, inputs.defective, inputs.scores
     allowed = int(np.floor(max_false_reject_rate * int((~defective).sum()) + RECALL_TOLERANCE))
-    scores = reject_scores(predictions, len(class_names))
     part_score = scores[:, reject_ids].max(axis=1) if reject_ids else np.zeros(len(scores))
 
     candidates = np.unique(part_score[part_score > 0])
@@ -106,22 +93,21 @@ def thresholds_at_false_reject_rate(
             changed = False
             for r in reject_ids:
                 others = [c for c in reject_ids if c != r]
-                by_others = (_rejected_by_maxima(scores, thresholds, others) if others
+                by_others = (rejected_by_maxima(scores, thresholds, others) if others
                              else np.zeros(len(scores), dtype=bool))
                 lowered = _best_lowering(scores[:, r], thresholds[r], by_others, defective, allowed)
                 if lowered < thresholds[r]:
                     thresholds[r], changed = lowered, True
-    global_value = _with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
+    global_value = with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
     if per_class and reject_ids:
-        rejected = _rejected_by_maxima(scores, thresholds, reject_ids)
+        rejected = rejected_by_maxima(scores, thresholds, reject_ids)
         for r in reject_ids:
-            thresholds[r] = _with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
+            thresholds[r] = with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
     other_ids = [k for k in range(scores.shape[1]) if not (per_class and k in reject_ids)]
     thresholds[other_ids] = global_value
 
     conf = {name: float(min(value, 1.0)) for name, value in zip(class_names, thresholds)}
-    station = RejectRules(base.reject_classes, conf, min_box_area_px=base.min_box_area_px, roi_polygon=base.roi_polygon)
-    final = part_rates(defective, rejected_parts(predictions, class_names, station))
+    final = station_rates(inputs, conf)
     return Thresholds(
         conf=conf, target_recall=None, target_reached=True, recall=final.recall, escape_rate=final.escape_rate,
         false_reject_rate=final.false_reject_rate, reject_classes=[class_names[i] for i in reject_ids],

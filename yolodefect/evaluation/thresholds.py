@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
 from yolodefect.evaluation.decisions import (
     NO_GOOD_PARTS,
+    PartRates,
     defective_parts,
     eligible_predictions,
     part_rates,
@@ -39,7 +41,7 @@ MIN_CONF = VALIDATION_CONF
 RECALL_TOLERANCE = 1e-9
 
 
-def _rejected_by_maxima(scores: np.ndarray, thresholds: np.ndarray, reject_ids: Sequence[int]) -> np.ndarray:
+def rejected_by_maxima(scores: np.ndarray, thresholds: np.ndarray, reject_ids: Sequence[int]) -> np.ndarray:
     """(images,) the search's fast form of the station's decision, from per-class score maxima.
 
     Compares in float32 like :meth:`RejectRules.mask`, so both give the same decision at a boundary.
@@ -103,7 +105,7 @@ def _coordinate_ascent(
         for r in reject_ids:
             others = [c for c in reject_ids if c != r]
             rejected_by_others = (
-                _rejected_by_maxima(scores, thresholds, others) if others else np.zeros(len(scores), dtype=bool)
+                rejected_by_maxima(scores, thresholds, others) if others else np.zeros(len(scores), dtype=bool)
             )
             column = scores[:, r]
             higher = np.unique(column[column > thresholds[r]])
@@ -118,7 +120,7 @@ def _coordinate_ascent(
     return thresholds
 
 
-def _with_margin(value: float, below: float) -> float:
+def with_margin(value: float, below: float) -> float:
     """Halfway between a chosen score and the highest score it must let pass.
 
     Every threshold in (below, value] makes the same decisions on this split; the middle is the
@@ -157,14 +159,49 @@ def search_thresholds(
 
     if reached:
         # Global value from the global sweep: the parts it must pass are those scoring below it.
-        global_value = _with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
+        global_value = with_margin(chosen, float(part_score[part_score < chosen].max(initial=0.0)))
         if per_class:
-            rejected = _rejected_by_maxima(scores, thresholds, reject_ids)
+            rejected = rejected_by_maxima(scores, thresholds, reject_ids)
             for r in reject_ids:
-                thresholds[r] = _with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
+                thresholds[r] = with_margin(thresholds[r], float(scores[~rejected, r].max(initial=0.0)))
         other_ids = [k for k in range(scores.shape[1]) if not (per_class and k in reject_ids)]
         thresholds[other_ids] = global_value
     return thresholds, reached, notes
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What a threshold search works on: the station's rules without thresholds, the reject class ids, the
+    predictions its ROI and min area let count, which parts are defective, and per part the top score per class."""
+
+    class_names: list[str]
+    base: RejectRules
+    reject_ids: list[int]
+    predictions: list[Detections]
+    defective: np.ndarray
+    scores: np.ndarray
+
+
+def search_inputs(ground_truth: Sequence[GroundTruth], predictions: Sequence[Detections], class_names: Sequence[str],
+                  *, reject_classes: set[str] | Sequence[str] | None, min_box_area_px: float,
+                  roi_polygon: Any) -> SearchInputs:
+    """The inputs every threshold search starts from (:func:`choose_thresholds`, promotion's search)."""
+    if len(ground_truth) != len(predictions):
+        raise UsageError(f"{len(predictions)} predictions for {len(ground_truth)} images")
+    class_names = list(class_names)
+    base = build_reject_rules(reject_classes=reject_classes, min_box_area_px=min_box_area_px, roi_polygon=roi_polygon)
+    base.check_classes(class_names, owner="dataset")
+    reject_ids = base.reject_ids(class_names)
+    predictions = eligible_predictions(predictions, base)
+    return SearchInputs(class_names, base, reject_ids, list(predictions),
+                        defective_parts(ground_truth, reject_ids), reject_scores(predictions, len(class_names)))
+
+
+def station_rates(inputs: SearchInputs, conf: dict[str, float]) -> PartRates:
+    """What chosen thresholds achieve, measured by the station's rule itself, not by the search's shortcut."""
+    station = RejectRules(inputs.base.reject_classes, conf, min_box_area_px=inputs.base.min_box_area_px,
+                          roi_polygon=inputs.base.roi_polygon)
+    return part_rates(inputs.defective, rejected_parts(inputs.predictions, inputs.class_names, station))
 
 
 def choose_thresholds(
@@ -191,30 +228,23 @@ def choose_thresholds(
     """
     if not 0 < target_recall <= 1:
         raise UsageError(f"target recall must lie in (0, 1], got {target_recall}")
-    if len(ground_truth) != len(predictions):
-        raise UsageError(f"{len(predictions)} predictions for {len(ground_truth)} images")
-    class_names = list(class_names)
-    base = build_reject_rules(reject_classes=reject_classes, min_box_area_px=min_box_area_px, roi_polygon=roi_polygon)
-    base.check_classes(class_names, owner="dataset")
-    reject_ids = base.reject_ids(class_names)
-    predictions = eligible_predictions(predictions, base)
-    defective = defective_parts(ground_truth, reject_ids)
+    inputs = search_inputs(ground_truth, predictions, class_names, reject_classes=reject_classes,
+                           min_box_area_px=min_box_area_px, roi_polygon=roi_polygon)
+    class_names, base, reject_ids, defective = inputs.class_names, inputs.base, inputs.reject_ids, inputs.defective
     if not defective.any():
         raise UsageError(
             "this split has no defective images (no box of a reject class), so no threshold can be "
             "chosen for a recall target; choose thresholds on a split with defects"
         )
-    scores = reject_scores(predictions, len(class_names))
-    thresholds, reached, notes = search_thresholds(scores, defective, reject_ids, target_recall, per_class=per_class)
+    thresholds, reached, notes = search_thresholds(inputs.scores, defective, reject_ids, target_recall,
+                                                   per_class=per_class)
 
     conf = {name: float(value) for name, value in zip(class_names, thresholds)}
-    # What the file promises is measured by the station's rule itself, not by the search's shortcut.
-    station = RejectRules(base.reject_classes, conf, min_box_area_px=base.min_box_area_px, roi_polygon=base.roi_polygon)
-    final = part_rates(defective, rejected_parts(predictions, class_names, station))
+    final = station_rates(inputs, conf)
     if base.min_box_area_px > 0 or base.roi_polygon is not None:
         notes.append(
             f"chosen for a station with min box area {base.min_box_area_px:g} px and ROI "
-            f"{station.to_dict()['roi_polygon']}: run it with the same --min-area and --roi"
+            f"{base.to_dict()['roi_polygon']}: run it with the same --min-area and --roi"
         )
     logger.debug("chose thresholds %s: recall %s, FRR %s", thresholds.tolist(), final.recall, final.false_reject_rate)
     return Thresholds(
