@@ -103,6 +103,18 @@ def anomaly_confidences(scores_csv: Path, images: list[Path]) -> np.ndarray:
     return np.array([rows[p.name] if p.name in rows else rows[str(p)] for p in images])
 
 
+def score_rules(scores_csv: Path) -> dict:
+    """Image AUROC of each score rule from one scoring pass: PatchCore's plain maximum is score + baseline."""
+    from yolodefect.anomaly.evaluate import auroc
+
+    with scores_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    defective = np.array([row["defective"] == "1" for row in rows])
+    score = np.array([float(row["score"]) for row in rows])
+    baseline = np.array([float(row.get("baseline") or 0.0) for row in rows])
+    return {"peak": round(auroc(score + baseline, defective), 4), "peak_over_p90": round(auroc(score, defective), 4)}
+
+
 def run_backbone(data_yaml: Path, work: Path, backbone: str, imgsz: int, max_bank: int) -> dict:
     from yolodefect.anomaly import AnomalyTrainOptions, load_anomaly_model, train_anomaly
     from yolodefect.anomaly.evaluate import evaluate_anomaly
@@ -144,6 +156,7 @@ def run_backbone(data_yaml: Path, work: Path, backbone: str, imgsz: int, max_ban
             metrics = json.loads((out_dir / "metrics.json").read_text())
             row.update(image_auroc=metrics["image_auroc"], pixel_auroc=metrics["pixel_auroc"],
                        at_false_reject_rate=metrics["at_false_reject_rate"], eval_dir=str(out_dir))
+        row.setdefault("score_rules", {})[split] = score_rules(out_dir / "scores.csv")
         row[f"{split}_scores"] = str(out_dir / "scores.csv")
     print(f"{name} {imgsz}px: image AUROC {row.get('image_auroc')}, pixel AUROC {row.get('pixel_auroc')}, "
           f"{row['score_ms_median']} ms/image, bank {row['bank_size']}", flush=True)

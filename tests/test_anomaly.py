@@ -158,3 +158,50 @@ def test_a_raw_labelled_dataset_is_not_taken_for_a_folder_of_good_parts(tmp_path
     (raw / "ANNOTATIONS" / "good_000.xml").write_text("<annotation><object><name>pit</name></object></annotation>")
     with pytest.raises(DatasetError, match="looks like a labelled dataset.*Convert it first"):
         train_anomaly(AnomalyTrainOptions(data=raw, backbone=str(DEMO), imgsz=64))
+
+
+def test_the_score_is_how_far_the_worst_patch_stands_out_from_the_part_s_own_patches():
+    from yolodefect.anomaly.model import image_score
+
+    familiar_with_defect = np.full((16, 16), 1.0, np.float32)
+    familiar_with_defect[3, 4] = 4.0
+    # a good part of a design the bank never saw: every patch somewhat far, none standing out
+    unfamiliar_good = np.random.default_rng(0).uniform(2.5, 3.0, (16, 16)).astype(np.float32)
+    assert image_score(familiar_with_defect) == pytest.approx(3.0)
+    assert image_score(unfamiliar_good) < 0.5 < image_score(familiar_with_defect)
+    # PatchCore's plain maximum ranks them the other way round only when the design shift is larger than the defect
+    assert image_score(unfamiliar_good + 2.0, "peak") > image_score(familiar_with_defect, "peak")
+    assert image_score(unfamiliar_good + 2.0) == pytest.approx(image_score(unfamiliar_good), abs=1e-5)
+
+
+def test_a_model_written_before_the_score_rule_keeps_the_plain_maximum_its_threshold_was_set_with(trained, tmp_path):
+    _, result = trained
+    assert result.model.card["score_rule"] == "peak_over_p90"
+    image = render_part("steel", np.random.default_rng(5), SIZE, ["pit"])[0]
+    (new,) = result.model.score([image])
+    distances = result.model.patch_distances([image])[0]
+    assert new.score == pytest.approx(float(distances.max() - np.percentile(distances, 90)), rel=1e-5)
+    assert new.baseline == pytest.approx(float(np.percentile(distances, 90)), rel=1e-5)
+
+    old_card = {k: v for k, v in result.model.card.items() if k != "score_rule"}
+    old = result.model.__class__(result.model.backbone, result.model.bank, old_card).save(tmp_path / "old.npz")
+    (legacy,) = load_anomaly_model(old).score([image])
+    assert legacy.score == pytest.approx(float(distances.max()), rel=1e-5) and legacy.baseline == 0.0
+    # the maps are PatchCore's raw distances either way: only the score subtracts the baseline
+    assert np.allclose(legacy.anomaly_map, new.anomaly_map)
+
+    future = tmp_path / "future.npz"
+    np.savez(future, yolodefect_anomaly=np.array(1), memory_bank=result.model.bank,
+             card=np.array(json.dumps(dict(result.model.card, score_rule="peak_over_p95"))))
+    with pytest.raises(FormatError, match="future.npz.*score rule 'peak_over_p95'"):
+        load_anomaly_model(future)
+
+
+def test_heatmap_colours_start_at_the_part_s_baseline_and_fill_at_the_threshold():
+    from yolodefect.anomaly import heat_levels
+
+    anomaly_map = np.array([[2.0, 2.5], [3.5, 9.0]], np.float32)
+    levels = heat_levels(anomaly_map, baseline=2.0, threshold_score=1.0, full_scale=1.5)
+    assert levels.ravel().tolist() == pytest.approx([0.0, 0.5 / 1.5, 1.0, 1.0])
+    never = heat_levels(anomaly_map, baseline=2.0, threshold_score=float("inf"), full_scale=1.5)
+    assert never.max() == 1.0 and never[0, 0] == 0.0

@@ -4,6 +4,7 @@ from yolodefect.anomaly.model import (
     ANOMALY_CLASS,
     AnomalyModel,
     AnomalyResult,
+    heat_levels,
     is_anomaly_model_file,
     load_anomaly_model,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "AnomalyTrainOptions",
     "AnomalyTrainResult",
     "good_images",
+    "heat_levels",
     "is_anomaly_model_file",
     "load_anomaly_model",
     "train_anomaly",

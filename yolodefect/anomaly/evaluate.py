@@ -110,6 +110,7 @@ class ScoredPart:
     score: float
     confidence: float
     rejected: bool
+    baseline: float = 0.0  # what the score rule subtracted: score + baseline is PatchCore's plain maximum
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,8 @@ def _score_parts(model: AnomalyModel, truths: Sequence[GroundTruth], batch: int,
         chunk = truths[start:start + batch]
         for offset, (truth, result) in enumerate(zip(chunk, model.score([read_image(t.image_path) for t in chunk]))):
             scores[start + offset], confidence[start + offset] = result.score, result.confidence
-            peaks.append(_Scored(np.asarray(result.peak_xyxy, dtype=np.float32), float(result.confidence)))
+            peaks.append(_Scored(np.asarray(result.peak_xyxy, dtype=np.float32), float(result.confidence),
+                                 float(result.baseline)))
             histograms.add(result.anomaly_map, truth)
         report("score", min(start + batch, len(truths)), len(truths))
     return scores, confidence, peaks, histograms
@@ -256,6 +258,7 @@ class _Scored:
 
     peak_xyxy: np.ndarray
     confidence: float
+    baseline: float
 
 
 def _station_decisions(results: Sequence[_Scored], rules: RejectRules) -> np.ndarray:
@@ -371,8 +374,8 @@ def evaluate_anomaly(
     at_frr = [escape_at_false_reject_rate(confidence, defective, limit) for limit in FALSE_REJECT_LIMITS]
 
     images = [str(t.image_path) for t in kept]
-    parts = [ScoredPart(image, bool(bad), float(s), float(c), bool(out))
-             for image, bad, s, c, out in zip(images, defective, scores, confidence, rejected)]
+    parts = [ScoredPart(image, bool(bad), float(s), float(c), bool(out), peak.baseline)
+             for image, bad, s, c, out, peak in zip(images, defective, scores, confidence, rejected, peaks)]
     files: dict[str, Path] = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -407,10 +410,10 @@ def _score_for_confidence(model: AnomalyModel, confidence: float) -> float | Non
 def _write_scores_csv(path: Path, parts: Sequence[ScoredPart]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "defective", "score", "confidence", "rejected"])
+        writer.writerow(["image", "defective", "score", "confidence", "rejected", "baseline"])
         for part in parts:
             writer.writerow([part.image, int(part.defective), f"{part.score:.6g}", f"{part.confidence:.6g}",
-                             int(part.rejected)])
+                             int(part.rejected), f"{part.baseline:.6g}"])
     return path
 
 
@@ -440,6 +443,6 @@ def _write_plots(out_dir: Path, model: AnomalyModel, truths: Sequence[GroundTrut
                    f"(conf {result.confidence:.3f}) -> {'REJECT' if part.rejected else 'pass'}")
         files[f"heatmap_{name}"] = write_heatmap(
             out_dir / f"heatmap_{name}.png", image, result.anomaly_map, truths[index].xyxy, result.peak_xyxy,
-            threshold_score=threshold_score, caption=caption,
+            threshold_score=threshold_score, baseline=result.baseline, caption=caption,
         )
     return files

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yolodefect.anomaly.model import heat_levels
 from yolodefect.evaluation.plots import new_figure, save_figure
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def plot_score_histogram(good_confidence: np.ndarray, defective_confidence: np.n
 
 
 def heatmap_overlay(image_bgr: np.ndarray, anomaly_map: np.ndarray, gt_xyxy: np.ndarray, peak_xyxy: np.ndarray,
-                    *, threshold_score: float | None, caption: str = "") -> np.ndarray:
+                    *, threshold_score: float | None, baseline: float = 0.0, caption: str = "") -> np.ndarray:
     """The image with its anomaly map blended in (JET), ground-truth boxes in green, the peak box in red."""
     height, width = image_bgr.shape[:2]
     # Shown at a size a person can read: small parts enlarged, camera-sized frames reduced.
@@ -54,10 +55,8 @@ def heatmap_overlay(image_bgr: np.ndarray, anomaly_map: np.ndarray, gt_xyxy: np.
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     if anomaly_map.shape != (height, width):
         anomaly_map = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
-    top = threshold_score * HEAT_SCALE_OF_THRESHOLD if threshold_score is not None else 0.0
-    if not np.isfinite(top) or top <= 0:  # no finite threshold (1: never reject): scale by the map itself
-        top = max(float(anomaly_map.max()), 1e-12)
-    levels = np.clip(anomaly_map / top * 255.0, 0, 255).astype(np.uint8)
+    levels = np.round(heat_levels(anomaly_map, baseline, threshold_score, HEAT_SCALE_OF_THRESHOLD) * 255.0
+                      ).astype(np.uint8)
     canvas = cv2.addWeighted(image_bgr, 0.5, cv2.applyColorMap(levels, cv2.COLORMAP_JET), 0.5, 0.0)
     thickness = max(1, round(min(width, height) / 200))
     for x1, y1, x2, y2 in gt_xyxy:
@@ -79,12 +78,13 @@ def heatmap_overlay(image_bgr: np.ndarray, anomaly_map: np.ndarray, gt_xyxy: np.
 
 
 def write_heatmap(path: Path, image_bgr: np.ndarray, anomaly_map: np.ndarray, gt_xyxy: np.ndarray,
-                  peak_xyxy: np.ndarray, *, threshold_score: float | None, caption: str = "") -> Path:
+                  peak_xyxy: np.ndarray, *, threshold_score: float | None, baseline: float = 0.0,
+                  caption: str = "") -> Path:
     """Write :func:`heatmap_overlay` as a PNG; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay = heatmap_overlay(image_bgr, anomaly_map, gt_xyxy, peak_xyxy, threshold_score=threshold_score,
-                              caption=caption)
+                              baseline=baseline, caption=caption)
     if not cv2.imwrite(str(path), overlay):
         raise OSError(f"cannot write {path}")
     logger.debug("wrote %s", path)

@@ -21,7 +21,7 @@ import torch
 
 from yolodefect import __version__
 from yolodefect.anomaly.backbones import load_backbone
-from yolodefect.anomaly.model import AnomalyModel, square_image
+from yolodefect.anomaly.model import SCORE_RULE, AnomalyModel, image_score, square_image
 from yolodefect.anomaly.patches import (
     MAX_FEATURE_DIM,
     POOL_FACTOR,
@@ -151,7 +151,7 @@ def train_anomaly(options: AnomalyTrainOptions, progress: ProgressCallback = no_
     card: dict[str, Any] = {
         "format": 1, "backbone": dict(backbone.info.to_dict(), path=str(Path(backbone_spec).resolve())
                                       if backbone.info.kind == "ultralytics" else None),
-        "imgsz": options.imgsz, "feature_dim": feature_dim, "bank_size": len(bank),
+        "imgsz": options.imgsz, "feature_dim": feature_dim, "score_rule": SCORE_RULE, "bank_size": len(bank),
         "bank_bytes": int(bank.astype(np.float32).nbytes), "pool_size": len(pooled),
         "coreset_ratio": options.coreset_ratio, "max_bank": options.max_bank,
         "data": str(options.data), "split": options.split, "good_images": len(bank_paths), "holdout_images": held,
@@ -162,7 +162,7 @@ def train_anomaly(options: AnomalyTrainOptions, progress: ProgressCallback = no_
     holdout_scores = []
     for start in range(0, held, FEATURE_BATCH):
         chunk = [read_image(p) for p in holdout_paths[start:start + FEATURE_BATCH]]
-        holdout_scores += [float(d.max()) for d in model.patch_distances(chunk)]
+        holdout_scores += [image_score(d, SCORE_RULE) for d in model.patch_distances(chunk)]
         progress("threshold", min(start + FEATURE_BATCH, held), held)
     reference = max(max(holdout_scores), 1e-6)
     card.update(reference_score=reference, threshold=reference,

@@ -142,11 +142,9 @@ class AnomalyStage:
             return out
         x1, y1, x2, y2 = crop
         result = self.model.score([image[y1:y2, x1:x2]])[0]
-        heat = np.asarray(result.anomaly_map, dtype=np.float32)
-        full = self.threshold_score * HEATMAP_FULL_SCALE
-        if not np.isfinite(full) or full <= 0:  # a threshold of 1 (never reject): scale by the map itself
-            full = max(float(heat.max()), 1e-12)
-        level = np.clip(heat / full, 0.0, 1.0)
+        from yolodefect.anomaly import heat_levels
+
+        level = heat_levels(result.anomaly_map, result.baseline, self.threshold_score, HEATMAP_FULL_SCALE)
         level = cv2.resize(level, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
         colour = cv2.applyColorMap(np.round(level * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
         region = out[y1:y2, x1:x2]
