@@ -150,7 +150,7 @@ def export_models(model: Path, data: Path, out_dir: Path, imgsz: int | None, cal
     """best.onnx (FP32) and best_int8.onnx through ``yolodefect.export``, the gate disabled."""
     from yolodefect.export import ExportOptions, export
 
-    options = ExportOptions(int8=True, imgsz=imgsz, calib=calib, max_drop=100.0, latency_runs=5, warmup=1,
+    options = ExportOptions(int8=True, format="onnx", imgsz=imgsz, calib=calib, max_drop=100.0, latency_runs=5, warmup=1,
                             out_dir=out_dir)
     started = time.perf_counter()
     result = export(model, data, options)

@@ -65,7 +65,7 @@ def test_pt_map_agrees_with_ultralytics_val(demo_model, conveyor, tmp_path):
 def test_onnx_fp32_and_int8_map_agree_with_ultralytics_val(demo_model, conveyor, tmp_path):
     from yolodefect.export import ExportOptions, export
 
-    exported = export(demo_model, conveyor, ExportOptions(int8=True, imgsz=SHIPPED_TILE, calib=16, latency_runs=2,
+    exported = export(demo_model, conveyor, ExportOptions(int8=True, format="onnx", imgsz=SHIPPED_TILE, calib=16, latency_runs=2,
                                                           warmup=1, max_drop=100.0, out_dir=tmp_path / "export"))
     for model in (exported.fp32_path, exported.model_path):
         assert_agrees(model, conveyor, tmp_path / model.stem)

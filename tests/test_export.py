@@ -56,7 +56,8 @@ def tiny(pcb, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def int8(tiny, pcb, tmp_path_factory) -> ExportResult:
-    return export(tiny, pcb, ExportOptions(int8=True, out_dir=tmp_path_factory.mktemp("int8"), **FAST))
+    # --format onnx: these tests are about the single ONNX path (auto --int8 is in test_export_candidates.py)
+    return export(tiny, pcb, ExportOptions(int8=True, format="onnx", out_dir=tmp_path_factory.mktemp("int8"), **FAST))
 
 
 # --- the INT8 export ------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_card_has_every_field(int8, tiny):
 
 @pytest.mark.slow
 def test_gate_failure_keeps_the_model_aside_and_names_classes(tiny, pcb, tmp_path):
-    result = export(tiny, pcb, ExportOptions(int8=True, max_drop=-1.0, out_dir=tmp_path, **FAST))
+    result = export(tiny, pcb, ExportOptions(int8=True, format="onnx", max_drop=-1.0, out_dir=tmp_path, **FAST))
     assert result.failed and not result.deployable and result.exit_code == 1 and not result.gate.passed
     assert result.model_path.name == "best_int8.rejected.onnx" and result.model_path.is_file()
     assert not (tmp_path / "best_int8.onnx").exists()  # nothing deployable-looking is left behind

@@ -205,6 +205,7 @@ def train(
     flipud: Annotated[Optional[float], typer.Option(help="Vertical flip probability. Default 0.5: defects have no 'up'.")] = None,
     nbs: Annotated[Optional[int], typer.Option(help="Images per weight update (Ultralytics' nominal batch). Default: the batch size when accumulating to Ultralytics' 64 would give fewer than 10,000 updates (small defect sets), else 64.")] = None,
     grayscale: Annotated[Optional[bool], typer.Option("--grayscale/--color", help="Turn hue/saturation augmentation off for grayscale data. Default: detected.")] = None,
+    act: Annotated[Optional[str], typer.Option(help="relu or silu: the activation of every convolution. relu is INT8-friendly (faster ONNX Runtime/OpenVINO INT8); it needs a .yaml --model (from scratch) or a checkpoint already trained with it. Default: the model's own (SiLU).")] = None,
     name: Annotated[str, typer.Option(help="Run name: results go to PROJECT/NAME.")] = default_of(TrainOptions, "name"),
     project: Annotated[Path, typer.Option(help="Folder for runs.")] = default_of(TrainOptions, "project"),
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse PROJECT/NAME instead of NAME2, NAME3...")] = default_of(TrainOptions, "exist_ok"),
@@ -233,7 +234,7 @@ def train(
         options = TrainOptions(
             model=model, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers, device=device,
             class_weights=class_weights, freeze=freeze, patience=patience, flipud=flipud, nbs=nbs, grayscale=grayscale,
-            resume=resume, project=project, name=name, exist_ok=exist_ok, seed=seed, run_check=not no_check,
+            act=act, resume=resume, project=project, name=name, exist_ok=exist_ok, seed=seed, run_check=not no_check,
             overrides=_parse_overrides(set_),
         )
         plan = plan_training(data, options)
@@ -621,13 +622,13 @@ def export(
     model: Annotated[Path, typer.Argument(help="A .pt checkpoint from `train`.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset: calibration images from train, validation on val.")],
     int8: Annotated[bool, typer.Option("--int8", help="Post-training INT8 quantization, validated against FP32.")] = default_of(ExportOptions, "int8"),
-    format: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime, CPU), openvino (extra [openvino]) or engine (TensorRT, NVIDIA GPU).")] = default_of(ExportOptions, "format"),
+    format: Annotated[Optional[str], typer.Option("--format", help="onnx (ONNX Runtime, CPU), openvino (the openvino extra) or engine (TensorRT, NVIDIA GPU). Default: auto: with --int8 on a CPU, every installed candidate (INT8 ONNX; with the openvino extra also INT8 OpenVINO and OpenVINO at the CPU's default precision, e.g. bf16) is built, gated and timed, and the fastest that passes is deployed; onnx otherwise.")] = default_of(ExportOptions, "format"),
     imgsz: Annotated[Optional[int], typer.Option(help="Export size in pixels, rounded up to a multiple of the model stride (32). Default: the training size.")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic input shape (static by default).")] = default_of(ExportOptions, "dynamic"),
     calib: Annotated[int, typer.Option(help="Calibration images, stratified by class, backgrounds included.")] = default_of(ExportOptions, "calib"),
     calibration: Annotated[Optional[str], typer.Option(help="ONNX Runtime calibration: minmax (default), percentile or entropy.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = default_of(ExportOptions, "seed"),
-    max_drop: Annotated[float, typer.Option(help="Largest mAP50 loss in points that still ships the INT8 model.")] = default_of(ExportOptions, "max_drop"),
+    max_drop: Annotated[float, typer.Option(help="Largest mAP50 loss in points that still ships the INT8 model (each candidate in auto mode).")] = default_of(ExportOptions, "max_drop"),
     latency_runs: Annotated[int, typer.Option(help="Timed batch-1 runs per model.")] = default_of(ExportOptions, "latency_runs"),
     threads: Annotated[int, typer.Option(help="CPU threads for both models' latency.")] = default_of(ExportOptions, "threads"),
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: next to the model).")] = None,
@@ -636,7 +637,7 @@ def export(
 ) -> None:
     """Export a model (ONNX, OpenVINO, TensorRT), optionally INT8, and validate it against FP32 before use.
 
-    Both models are scored by the same evaluator on DATA's val split and timed at batch 1 on this machine. An INT8 model that loses more than --max-drop mAP50 points is kept aside as *.rejected.* and the command exits 1; one that passes is written with a model card (.card.json, .card.md) that `watch` shows.
+    Both models are scored by the same evaluator on DATA's val split and timed at batch 1 on this machine. An INT8 model that loses more than --max-drop mAP50 points is kept aside as *.rejected.* and the command exits 1; one that passes is written with a model card (.card.json, .card.md) that `watch` shows. With --int8 on a CPU and no --format, every installed candidate is built and gated, and the fastest that passes is the deployable model.
 
     [bold]Examples[/bold]
 

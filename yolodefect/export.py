@@ -4,11 +4,16 @@ Steps, each failing loudly: check everything (options, runtime, checkpoint, imag
 export FP32 -> (``int8``) choose calibration images and quantize -> evaluate both with THE evaluator on
 val at the station's thresholds -> time both at batch 1 -> gate on the mAP50 drop -> write the model
 under its deployable or rejected name, next to its model card.
+
+``--int8`` on a CPU without ``--format`` builds every installed candidate (exporting/candidates.py) instead: each
+gated against the FP32 ONNX reference, all timed alone in one run, and the fastest that passed deployed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -18,17 +23,18 @@ from yolodefect.data.yolo_dataset import DataConfig
 from yolodefect.evaluate import evaluate
 from yolodefect.evaluation.metrics import EvalMetrics
 from yolodefect.exporting.calibration import CalibrationSet, preprocess, select_calibration_images
+from yolodefect.exporting.candidates import CandidatePlan, choice_text, choose, closest_to_passing, cpu_candidates
 from yolodefect.exporting.card import card_paths, write_card
 from yolodefect.exporting.formats import ExportFormat, FormatSpec, Precision, export_formats
 from yolodefect.exporting.gate import apply_gate
 from yolodefect.exporting.onnx_fp32 import export_onnx_fp32
 from yolodefect.exporting.onnx_int8 import OrtInt8Settings, quantize_onnx
 from yolodefect.exporting.options import Calibration, ExportOptions, check_options
-from yolodefect.exporting.result import ExportResult, ModelReport, path_size
+from yolodefect.exporting.result import CandidateReport, ExportResult, ModelReport, path_size
 from yolodefect.exporting.source import SourceModel, check_inputs, thresholds_file
 from yolodefect.exporting.ultralytics_formats import calibration_yaml, export_with_ultralytics
 from yolodefect.inference.rules import DEFAULT_CONF
-from yolodefect.inference.timing import Latency, measure, model_runner
+from yolodefect.inference.timing import ALONE, Latency, Runner, measure, model_runner, speedup
 from yolodefect.machine import machine_line
 from yolodefect.progress import ProgressCallback
 
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 VAL_SPLIT = "val"
 SMALL_VAL = 100  # below this many val images a 1-point mAP50 gate is within sampling noise
+ALONE_ROUNDS = 3  # auto --int8: candidates timed alone in this many alternating rounds (timing.measure)
 
 
 def _place(produced: Path, destination: Path) -> Path:
@@ -86,27 +93,48 @@ class _Exporter:
                                            dynamic=self.options.dynamic, device=self.device)
         return _place(produced, destination), None
 
-    def int8(self, fp32: Path, calibration: CalibrationSet, work: Path) -> tuple[Path, str]:
-        """The INT8 model, still in ``work`` (its final name depends on the gate)."""
-        pending = work / "pending" / self.spec.model_path(Path("."), self.stem, Precision.INT8).name
+    def _pending(self, spec: FormatSpec, precision: Precision, work: Path) -> Path:
+        pending = work / "pending" / spec.model_path(Path("."), self.stem, precision).name
         pending.parent.mkdir(parents=True, exist_ok=True)
-        if self.spec.format is ExportFormat.ONNX:
+        return pending
+
+    def int8(self, fp32: Path, calibration: CalibrationSet, work: Path,
+             spec: FormatSpec | None = None) -> tuple[Path, str]:
+        """The INT8 model (``spec``: this run's format), still in ``work`` (its final name depends on the gate)."""
+        spec = spec or self.spec
+        pending = self._pending(spec, Precision.INT8, work)
+        if spec.format is ExportFormat.ONNX:
             settings = OrtInt8Settings(calibration=self.options.calibration_method)
             quantized = quantize_onnx(fp32, pending, calibration.images, self.imgsz, settings)
             self.notes += quantized.notes
-            return quantized.path, self.spec.int8_method + f" ({settings.describe()})"
-        data = calibration_yaml(calibration.images, self.source.class_names, work)
-        produced = export_with_ultralytics(self.spec, self.source.path, work, imgsz=self.imgsz,
+            return quantized.path, spec.int8_method + f" ({settings.describe()})"
+        exporting = work / f"{spec.format.value}-int8"
+        exporting.mkdir(parents=True, exist_ok=True)
+        data = calibration_yaml(calibration.images, self.source.class_names, exporting)
+        produced = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
                                            dynamic=self.options.dynamic, device=self.device, calibration_data=data)
-        return _place(produced, pending), self.spec.int8_method
+        return _place(produced, pending), spec.int8_method
+
+    def fp32_candidate(self, spec: FormatSpec, work: Path) -> Path:
+        """An FP32 export through Ultralytics (the OpenVINO IR candidate), still in ``work``."""
+        exporting = work / f"{spec.format.value}-fp32"
+        exporting.mkdir(parents=True, exist_ok=True)
+        produced = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
+                                           dynamic=self.options.dynamic, device=self.device)
+        return _place(produced, self._pending(spec, Precision.FP32, work))
+
+    def evaluate(self, path: Path, thresholds: Path | None) -> EvalMetrics:
+        return _evaluate(path, self.data, self.imgsz, thresholds, self.device, self.options.progress)
+
+    def runner(self, label: str, path: Path) -> Runner:
+        image = preprocess(self.config.images(VAL_SPLIT)[0], self.imgsz)
+        return model_runner(label, path, imgsz=self.imgsz, threads=self.options.threads, device=self.device,
+                            image=image)
 
     def validate(self, reference: tuple[str, Path, FormatSpec | None], candidate: tuple[str, Path, FormatSpec | None],
                  thresholds: Path | None) -> tuple[dict[str, EvalMetrics], dict[str, Latency]]:
-        metrics = {label: _evaluate(path, self.data, self.imgsz, thresholds, self.device, self.options.progress)
-                   for label, path, _ in (reference, candidate)}
-        image = preprocess(self.config.images(VAL_SPLIT)[0], self.imgsz)
-        runners = [model_runner(label, path, imgsz=self.imgsz, threads=self.options.threads, device=self.device,
-                                image=image) for label, path, _ in (reference, candidate)]
+        metrics = {label: self.evaluate(path, thresholds) for label, path, _ in (reference, candidate)}
+        runners = [self.runner(label, path) for label, path, _ in (reference, candidate)]
         latency = measure(runners, runs=self.options.latency_runs, warmup=self.options.warmup,
                           threads=self.options.threads)
         return metrics, latency
@@ -150,6 +178,10 @@ def export(model: Path | str, data: Path | str, options: ExportOptions = ExportO
     if calibration is not None and len(calibration.images) < options.calib:
         run.notes.append(f"only {len(calibration.images)} train images for calibration (asked for {options.calib})")
 
+    if options.auto_candidates:
+        assert calibration is not None
+        return _export_candidates(run, calibration, thresholds, threshold_source, started)
+
     with tempfile.TemporaryDirectory(prefix=".yolodefect-export-", dir=run.out_dir) as scratch:
         work = Path(scratch)
         fp32_path, simplified = run.fp32(work)
@@ -191,3 +223,88 @@ def export(model: Path | str, data: Path | str, options: ExportOptions = ExportO
     )
     write_card(result)
     return result
+
+
+def _alone_runs(latency_runs: int) -> tuple[int, int]:
+    """(runs per round, rounds) so that each model is timed about ``latency_runs`` times over alternating rounds."""
+    rounds = min(ALONE_ROUNDS, latency_runs)
+    return math.ceil(latency_runs / rounds), rounds
+
+
+def _export_candidates(run: _Exporter, calibration: CalibrationSet, thresholds: Path | None, threshold_source: str,
+                       started: float) -> ExportResult:
+    """Auto ``--int8`` on a CPU: build every installed candidate, gate each against the FP32 ONNX reference, time
+    them all in one deployment-true measurement (each alone, rounds alternating), deploy the fastest that passed.
+
+    Every candidate keeps a file and a card: a passing one under its normal name (a valid model; its card says
+    which one was chosen and why), a failing one under its ``.rejected`` name.
+    """
+    options = run.options
+    reference_label = _label(Precision.FP32, run.spec)
+    with tempfile.TemporaryDirectory(prefix=".yolodefect-export-", dir=run.out_dir) as scratch:
+        work = Path(scratch)
+        fp32_path, simplified = run.fp32(work)
+        built: list[tuple[CandidatePlan, Path, str | None]] = []
+        for plan in cpu_candidates():
+            if plan.precision is Precision.INT8:
+                path, quantization = run.int8(fp32_path, calibration, work, plan.spec)
+                built.append((plan, path, quantization))
+            else:
+                built.append((plan, run.fp32_candidate(plan.spec, work), None))
+        # Runners first: compiled, OpenVINO says which precision it computes in (bf16 on AMX / AVX-512 BF16 CPUs),
+        # and that names the FP32 IR candidate for the gate, the table and the card.
+        runners = [run.runner(reference_label, fp32_path)]
+        for plan, path, _ in built:
+            runner = run.runner(plan.label(), path)
+            runner.label = plan.label(runner.precision)
+            runners.append(runner)
+        paths = [fp32_path, *(path for _, path, _ in built)]
+        metrics = {runner.label: run.evaluate(path, thresholds) for runner, path in zip(runners, paths)}
+        runs, rounds = _alone_runs(options.latency_runs)
+        latency = measure(runners, runs=runs, warmup=options.warmup, threads=options.threads, mode=ALONE,
+                          rounds=rounds)
+        del runners, runner  # release the compiled models before their files move
+
+        reference = ModelReport(reference_label, fp32_path, Precision.FP32, path_size(fp32_path),
+                                metrics[reference_label], latency[reference_label])
+        reports = []
+        for (plan, path, quantization), label in zip(built, list(metrics)[1:]):
+            gate = apply_gate(reference.metrics, metrics[label], options.max_drop, reference_label=reference_label,
+                              candidate_label=label)
+            report = ModelReport(label, path, plan.precision, path_size(path), metrics[label], latency[label])
+            reports.append(CandidateReport(report, plan.format, gate, speedup(reference.latency, latency[label]),
+                                           quantization=quantization))
+        chosen = choose(reports)
+        placed = []
+        for (plan, path, _), candidate in zip(built, reports):
+            final = _place(path, plan.spec.model_path(run.out_dir, run.stem, plan.precision,
+                                                      rejected=not candidate.passed))
+            placed.append(dataclasses.replace(candidate, report=dataclasses.replace(candidate.report, path=final),
+                                              chosen=candidate is chosen))
+    for candidate in placed:
+        if not candidate.passed:  # in the candidates table; a warning only when nothing passed (below)
+            logger.info("candidate rejected: %s", candidate.gate.message)
+    choice = choice_text(placed, next((c for c in placed if c.chosen), None), options.max_drop)
+    seconds = time.perf_counter() - started
+    results = {}
+    for (plan, _, _), candidate in zip(built, placed):
+        path = candidate.report.path
+        card_json, card_md = card_paths(path)
+        notes = run.notes + _notes(plan.spec, reference, candidate.report, candidate.passed,
+                                   plan.spec.model_path(run.out_dir, run.stem, plan.precision))
+        results[path] = ExportResult(
+            source=run.source.path, source_sha256=run.source.sha256, architecture=run.source.architecture,
+            format=candidate.format, precision=plan.precision, imgsz=run.imgsz, dynamic=options.dynamic,
+            data=run.data, split=VAL_SPLIT, threshold_source=threshold_source, reference=reference,
+            candidate=candidate.report, gate=candidate.gate, deployable=candidate.passed, model_path=path,
+            card_json=card_json, card_md=card_md, fp32_path=fp32_path,
+            calibration=calibration if plan.precision is Precision.INT8 else None,
+            quantization=candidate.quantization,
+            simplified=simplified if plan.format is ExportFormat.ONNX else None,
+            machine=machine_line(), seconds=seconds, notes=notes, candidates=placed, choice=choice,
+        )
+        write_card(results[path])
+    headline = next((c for c in placed if c.chosen), None) or closest_to_passing(placed)
+    if not headline.chosen:
+        logger.warning("export rejected: %s", choice)
+    return results[headline.report.path]

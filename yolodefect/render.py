@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -287,6 +288,8 @@ def render_model_card(card: dict | None, console: Console) -> None:
     backend = shown.get("backend")
     if isinstance(backend, dict):  # an export card: name the runtime, not every version
         shown["backend"] = backend.get("runtime") or backend.get("format") or "?"
+        if backend.get("inference_precision"):  # what OpenVINO computed in when validated, e.g. bf16 on AMX CPUs
+            shown["backend"] += f" computing in {backend['inference_precision']}"
     if card.get("purpose"):
         shown = {"name": card.get("name"), **shown}
     console.print(f"Model card: {', '.join(f'{k} {v}' for k, v in shown.items())}"
@@ -353,6 +356,16 @@ def render_export(result, console: Console) -> None:
     console.print(table)
     colour = "green" if result.gate.passed else "red"
     console.print(f"[{colour}]{result.gate.message}[/{colour}]", highlight=False)
+    header, rows = result.candidate_table()
+    if rows:  # an auto --int8 run: every candidate, the chosen one marked
+        candidates = Table(title="Candidates (drop: mAP50 points lost vs FP32 ONNX; ms: median at batch 1, each "
+                                 "timed alone in the same run)", title_justify="left", box=box.SIMPLE_HEAD)
+        for index, name in enumerate(header):
+            candidates.add_column(name, justify="left" if index < 2 else "right")
+        for row in rows:
+            candidates.add_row(*row, style="bold" if row[-1] else None)
+        console.print(candidates)
+        console.print(f"[{'green' if result.deployable else 'red'}]{result.choice}[/]", highlight=False)
     for note in result.notes:
         console.print(f"[yellow]{note}[/yellow]", highlight=False)
     for name, path in result.files().items():

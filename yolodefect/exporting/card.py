@@ -21,6 +21,7 @@ SCHEMA = "yolodefect.model-card/1"
 CARD_FIELDS = (
     "schema", "model", "sha256", "deployable", "precision", "format", "imgsz", "dynamic", "input", "class_names",
     "source_checkpoint", "backend", "calibration", "validation", "latency", "sizes", "machine", "created", "notes",
+    "candidates", "choice",
 )
 
 
@@ -78,6 +79,9 @@ def build_card(result: ExportResult) -> dict:
         "machine": {"line": machine_line(info), **info},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "notes": list(result.notes),
+        # An auto --int8 run: every candidate built (latency, mAP50, gate) and why the deployable one was chosen.
+        "candidates": [candidate.to_dict() for candidate in result.candidates],
+        "choice": result.choice,
     }
     return jsonable(card)  # type: ignore[return-value]
 
@@ -130,6 +134,17 @@ def card_markdown(card: dict) -> str:
         f"Speed-up {latency['speedup']:.2f}x at batch 1 ({latency['settings']}), on {card['machine']['line']}"
         if latency["speedup"] else f"Latency at batch 1 on {card['machine']['line']}",
     ]
+    if card.get("candidates"):
+        lines += ["", "Candidates (each gated against the FP32 reference, timed alone at batch 1 in one run):", "",
+                  "| candidate | precision | mAP50 | drop | median / p95 (ms) | speed-up | gate | chosen |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in card["candidates"]:
+            lines.append(f"| {c['name']} | {c['inference_precision']} | {points(c['map50'])} | {c['map50_drop']:.2f} | "
+                         f"{c['median_ms']:.2f} / {c['p95_ms']:.2f} | "
+                         f"{'-' if c['speedup'] is None else format(c['speedup'], '.2f') + 'x'} | "
+                         f"{'passed' if c['passed'] else 'FAILED'} | {'CHOSEN' if c['chosen'] else ''} |")
+    if card.get("choice"):
+        lines += ["", f"Choice: {card['choice']}"]
     if card["notes"]:
         lines += ["", "Notes:", *(f"- {note}" for note in card["notes"])]
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +29,23 @@ class OnnxExport:
 @contextlib.contextmanager
 def quiet_ultralytics() -> Iterator[None]:
     """Ultralytics prints export banners and 'Predict:'/'Validate:' hints at INFO, NNCF one line per layer it
-    leaves in float; keep only their warnings."""
+    leaves in float; keep only their warnings.
+
+    Two warnings a user can do nothing about are dropped too: OpenVINO's converter traces the model with
+    ``torch.jit.trace``, which torch calls deprecated (a FutureWarning per trace), and torch warns once, when NNCF
+    loads its C++ extension helper, that no CUDA runtime is found (a CPU export needs none)."""
     from ultralytics.utils import LOGGER
 
-    loggers = [LOGGER, logging.getLogger("nncf")]
+    loggers = [LOGGER, logging.getLogger("nncf"), logging.getLogger("torch.utils.cpp_extension")]
+    floors = [logging.WARNING, logging.WARNING, logging.ERROR]
     levels = [logger_.level for logger_ in loggers]
-    for logger_ in loggers:
-        logger_.setLevel(max(logger_.level, logging.WARNING))
+    for logger_, floor in zip(loggers, floors):
+        logger_.setLevel(max(logger_.level, floor))
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated",
+                                    category=FutureWarning)
+            yield
     finally:
         for logger_, level in zip(loggers, levels):
             logger_.setLevel(level)

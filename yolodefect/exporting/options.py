@@ -13,6 +13,7 @@ from yolodefect.option_checks import flag, whole_number
 from yolodefect.progress import ProgressCallback
 
 DEFAULT_CALIBRATION_IMAGES = 300
+AUTO = "auto"
 
 
 class Calibration(str, Enum):
@@ -40,10 +41,13 @@ class ExportOptions:
     largest mAP50 loss, in points, that still lets the INT8 model ship. ``calibration`` applies to the
     ONNX Runtime backend only (None: its default). ``out_dir`` defaults to the model's folder.
     ``device`` runs validation and, for TensorRT, the export (None: "cpu", or GPU 0 for engine).
+    ``format`` None is "auto": with ``int8`` on the CPU, every installed CPU candidate (INT8 ONNX Runtime, and with
+    the openvino extra INT8 OpenVINO and the OpenVINO IR at the CPU's default precision) is built, gated and timed,
+    and the fastest that passes is the deployable model; otherwise ONNX.
     """
 
     int8: bool = False
-    format: str = "onnx"
+    format: str | None = None  # None (or "auto"): auto, see above
     imgsz: int | None = None
     dynamic: bool = False
     calib: int = DEFAULT_CALIBRATION_IMAGES
@@ -63,7 +67,17 @@ class ExportOptions:
 
     @property
     def spec(self) -> FormatSpec:
-        return format_spec(self.format)
+        """The single format's row; in auto mode ONNX's (the reference, and the one candidate always built)."""
+        return format_spec(ExportFormat.ONNX if self.auto_format else str(self.format))
+
+    @property
+    def auto_format(self) -> bool:
+        return self.format is None or str(self.format).lower() == AUTO
+
+    @property
+    def auto_candidates(self) -> bool:
+        """Build and compare every installed CPU candidate: --int8 on the CPU without --format."""
+        return self.auto_format and self.int8 and (self.device is None or self.device.lower() == "cpu")
 
     @property
     def calibration_method(self) -> Calibration:

@@ -10,6 +10,7 @@ from yolodefect.exporting.calibration import CalibrationSet
 from yolodefect.exporting.formats import ExportFormat, Precision
 from yolodefect.exporting.gate import GateResult
 from yolodefect.inference.timing import Latency
+from yolodefect.inference.timing import speedup as same_run_speedup
 
 
 def path_size(path: Path) -> int:
@@ -43,6 +44,58 @@ class ModelReport:
             "escape_rate": m.decisions.escape_rate,
             "false_reject_rate": m.decisions.false_reject_rate,
             "latency": self.latency.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class CandidateReport:
+    """One model of an auto ``--int8`` run: built, gated against the FP32 reference, timed in the same run.
+
+    ``speedup`` is the same-run ratio to the reference (``timing.speedup``: the median over the alternating rounds
+    of the "alone" timing); ``chosen`` marks the fastest that passed the gate, the deployable model.
+    """
+
+    report: ModelReport
+    format: ExportFormat
+    gate: GateResult
+    speedup: float | None
+    chosen: bool = False
+    quantization: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.report.label
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
+
+    @property
+    def inference_precision(self) -> str:
+        """What it computes in: the file's precision, plus what OpenVINO ran its float parts in when it decides."""
+        stored, ran = self.report.precision.value, self.report.latency.precision
+        if not ran or ran == "f32" and stored == "fp32":
+            return stored
+        return ran if stored == "fp32" else f"{stored}/{ran}"  # e.g. int8/bf16: int8 layers, the rest in bf16
+
+    def to_dict(self) -> dict:
+        latency, metrics = self.report.latency, self.report.metrics
+        return {
+            "name": self.name,
+            "file": str(self.report.path),
+            "format": self.format.value,
+            "runtime": latency.runtime,
+            "precision": self.report.precision.value,
+            "inference_precision": self.inference_precision,
+            "size_bytes": self.report.size_bytes,
+            "map50": metrics.map50,
+            "map50_drop": round(self.gate.map50_drop, 3),
+            "passed": self.passed,
+            "median_ms": latency.median_ms,
+            "p95_ms": latency.p95_ms,
+            "speedup": None if self.speedup is None else round(self.speedup, 3),
+            "chosen": self.chosen,
+            "gate": self.gate.message,
         }
 
 
@@ -93,6 +146,9 @@ class ExportResult:
     machine: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # An auto --int8 run (no --format): every candidate built, the chosen one is ``candidate``; empty otherwise.
+    candidates: list[CandidateReport] = field(default_factory=list)
+    choice: str | None = None  # why ``model_path`` is the one to deploy (or why none is)
 
     @property
     def failed(self) -> bool:
@@ -105,17 +161,17 @@ class ExportResult:
 
     @property
     def speedup(self) -> float | None:
-        """Reference median latency over the candidate's (2.0: twice as fast)."""
+        """Reference median latency over the candidate's (2.0: twice as fast), same-run (``timing.speedup``)."""
         if not self.candidate.latency.median_ms:
             return None
-        return self.reference.latency.median_ms / self.candidate.latency.median_ms
+        return same_run_speedup(self.reference.latency, self.candidate.latency)
 
     def headline(self) -> str:
         """One line: what was made, how fast, how accurate, deployable or not."""
         verdict = "DEPLOYABLE" if self.deployable else "REJECTED (not deployable)"
         return (f"{self.model_path.name}: {self.candidate.label}, imgsz {self.imgsz}, "
                 f"{_speedup(self.speedup)} than {self.reference.label}, "
-                f"mAP50 {-self.gate.map50_drop:+.2f} points - {verdict}")
+                f"mAP50 {0.0 - self.gate.map50_drop:+.2f} points - {verdict}")  # 0.0 -: no "-0.00"
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """Header and rows comparing reference and candidate, ready for a console table."""
@@ -144,10 +200,21 @@ class ExportResult:
         ]
         return header, rows
 
+    def candidate_table(self) -> tuple[list[str], list[list[str]]]:
+        """Header and one row per candidate of an auto run (no rows otherwise), for a console table."""
+        header = ["candidate", "precision", "mAP50", "drop", "ms", "speed-up", "gate", "chosen"]
+        rows = [[c.name, c.inference_precision, _pct(c.report.metrics.map50), f"{c.gate.map50_drop:.2f}",
+                 f"{c.report.latency.median_ms:.2f}", "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                 "passed" if c.passed else "FAILED", "CHOSEN" if c.chosen else ""] for c in self.candidates]
+        return header, rows
+
     def files(self) -> dict[str, Path]:
         files = {"model": self.model_path, "card": self.card_json, "card_md": self.card_md}
         if self.fp32_path is not None:
             files["fp32_model"] = self.fp32_path
+        for candidate in self.candidates:
+            if candidate.report.path != self.model_path:
+                files[f"candidate {candidate.name}"] = candidate.report.path
         return files
 
     def to_dict(self) -> dict:
@@ -175,4 +242,6 @@ class ExportResult:
             "machine": self.machine,
             "seconds": round(self.seconds, 1),
             "notes": list(self.notes),
+            "candidates": [candidate.to_dict() for candidate in self.candidates],
+            "choice": self.choice,
         }
