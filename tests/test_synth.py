@@ -239,9 +239,11 @@ def test_steel_defects_are_learnable(tmp_path):
         + "".join(f"  {i}: {name}\n" for i, name in enumerate(names)),
         encoding="utf-8",
     )
+    # val=False: Ultralytics still validates the last epoch (what is asserted); validating all 40 cost a third of
+    # the test's time (val mAP50 0.641 with it off on the dev machine, well above the bar).
     metrics = YOLO("yolo11n.yaml").train(
         data=str(data), imgsz=128, epochs=_LEARN_EPOCHS, batch=16, workers=0, plots=False,
-        device="cpu", val=True, project=str(tmp_path), name="t", exist_ok=True, verbose=False,
+        device="cpu", val=False, project=str(tmp_path), name="t", exist_ok=True, verbose=False,
         seed=0, deterministic=True, **_LEARN_RECIPE,
     )
     assert metrics.box.map50 > _MIN_MAP50, f"val mAP50 {metrics.box.map50:.3f}"
