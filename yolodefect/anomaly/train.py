@@ -51,7 +51,7 @@ class AnomalyTrainOptions:
     backbone_weights: Path | None = None
     imgsz: int = 256
     coreset_ratio: float = 0.1
-    # patches; scoring time grows with it: 18 / 27 / 53 / 102 ms per 256 px image at 1,024 / 2,048 / 4,096 /
+    # patches; scoring time grows with it: 15 / 21 / 33 / 100 ms per 256 px image at 1,024 / 2,048 / 4,096 /
     # 10,000 (bench/results/anomaly_deeppcb.json, 2 cores): 4,096 keeps a part in tens of milliseconds.
     max_bank: int = 4096
     split: str = "train"
