@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--detector", type=Path, default=Path("/tmp/line_bench/model/best.pt"),
                         help="DeepPCB detector trained by yolodefect train (bench/line.py --stage model)")
     parser.add_argument("--detector-imgsz", type=int, default=640)
+    parser.add_argument("--detector-trained-by", default="bench/line.py --stage model (yolodefect train, CPU protocol, "
+                        "320 px DeepPCB tiles)", help="How --detector was trained, for the result file.")
     parser.add_argument("--runs", default="demo:256,demo:640,detector:640,fall:256,resnet18:640,wide_resnet50_2:640",
                         help="backbone:imgsz pairs; backbone demo, fall, detector, resnet18, wide_resnet50_2 or a .pt")
     parser.add_argument("--max-bank", type=int, default=10_000)
@@ -256,7 +258,7 @@ def main() -> None:
                  "val_defective": int(val_defective.sum()), "val_good": int((~val_defective).sum())},
         "backbones": rows, "best": {"backbone": best["backbone_name"], "imgsz": best["imgsz"]},
         "detector": {"path": str(args.detector), "imgsz": args.detector_imgsz, "ms_per_image": round(detector_ms, 1),
-                     "trained_by": "bench/line.py --stage model (yolodefect train, CPU protocol, 320 px DeepPCB tiles)"},
+                     "trained_by": args.detector_trained_by},
         "combination": combination,
         "scoring_time_by_bank_size": by_bank,
     }
