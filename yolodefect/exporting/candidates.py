@@ -33,18 +33,14 @@ class CandidatePlan:
         return f"{self.spec.name} ({inference_precision or 'f32'})"
 
 
-def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def openvino_installed() -> bool:
-    """OpenVINO's runtime (FP32 IR candidate)."""
-    return installed("openvino")
+    """OpenVINO's runtime, all the FP32 IR candidate needs."""
+    return importlib.util.find_spec(format_spec(ExportFormat.OPENVINO).runtime) is not None
 
 
 def nncf_installed() -> bool:
-    """NNCF, OpenVINO's quantizer (INT8 OpenVINO candidate)."""
-    return installed("nncf")
+    """Everything the OpenVINO format table row lists (the runtime and NNCF, its quantizer): the INT8 candidate."""
+    return not format_spec(ExportFormat.OPENVINO).missing_modules()
 
 
 def cpu_candidates() -> list[CandidatePlan]:

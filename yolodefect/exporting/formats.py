@@ -6,6 +6,7 @@ must be installed, which hardware it needs) is read from this table, never from 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -40,6 +41,10 @@ class FormatSpec:
     extra: str | None
     needs_cuda: bool
     is_folder: bool
+
+    def missing_modules(self) -> list[str]:
+        """The ``modules`` that cannot be imported here (checked without importing them)."""
+        return [module for module in self.modules if importlib.util.find_spec(module.split(".")[0]) is None]
 
     def model_path(self, folder: Path, stem: str, precision: Precision, *, rejected: bool = False) -> Path:
         """``best`` -> ``best.onnx``, ``best_int8.onnx``, ``best_int8.rejected.onnx``; folders get ``_rejected``."""

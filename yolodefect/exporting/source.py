@@ -5,7 +5,6 @@ Each problem is one clear exception, raised before minutes of export and calibra
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ class SourceModel:
 
 
 def _requirements(spec: FormatSpec) -> None:
-    missing = [module for module in spec.modules if importlib.util.find_spec(module.split(".")[0]) is None]
+    missing = spec.missing_modules()
     if spec.needs_cuda:
         import torch
 
