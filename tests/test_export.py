@@ -183,7 +183,7 @@ def test_fp32_dynamic_export_is_validated_against_pytorch(tiny, pcb, tmp_path):
 
 
 @pytest.mark.slow
-def test_openvino_int8_through_ultralytics(tiny, pcb, tmp_path):
+def test_openvino_int8_export(tiny, pcb, tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     pytest.importorskip("nncf", reason="the openvino extra is not installed")
     caches = sorted(pcb.parent.rglob("*.cache"))
@@ -195,7 +195,7 @@ def test_openvino_int8_through_ultralytics(tiny, pcb, tmp_path):
     card = json.loads(result.card_json.read_text())
     assert card["backend"]["inference_precision"] == result.candidate.latency.precision
     assert card["calibration"]["images"] == 12
-    # Ultralytics calibrated on our images, linked into the scratch folder: no cache file lands in the dataset.
+    # Calibrated on our images: no cache file lands in the dataset.
     assert sorted(pcb.parent.rglob("*.cache")) == caches
 
 

@@ -1,4 +1,4 @@
-"""The OpenVINO/TensorRT INT8 export calibrates on a label-free folder: Ultralytics' "No labels found" and
+"""The TensorRT INT8 export (through Ultralytics) calibrates on a label-free folder: Ultralytics' "No labels found" and
 "Labels are missing or empty ... training may not work correctly" warnings about it must not reach the screen
 (a user reads them as a failed export), while any other warning still does."""
 
@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,7 +83,7 @@ def test_int8_export_keeps_the_missing_label_warnings_off_the_screen(calibration
     from ultralytics.utils import LOGGER
 
     monkeypatch.setattr(ultralytics_formats, "ultralytics_export", build_calibration_set)
-    spec = export_formats()[ExportFormat.OPENVINO]
+    spec = export_formats()[ExportFormat.ENGINE]
     with ultralytics_console() as seen:
         produced = export_with_ultralytics(spec, Path("model.pt"), calibration.parent, imgsz=32, dynamic=False,
                                            device="cpu", calibration_data=calibration)
@@ -93,37 +91,3 @@ def test_int8_export_keeps_the_missing_label_warnings_off_the_screen(calibration
     assert not [message for message in seen if any(text in message for text in MISSING_LABELS)], seen
     assert any("an unrelated warning" in message for message in seen)  # only those two messages are dropped
     assert LOGGER.filters == []  # and only during the export
-
-
-NNCF_CHILD = """
-import sys
-from pathlib import Path
-from yolodefect.exporting import ultralytics_formats
-from yolodefect.exporting.formats import ExportFormat, export_formats
-from yolodefect.exporting.onnx_fp32 import quiet_ultralytics
-
-def export_calibrating_with_nncf(checkpoint, work_dir, **arguments):
-    with quiet_ultralytics():  # as ultralytics_export does around Ultralytics' exporter
-        import nncf  # Ultralytics imports NNCF inside its OpenVINO INT8 export
-        from nncf.common.logging import nncf_logger
-        nncf_logger.info("Not adding activation input quantizer for operation: 1 Concat")
-        nncf_logger.warning("a real NNCF warning")
-    return work_dir
-
-assert "nncf" not in sys.modules
-ultralytics_formats.ultralytics_export = export_calibrating_with_nncf
-ultralytics_formats.export_with_ultralytics(export_formats()[ExportFormat.OPENVINO], Path("model.pt"), Path("."),
-                                            imgsz=32, dynamic=False, device="cpu", calibration_data=Path("c.yaml"))
-"""
-
-
-def test_openvino_int8_export_keeps_nncf_per_layer_lines_off_the_screen(tmp_path: Path) -> None:
-    """NNCF resets its logger to INFO when first imported (inside Ultralytics' export): its one-line-per-layer
-    INFO output must still stay off the screen, its warnings must not. A fresh process, so NNCF is not imported."""
-    pytest.importorskip("nncf", reason="the openvino extra is not installed")
-    child = subprocess.run([sys.executable, "-c", NNCF_CHILD], capture_output=True, text=True, timeout=120, check=False,
-                           cwd=tmp_path)
-    assert child.returncode == 0, child.stderr
-    output = child.stdout + child.stderr
-    assert "a real NNCF warning" in output
-    assert "Not adding activation input quantizer" not in output

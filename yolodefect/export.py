@@ -29,6 +29,7 @@ from yolodefect.exporting.formats import ExportFormat, FormatSpec, Precision, ex
 from yolodefect.exporting.gate import apply_gate
 from yolodefect.exporting.onnx_fp32 import export_onnx_fp32
 from yolodefect.exporting.onnx_int8 import OrtInt8Settings, quantize_onnx
+from yolodefect.exporting.openvino_int8 import quantize_openvino
 from yolodefect.exporting.options import Calibration, ExportOptions, check_options
 from yolodefect.exporting.result import CandidateReport, ExportResult, ModelReport, path_size
 from yolodefect.exporting.source import SourceModel, check_inputs, thresholds_file
@@ -110,6 +111,12 @@ class _Exporter:
             return quantized.path, spec.int8_method + f" ({settings.describe()})"
         exporting = work / f"{spec.format.value}-int8"
         exporting.mkdir(parents=True, exist_ok=True)
+        if spec.format is ExportFormat.OPENVINO:
+            # Our NNCF call on Ultralytics' FP32 IR: Ultralytics' own INT8 quantizes a layer that costs mAP.
+            fp32_ir = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
+                                              dynamic=self.options.dynamic, device=self.device)
+            quantized = quantize_openvino(fp32_ir, pending, calibration.images, self.imgsz)
+            return quantized.path, spec.int8_method
         data = calibration_yaml(calibration.images, self.source.class_names, exporting)
         produced = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
                                            dynamic=self.options.dynamic, device=self.device, calibration_data=data)

@@ -61,7 +61,8 @@ def export_formats() -> dict[ExportFormat, FormatSpec]:
                    "ONNX Runtime static quantization",
                    ("onnx", "onnxruntime", "onnxruntime.quantization"), None, needs_cuda=False, is_folder=False),
         FormatSpec(ExportFormat.OPENVINO, "OpenVINO", "_openvino_model", "openvino",
-                   "NNCF post-training quantization through Ultralytics (MIXED preset, Detect head in float)",
+                   "NNCF post-training quantization of Ultralytics' FP32 IR (MIXED preset; float: the Detect "
+                   "head's decoding, Sigmoids, model.1's convolution)",
                    ("openvino", "nncf"), "openvino", needs_cuda=False, is_folder=True),
         FormatSpec(ExportFormat.ENGINE, "TensorRT", ".engine", "tensorrt",
                    "TensorRT INT8 calibration through Ultralytics",

@@ -1,6 +1,7 @@
-"""OpenVINO and TensorRT exports, FP32 and INT8, through Ultralytics' own exporter.
+"""OpenVINO and TensorRT exports through Ultralytics' own exporter: FP32, and TensorRT INT8.
 
-Ultralytics calibrates INT8 on a data.yaml split; we hand it a small data.yaml whose splits hold
+(OpenVINO INT8 is our own NNCF call on the FP32 IR: yolodefect/exporting/openvino_int8.py.) Ultralytics
+calibrates INT8 on a data.yaml split; we hand it a small data.yaml whose splits hold
 exactly our calibration images (stratified, seeded, from train), so every backend calibrates on
 the same images.
 """
@@ -8,7 +9,6 @@ the same images.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import shutil
 from collections.abc import Iterator
@@ -77,9 +77,5 @@ def export_with_ultralytics(spec: FormatSpec, checkpoint: Path, work_dir: Path, 
     if calibration_data is None:
         return ultralytics_export(checkpoint, work_dir, **arguments)
     arguments.update(quantize=8, data=str(calibration_data), fraction=1.0)
-    if spec.format is ExportFormat.OPENVINO and importlib.util.find_spec("nncf"):
-        # NNCF sets its logger to INFO when first imported; imported inside Ultralytics' export, that undoes
-        # quiet_ultralytics and prints one line per layer left in float. Imported here first, WARNING sticks.
-        import nncf  # noqa: F401
     with unlabelled_calibration_quiet():
         return ultralytics_export(checkpoint, work_dir, **arguments)
