@@ -6,12 +6,14 @@ arguments handed to Ultralytics are built in exactly one place (:func:`ultralyti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +48,10 @@ ACTIVATION_REASONS = {
             "quantized ops (bench/int8_activation.py: 1.91-2.15x INT8 speed-up vs 1.52-1.77x with SiLU)",
     "silu": "given by --act silu (Ultralytics' default activation)",
 }
-MODEL_PRESETS = frozenset({"activation"})  # presets applied to the model definition, not passed to YOLO.train
+CPU_BF16_REASON = ("from scratch on a CPU with native bfloat16 (AVX512-BF16/AMX): bf16 autocast and channels_last, "
+                   "which Ultralytics does only on CUDA (--set amp=fp32: plain fp32)")
+# Presets we apply ourselves, not passed to YOLO.train: to the model definition, or through our CPU trainer.
+MODEL_PRESETS = frozenset({"activation", "threads"})
 OFFLINE_HELP = (
     "could not download {model} into {folder} (this machine seems to be offline). Two ways forward: "
     "--model path/to/checkpoint.pt (any Ultralytics checkpoint, even one trained on other classes), "
@@ -61,11 +66,12 @@ class TrainOptions:
     imgsz: int | None = None  # None: suggested by check from the box sizes
     batch: int | None = None  # None: 16 on CPU, AutoBatch on GPU
     workers: int | None = None
+    threads: int | None = None  # CPU: PyTorch threads; None: every physical core (Ultralytics: cores - 1)
     device: str | None = None  # None: first GPU if present, else CPU
     class_weights: float | None = None  # cls_pw; None: on when check finds an imbalance
     freeze: int | None = None
     patience: int = 30
-    flipud: float | None = None  # None: 0.5, defects have no "up"
+    flipud: float | None = None  # None: Ultralytics' 0.0 (vertical flips measured no gain on NEU-DET)
     nbs: int | None = None  # None: the batch when a run at nbs 64 makes few weight updates, else Ultralytics' 64
     grayscale: bool | None = None  # None: detected from the images
     act: str | None = None  # "relu" or "silu" for every convolution; None: the model's own (Ultralytics: SiLU)
@@ -85,7 +91,7 @@ class TrainOptions:
             check_imgsz(self.imgsz)  # the stride is applied once the model is loaded
         if self.batch is not None and self.batch != -1:
             whole_number("--batch", self.batch, 1)  # -1: Ultralytics' AutoBatch
-        for name, minimum in (("workers", 0), ("freeze", 0), ("nbs", 1)):
+        for name, minimum in (("workers", 0), ("freeze", 0), ("nbs", 1), ("threads", 1)):
             whole_number(flag(name), getattr(self, name), minimum, optional=True)
         whole_number("--patience", self.patience, 0)
         whole_number("--seed", self.seed, 0)
@@ -162,21 +168,32 @@ def weight_updates(train_images: int, epochs: int, batch: int, nbs: int) -> int:
     return math.ceil(train_images / batch) * epochs // accumulate
 
 
+def trains_from_scratch(model: str | None) -> bool:
+    """A .yaml model definition starts from random weights; a checkpoint (and the default model) from trained ones."""
+    return model is not None and Path(model).suffix in (".yaml", ".yml")
+
+
 def nominal_batch_preset(options: TrainOptions, batch: int, train_images: int) -> Preset | None:
     """Update the weights every batch when Ultralytics' accumulation to ``nbs`` images would leave a small set few
-    updates.
+    updates, when training from scratch.
 
     Defect datasets are small (hundreds to a few thousand images): at batch 16 Ultralytics steps the optimizer
     every 4th batch, so 1,400 images x 30 epochs is only ~680 updates. Stepping every batch gives 4x the updates
     for the same compute; weight decay is scaled by Ultralytics to the same value per image. ``batch`` -1
     (AutoBatch) is only sized once training starts, so it keeps Ultralytics' default.
+
+    Only from scratch (a .yaml model): that is where it was measured to help (bench/results/train_neu.json). From a
+    checkpoint, 4x as many steps at the learning rate Ultralytics fits for 64-image steps pull the pretrained weights
+    apart: on NEU-DET transfer (bench/results/train_neu_transfer.json) val mAP50 fell to 0.05 at epoch 2 (0.37
+    without it) and the 10-epoch run ended 2.9 / 2.6 points lower on val / test, so fine-tuning keeps Ultralytics'
+    nominal batch.
     """
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     if options.nbs is not None:
         return Preset("nbs", options.nbs, "given by --nbs")
     default_nbs = DEFAULT_CFG_DICT["nbs"]
-    if not 0 < batch < default_nbs or train_images <= 0:
+    if not trains_from_scratch(options.model) or not 0 < batch < default_nbs or train_images <= 0:
         return None
     nominal = weight_updates(train_images, options.epochs, batch, default_nbs)
     if nominal >= FEW_UPDATES:
@@ -185,6 +202,18 @@ def nominal_batch_preset(options: TrainOptions, batch: int, train_images: int) -
     return Preset("nbs", batch, f"{train_images} train images x {options.epochs} epochs is only {nominal:,} weight "
                                 f"updates when accumulating to {default_nbs} images: update every batch "
                                 f"({every_batch:,})")
+
+
+def cpu_has_native_bf16() -> bool:
+    from yolodefect.cpu_training import native_bf16
+
+    return native_bf16()
+
+
+def cpu_cores() -> int:
+    from yolodefect.cpu_training import training_cores
+
+    return training_cores()
 
 
 def train_image_count(report: CheckReport | None, data: Path) -> int:
@@ -211,9 +240,10 @@ def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path
         presets.append(Preset("cls_pw", DEFAULT_CLASS_WEIGHT_POWER,
                               f"class imbalance {report.imbalance_ratio:.1f}:1 > {IMBALANCE_THRESHOLD:g}:1: rare classes weighted up"))
 
-    presets.append(Preset("flipud", 0.5 if options.flipud is None else options.flipud,
-                          "surfaces and boards have no 'up': vertical flips are free data" if options.flipud is None
-                          else "given by --flipud"))
+    if options.flipud is not None:
+        # Not a default: on NEU-DET vertical flips never helped (from scratch -2.6 val mAP50 points; transfer
+        # -2.0/-1.2 and +0.9/-3.9 val/test, bench/results/train_neu_transfer.json), though surfaces have no "up".
+        presets.append(Preset("flipud", options.flipud, "given by --flipud"))
     grayscale = is_grayscale_dataset(data) if options.grayscale is None else options.grayscale
     if grayscale:
         presets.append(Preset("hsv_h", 0.0, "grayscale images: a hue shift only adds colour noise"))
@@ -227,6 +257,13 @@ def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path
         batch = options.batch or 16
         presets.append(Preset("batch", batch, "CPU: a fixed batch (AutoBatch needs a GPU)"))
         # No workers preset: on CPU Ultralytics loads data in the main process whatever is asked.
+        threads = options.threads or cpu_cores()
+        presets.append(Preset("threads", threads, "given by --threads" if options.threads else
+                              f"CPU: all {threads} cores (Ultralytics trains on cores - 1, keeping one for data "
+                              "loaders it does not start on a CPU)"))
+        if cpu_has_native_bf16() and trains_from_scratch(options.model):
+            # Measured from scratch only (bench/train_time_to_map.py); fine-tuning opts in with --set amp=bf16.
+            presets.append(Preset("amp", "bf16", CPU_BF16_REASON))
     else:
         batch = options.batch or -1
         presets.append(Preset("batch", batch, "GPU: AutoBatch fits the batch to memory"))
@@ -378,7 +415,7 @@ def fit_imgsz_to_model(presets: list[Preset], arguments: dict, stride: int) -> t
 
 
 def transfer_note(model: str, model_names: dict | list | None, class_names: list[str]) -> str:
-    if Path(model).suffix in (".yaml", ".yml"):
+    if trains_from_scratch(model):
         return f"training from scratch ({model}): no pretrained weights"
     names = names_list(model_names) if model_names else []
     if names == class_names:
@@ -445,8 +482,12 @@ def plan_training(data: Path, options: TrainOptions = TrainOptions()) -> TrainPl
     return TrainPlan(config.yaml_path, config.class_names, options, device, presets, arguments, report)
 
 
-def run_training(plan: TrainPlan) -> TrainResult:
-    """Train as planned, then score the best model on val with our evaluator."""
+def run_training(plan: TrainPlan, callbacks: Mapping[str, Sequence[Callable]] | None = None) -> TrainResult:
+    """Train as planned, then score the best model on val with our evaluator.
+
+    ``callbacks``: Ultralytics trainer callbacks by event (``{"on_fit_epoch_end": [fn]}``), added to the model
+    before training: how a caller follows the epochs or stops the run (``trainer.stop = True``).
+    """
     from yolodefect.evaluate import evaluate
 
     started = time.perf_counter()
@@ -479,18 +520,48 @@ def run_training(plan: TrainPlan) -> TrainResult:
     if amp_weights is not None:
         logger.info("Ultralytics' mixed-precision check loads %s before training (--set amp=False skips it)",
                     amp_weights)
-    model.train(**arguments)
-    trainer = model.trainer
-    run_dir = Path(trainer.save_dir)
-    best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
-    evaluation = evaluate(best, plan.data_yaml, split="val", imgsz=int(trainer.args.imgsz), device=plan.device,
-                          out_dir=run_dir / "eval")
+    for event, functions in (callbacks or {}).items():
+        for function in functions:
+            model.add_callback(event, function)
+    threads = next((preset.value for preset in presets if preset.key == "threads"), None)
+    from yolodefect.cpu_training import torch_threads_restored
+
+    # PyTorch's thread count is per process, and Ultralytics' select_device sets it (training and evaluation).
+    with torch_threads_restored():
+        with training_precision(model, plan.device, arguments, threads) as trainer_class:
+            model.train(**arguments, **({"trainer": trainer_class} if trainer_class else {}))
+        trainer = model.trainer
+        run_dir = Path(trainer.save_dir)
+        best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
+        evaluation = evaluate(best, plan.data_yaml, split="val", imgsz=int(trainer.args.imgsz), device=plan.device,
+                              out_dir=run_dir / "eval")
     result = TrainResult(run_dir, best, Path(trainer.last), presets, arguments, evaluation,
                          round(time.perf_counter() - started, 1), note)
     (run_dir / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     return result
 
 
-def train(data: Path, options: TrainOptions = TrainOptions()) -> TrainResult:
+@contextlib.contextmanager
+def training_precision(model, device: str, arguments: dict, threads: int | None = None) -> Iterator[type | None]:
+    """The trainer class for a CPU run (None: Ultralytics' own): ``threads`` PyTorch threads, and for ``amp`` bf16
+    channels_last with bf16 autocast open meanwhile.
+
+    A resumed run trains with the arguments saved in its checkpoint, so its own ``amp`` decides there.
+    """
+    amp = arguments.get("amp")
+    if arguments.get("resume"):
+        amp = (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("amp")
+    bf16 = amp == "bf16"
+    if str(device).lower() != "cpu" or getattr(model, "task", "detect") != "detect" or (threads is None and not bf16):
+        yield None
+        return
+    from yolodefect.cpu_training import cpu_bf16_autocast, cpu_trainer
+
+    with cpu_bf16_autocast() if bf16 else contextlib.nullcontext():
+        yield cpu_trainer(threads, channels_last=bf16)
+
+
+def train(data: Path, options: TrainOptions = TrainOptions(),
+          callbacks: Mapping[str, Sequence[Callable]] | None = None) -> TrainResult:
     """Check ``data``, train with defect presets, then score the best model with our evaluator."""
-    return run_training(plan_training(data, options))
+    return run_training(plan_training(data, options), callbacks)

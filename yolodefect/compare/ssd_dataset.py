@@ -123,12 +123,13 @@ class YoloDetectionDataset(Dataset):
         return image, target
 
 
-def train_transforms(*, fill_rgb: Sequence[int], vertical_flip: bool = True) -> v2.Compose:
+def train_transforms(*, fill_rgb: Sequence[int], vertical_flip: bool = False) -> v2.Compose:
     """SSD's augmentation from torchvision's detection references (``--data-augmentation ssd``).
 
     Photometric distortion, zoom out (canvas filled with the dataset mean), IoU crop and horizontal
-    flip, as in the SSD paper; plus a vertical flip, because defects have no "up" (the same reason
-    ``yolodefect train`` sets ``flipud=0.5`` for YOLO). Boxes cut away by the crop are dropped by
+    flip, as in the SSD paper; a vertical flip only with ``vertical_flip``, as ``yolodefect train`` flips YOLO's
+    images vertically only when asked (``--flipud``: no gain measured on NEU-DET). Boxes cut away by the crop are
+    dropped by
     ``SanitizeBoundingBoxes``; the image ends as float32 in [0, 1], which the SSD normalises itself.
     """
     steps: list[v2.Transform] = [

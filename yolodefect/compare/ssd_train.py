@@ -49,7 +49,7 @@ class SSDTrainOptions:
     momentum: float = 0.9
     weight_decay: float | None = None
     backbone_weights: Path | None = None
-    vertical_flip: bool = True
+    vertical_flip: bool = False  # as YOLO's side: `train` leaves flipud at Ultralytics' 0
     device: str = "cpu"
     seed: int = 0
     log_every: int = 20

@@ -1,0 +1,163 @@
+"""Issue 20 item 5: which `yolodefect train` preset hurts fine-tuning? NEU-DET transfer, CPU protocol, one run.
+
+    python bench/train_transfer_ablation.py --work DIR [--epochs 10] [--parallel 2]
+
+The transfer protocol of bench/train_neu.py (../shared/weights/fall-detection-yolov8s.pt, 256 px, seed-0 split
+0.8/0.1/0.1, batch 16) with these sides, each trained in its own process, ``--parallel`` at a time with the cores
+shared out evenly (so the sides of one run saw the same machine):
+
+- ``plain``: ``YOLO(ckpt).train(data, imgsz, epochs, batch=16, seed)``, Ultralytics' defaults;
+- ``ours``: ``yolodefect train`` as it is now (no every-batch update from a checkpoint);
+- ``ours_nbs16``: ``yolodefect train --nbs 16``, the every-batch update the presets used to apply here too;
+- ``plain_nbs16``: plain with only ``nbs=16`` (the one preset alone), with ``--sides`` adding it.
+
+NEU-DET is grayscale and balanced, so ours = plain + flipud 0.5 + no hue/saturation shift (+ nbs 16 before);
+``ours`` vs ``plain`` measures flipud/hsv, ``ours_nbs16`` vs ``ours`` the every-batch update. Every best model is
+scored on val and test by THE evaluator. Per-epoch training losses and Ultralytics' val mAP50 come from each run's
+results.csv. Writes bench/results/NAME.json (default train_neu_transfer.json: the transfer row of the training
+benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import SHARED_DIR, machine_info, machine_line, write_result  # noqa: E402
+
+CHECKPOINT = SHARED_DIR / "weights" / "fall-detection-yolov8s.pt"
+SIDES = ("plain", "ours", "ours_nbs16", "plain_nbs16")
+DEFAULT_SIDES = "plain,ours,ours_nbs16"
+
+
+def train_side(side: str, data: Path, runs: Path, args) -> dict:
+    """Train one side in this process; returns its seconds, best model, presets and epoch curve."""
+    from ultralytics import YOLO
+
+    from yolodefect.train import TrainOptions, train
+
+    started = time.perf_counter()
+    presets = None
+    if side.startswith("plain"):
+        extra = {"nbs": 16} if side == "plain_nbs16" else {}
+        model = YOLO(str(CHECKPOINT))
+        model.train(data=str(data / "data.yaml"), imgsz=args.imgsz, epochs=args.epochs, batch=16, seed=args.seed,
+                    project=str(runs), name=side, exist_ok=True, **extra)
+        best, run_dir = Path(model.trainer.best), Path(model.trainer.save_dir)
+    else:
+        result = train(data, TrainOptions(model=str(CHECKPOINT), imgsz=args.imgsz, epochs=args.epochs,
+                                          seed=args.seed, nbs=16 if side == "ours_nbs16" else None,
+                                          project=runs, name=side, exist_ok=True))
+        best, run_dir = result.best_model, result.run_dir
+        presets = [{"key": p.key, "value": p.value, "reason": p.reason} for p in result.presets]
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 1), "best_model": str(best), "presets": presets,
+            "epochs": epoch_curve(run_dir / "results.csv")}
+
+
+def epoch_curve(results_csv: Path) -> list[dict]:
+    """Per epoch: Ultralytics' training losses and its own val mAP50 (our evaluator scores only the best model)."""
+    keep = {"epoch": "epoch", "train/box_loss": "box", "train/cls_loss": "cls", "train/dfl_loss": "dfl",
+            "metrics/mAP50(B)": "val_map50", "time": "elapsed_s"}
+    with results_csv.open(newline="", encoding="utf-8") as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    return [{name: round(float(row[key]), 4) for key, name in keep.items() if key in row} for row in rows]
+
+
+def score(model: Path, data: Path, imgsz: int) -> dict:
+    from yolodefect.evaluate import evaluate
+
+    scores = {}
+    for split in ("val", "test"):
+        metrics = evaluate(model, data / "data.yaml", split=split, imgsz=imgsz, plots=False).metrics
+        scores[split] = {"map50": metrics.map50, "map50_95": metrics.map50_95,
+                         "per_class_ap50": {c.name: c.ap50 for c in metrics.per_class}}
+    return scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, required=True, help="Folder for the dataset and runs.")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sides", default=DEFAULT_SIDES, help=f"Comma-separated, of {', '.join(SIDES)}.")
+    parser.add_argument("--parallel", type=int, default=2, help="Sides trained at once (cores shared evenly).")
+    parser.add_argument("--name", default="train_neu_transfer")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: train one side, write JSON
+    args = parser.parse_args()
+    if not (SHARED_DIR / "datasets" / "neu-det").is_dir() or not CHECKPOINT.exists():
+        print(f"skipped: NEU-DET or {CHECKPOINT.name} not found under {SHARED_DIR}")
+        return 0
+    data, runs = args.work / "neu-yolo", args.work / "runs"
+    if args.side:
+        side = train_side(args.side, data, runs, args)
+        (args.work / f"{args.side}.json").write_text(json.dumps(side, indent=1), encoding="utf-8")
+        return 0
+
+    from yolodefect.data.check import check_dataset
+    from yolodefect.data.convert import ConvertOptions, convert
+
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown sides {sorted(unknown)}")
+    info = machine_info()
+    print(machine_line(info))
+    if not (data / "data.yaml").exists():
+        convert(SHARED_DIR / "datasets" / "neu-det", data, ConvertOptions(format="voc", split="0.8,0.1,0.1",
+                                                                         seed=args.seed))
+    cores = os.cpu_count() or 2
+    threads = str(max(cores // min(args.parallel, len(sides)), 1))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    pending, running, started = list(sides), [], time.perf_counter()
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            side = pending.pop(0)
+            command = [sys.executable, __file__, "--work", str(args.work), "--epochs", str(args.epochs), "--imgsz",
+                       str(args.imgsz), "--seed", str(args.seed), "--side", side]
+            log = (args.work / f"{side}.log").open("w")
+            running.append((side, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            print(f"training {side} ({threads} threads), log {args.work / (side + '.log')}", flush=True)
+        time.sleep(5)
+        for side, process in list(running):
+            if process.poll() is not None:
+                running.remove((side, process))
+                if process.returncode:
+                    print(f"{side} failed (exit {process.returncode}); see {args.work / (side + '.log')}")
+                    return 1
+                print(f"{side} done after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+
+    results = {side: json.loads((args.work / f"{side}.json").read_text(encoding="utf-8")) for side in sides}
+    for side in sides:
+        results[side].update(score(Path(results[side]["best_model"]), data, args.imgsz))
+    base = results.get("plain")
+    ratio = {side: {split: {key: results[side][split][key] / base[split][key] for key in ("map50", "map50_95")}
+                    for split in ("val", "test")} for side in sides if base and side != "plain"}
+    payload = {
+        "benchmark": args.name, "protocol": "CPU", "machine": info, "model": str(CHECKPOINT.relative_to(SHARED_DIR.parent)),
+        "imgsz": args.imgsz, "epochs": args.epochs, "seed": args.seed, "batch": 16,
+        "split": {"fractions": "0.8,0.1,0.1", "seed": args.seed,
+                  "images": {s: v.images for s, v in check_dataset(data).splits.items()}},
+        "parallel": args.parallel, "threads_per_side": int(threads),
+        "sides": results, "ratio_over_plain": ratio,
+        "evaluator": "yolodefect.evaluate (faster-coco-eval), same for every side",
+    }
+    path = write_result(args.name, payload)
+    for side in sides:
+        r = results[side]
+        print(f"{side:12s} val mAP50 {r['val']['map50']:.3f} mAP50-95 {r['val']['map50_95']:.3f} | test mAP50 "
+              f"{r['test']['map50']:.3f} mAP50-95 {r['test']['map50_95']:.3f} | {r['seconds'] / 60:.1f} min")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
