@@ -7,12 +7,12 @@ The transfer protocol of bench/train_neu.py (../shared/weights/fall-detection-yo
 shared out evenly (so the sides of one run saw the same machine):
 
 - ``plain``: ``YOLO(ckpt).train(data, imgsz, epochs, batch=16, seed)``, Ultralytics' defaults;
-- ``ours``: ``yolodefect train`` as it is now (no every-batch update from a checkpoint);
+- ``ours``: ``yolodefect train`` as it is when run (the result lists the presets each side had);
 - ``ours_nbs16``: ``yolodefect train --nbs 16``, the every-batch update the presets used to apply here too;
 - ``plain_nbs16``: plain with only ``nbs=16`` (the one preset alone), with ``--sides`` adding it.
 
-NEU-DET is grayscale and balanced, so ours = plain + flipud 0.5 + no hue/saturation shift (+ nbs 16 before);
-``ours`` vs ``plain`` measures flipud/hsv, ``ours_nbs16`` vs ``ours`` the every-batch update. Every best model is
+In the committed run (2026-11-30) ours was plain + flipud 0.5 + no hue/saturation shift, so ``ours`` vs ``plain``
+measured the flips and ``ours_nbs16`` vs ``ours`` the every-batch update; neither is a fine-tuning default since. Every best model is
 scored on val and test by THE evaluator. Per-epoch training losses and Ultralytics' val mAP50 come from each run's
 results.csv. Writes bench/results/NAME.json (default train_neu_transfer.json: the transfer row of the training
 benchmark).
