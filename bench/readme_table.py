@@ -85,8 +85,10 @@ def row_time_to_map() -> list[str] | None:
     parts = []
     for name, side in result["sides"].items():
         reached = side["reached"]
-        parts.append(f"{name} " + (f"{reached['seconds']:.0f} s (epoch {reached['epoch']})" if reached
-                                   else f"not reached in {side['seconds_total']:.0f} s"))
+        label = "plain Ultralytics" if side.get("presets") is None else f"`yolodefect train` ({chosen(side['presets'])})"
+        parts.append(f"{label} " + (f"{reached['seconds']:.0f} s (epoch {reached['epoch']}, val mAP50 "
+                                    f"{reached['val_map50']:.3f})" if reached
+                                    else f"not reached in {side['seconds_total']:.0f} s"))
     ratios = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in result["speedup_to_target_over_plain"].items())
     return [f"wall time to val mAP50 {target} on a CPU, NEU-DET from scratch (`{result['model']}`, "
             f"{result['imgsz']} px, a {result['epochs_schedule']}-epoch schedule; {when(result)})",
@@ -138,6 +140,18 @@ def row_export() -> list[str] | None:
             "median ms (speed-up over plain Ultralytics ONNX FP32 in ONNX Runtime, mAP50 change): " + " / ".join(cells)]
 
 
+def row_openvino_int8() -> list[str] | None:
+    result = load("openvino_int8_scope")
+    if result is None:
+        return None
+    cells = [f"{label} {row['map50']:.4f} ({points(row['map50_change_points'])})"
+             for label, row in result["variants"].items() if not label.startswith("fp32")]
+    return [f"OpenVINO INT8: which layers stay float (`{Path(result['model']).name}`, {result['imgsz']} px, "
+            f"{result['calibration_images']} calibration images; {when(result)})", "`bench/openvino_int8_scope.py`",
+            f"val mAP50 against the FP32 IR's {result['variants']['fp32 (f32 forced)']['map50']:.4f}: "
+            + "; ".join(cells)]
+
+
 def row_compare() -> list[str] | None:
     result = load("compare_neu")
     if result is None:
@@ -146,7 +160,7 @@ def row_compare() -> list[str] | None:
             result["result"]["verdict"]]
 
 
-ROWS = (row_train_scratch, row_presets_full, row_transfer, row_time_to_map, row_relu, row_export, row_compare)
+ROWS = (row_train_scratch, row_presets_full, row_transfer, row_time_to_map, row_relu, row_export, row_openvino_int8, row_compare)
 
 
 def table() -> str:
