@@ -168,11 +168,6 @@ def weight_updates(train_images: int, epochs: int, batch: int, nbs: int) -> int:
     return math.ceil(train_images / batch) * epochs // accumulate
 
 
-def trains_from_scratch(model: str | None) -> bool:
-    """A .yaml model definition starts from random weights; a checkpoint (and the default model) from trained ones."""
-    return model is not None and Path(model).suffix in (".yaml", ".yml")
-
-
 def nominal_batch_preset(options: TrainOptions, batch: int, train_images: int) -> Preset | None:
     """Update the weights every batch when Ultralytics' accumulation to ``nbs`` images would leave a small set few
     updates, when training from scratch.
@@ -193,7 +188,7 @@ def nominal_batch_preset(options: TrainOptions, batch: int, train_images: int) -
     if options.nbs is not None:
         return Preset("nbs", options.nbs, "given by --nbs")
     default_nbs = DEFAULT_CFG_DICT["nbs"]
-    if not trains_from_scratch(options.model) or not 0 < batch < default_nbs or train_images <= 0:
+    if not is_model_definition(options.model) or not 0 < batch < default_nbs or train_images <= 0:
         return None
     nominal = weight_updates(train_images, options.epochs, batch, default_nbs)
     if nominal >= FEW_UPDATES:
@@ -261,7 +256,7 @@ def defect_presets(options: TrainOptions, report: CheckReport | None, data: Path
         presets.append(Preset("threads", threads, "given by --threads" if options.threads else
                               f"CPU: all {threads} cores (Ultralytics trains on cores - 1, keeping one for data "
                               "loaders it does not start on a CPU)"))
-        if cpu_has_native_bf16() and trains_from_scratch(options.model):
+        if cpu_has_native_bf16() and is_model_definition(options.model):
             # Measured from scratch only (bench/train_time_to_map.py); fine-tuning opts in with --set amp=bf16.
             presets.append(Preset("amp", "bf16", CPU_BF16_REASON))
     else:
@@ -336,6 +331,8 @@ def load_model(model: str | None):
 
 
 def is_model_definition(model: str | None) -> bool:
+    """A .yaml model definition: training starts from random weights (a checkpoint, and the default model, from
+    trained ones)."""
     return model is not None and Path(model).suffix in (".yaml", ".yml")
 
 
@@ -415,7 +412,7 @@ def fit_imgsz_to_model(presets: list[Preset], arguments: dict, stride: int) -> t
 
 
 def transfer_note(model: str, model_names: dict | list | None, class_names: list[str]) -> str:
-    if trains_from_scratch(model):
+    if is_model_definition(model):
         return f"training from scratch ({model}): no pretrained weights"
     names = names_list(model_names) if model_names else []
     if names == class_names:
