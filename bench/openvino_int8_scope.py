@@ -125,16 +125,14 @@ def main() -> int:
     variants["ultralytics"] = {"path": ultralytics_dir, "seconds": round(time.perf_counter() - started, 1),
                                "float": "Sigmoids, the Detect head's decoding (Ultralytics' rule)"}
     for name, layers in (("ours", ("1",)), ("ours_plus_stem", ("0", "1"))):
-        openvino_int8.FLOAT_LAYERS = layers  # this script's own process: the one place a variant is chosen
         result = openvino_int8.quantize_openvino(fp32, work / f"{name}_openvino_model", calibration.images,
-                                                 args.imgsz)
+                                                 args.imgsz, float_layers=layers)
         variants[name] = {"path": result.path, "seconds": result.seconds,
                           "float": f"Ultralytics' rule + the convolutions of model.{', model.'.join(layers)}"}
     if args.accuracy_control:
         core = ov.Core()
         model = core.read_model(next(fp32.glob("*.xml")))
-        openvino_int8.FLOAT_LAYERS = ()
-        scope = nncf.IgnoredScope(names=openvino_int8.float_op_names(model))
+        scope = nncf.IgnoredScope(names=openvino_int8.float_op_names(model, float_layers=()))
         validate, validation_data = map50_validation(args.data, args.imgsz)
         started = time.perf_counter()
         quantized = nncf.quantize_with_accuracy_control(

@@ -89,16 +89,27 @@ def test_explicit_format_keeps_a_single_model_run(without_openvino, demo_data, t
 
 @pytest.fixture(scope="module")
 def auto_openvino(demo_data, tmp_path_factory):
-    """An auto --int8 run with the openvino extra installed: three candidates, every gate open."""
+    """An auto --int8 run with the openvino extra installed: three candidates, every gate open; and the formats it
+    exported through Ultralytics."""
     out = tmp_path_factory.mktemp("auto-openvino")
-    return out, export(DEMO_MODEL, demo_data / "data.yaml", ExportOptions(int8=True, max_drop=100.0, out_dir=out,
+    exported = []  # the formats exported through Ultralytics, in order
+    real = export_module.export_with_ultralytics
+
+    def export_with_ultralytics(spec, *args, **kwargs):
+        exported.append(spec.format)
+        return real(spec, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_module, "export_with_ultralytics", export_with_ultralytics)
+        result = export(DEMO_MODEL, demo_data / "data.yaml", ExportOptions(int8=True, max_drop=100.0, out_dir=out,
                                                                            **FAST))
+    return out, result, exported
 
 
 @needs_openvino
 @pytest.mark.slow
 def test_auto_int8_with_openvino_deploys_the_fastest_candidate_that_passed(auto_openvino):
-    tmp_path, result = auto_openvino
+    tmp_path, result, exported = auto_openvino
     by_name = {c.name: c for c in result.candidates}
     fp32_ir = next(c for c in result.candidates if c.report.precision is Precision.FP32)
     # The plain IR is named by the precision OpenVINO's CPU plugin really computed in (bf16 on AMX CPUs).
@@ -118,13 +129,15 @@ def test_auto_int8_with_openvino_deploys_the_fastest_candidate_that_passed(auto_
         assert card["deployable"] is True and card["choice"] == result.choice
         assert [c["chosen"] for c in card["candidates"]] == [c.chosen for c in result.candidates]
     assert result.choice.startswith(f"{fastest.name} chosen: fastest of the 3 candidate(s) that passed")
+    # One FP32 IR export serves both OpenVINO candidates: the INT8 one is quantized from the IR the other deploys.
+    assert exported == [ExportFormat.OPENVINO]
     assert load_model_card(fp32_ir.report.path)["backend"]["inference_precision"] == fp32_ir.report.latency.precision
 
 
 @needs_openvino
 @pytest.mark.slow
 def test_watch_runs_the_openvino_candidate_and_shows_its_runtime_and_precision(auto_openvino, demo_data, tmp_path):
-    _, result = auto_openvino
+    _, result, _ = auto_openvino
     fp32_ir = next(c for c in result.candidates if c.report.precision is Precision.FP32)
     images = demo_data / "images" / "val"
     events = tmp_path / "events.jsonl"

@@ -82,6 +82,7 @@ class _Exporter:
         self.device = options.device or ("0" if spec.needs_cuda else "cpu")
         self.stem = source.path.stem
         self.notes: list[str] = []
+        self._ultralytics_fp32: dict[ExportFormat, Path] = {}  # one FP32 export per format, shared by its candidates
 
     def fp32(self, work: Path) -> tuple[Path, bool | None]:
         destination = self.spec.model_path(self.out_dir, self.stem, Precision.FP32)
@@ -109,26 +110,34 @@ class _Exporter:
             quantized = quantize_onnx(fp32, pending, calibration.images, self.imgsz, settings)
             self.notes += quantized.notes
             return quantized.path, spec.int8_method + f" ({settings.describe()})"
-        exporting = work / f"{spec.format.value}-int8"
-        exporting.mkdir(parents=True, exist_ok=True)
         if spec.format is ExportFormat.OPENVINO:
-            # Our NNCF call on Ultralytics' FP32 IR: Ultralytics' own INT8 quantizes a layer that costs mAP.
-            fp32_ir = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
-                                              dynamic=self.options.dynamic, device=self.device)
+            # Our NNCF call on Ultralytics' FP32 IR: Ultralytics' own INT8 quantizes a layer that costs mAP. With
+            # --format openvino, ``fp32`` is that IR already; in an auto run it is the ONNX reference.
+            fp32_ir = fp32 if self.spec.format is ExportFormat.OPENVINO else self.ultralytics_fp32(spec, work)
             quantized = quantize_openvino(fp32_ir, pending, calibration.images, self.imgsz)
             return quantized.path, spec.int8_method
+        exporting = work / f"{spec.format.value}-int8"
+        exporting.mkdir(parents=True, exist_ok=True)
         data = calibration_yaml(calibration.images, self.source.class_names, exporting)
         produced = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
                                            dynamic=self.options.dynamic, device=self.device, calibration_data=data)
         return _place(produced, pending), spec.int8_method
 
+    def ultralytics_fp32(self, spec: FormatSpec, work: Path) -> Path:
+        """Ultralytics' FP32 export in ``spec``'s format, made once per run (the OpenVINO INT8 candidate quantizes
+        the IR the FP32 IR candidate deploys); callers copy it, never move it."""
+        if spec.format not in self._ultralytics_fp32:
+            exporting = work / f"{spec.format.value}-fp32"
+            exporting.mkdir(parents=True, exist_ok=True)
+            self._ultralytics_fp32[spec.format] = export_with_ultralytics(
+                spec, self.source.path, exporting, imgsz=self.imgsz, dynamic=self.options.dynamic, device=self.device)
+        return self._ultralytics_fp32[spec.format]
+
     def fp32_candidate(self, spec: FormatSpec, work: Path) -> Path:
         """An FP32 export through Ultralytics (the OpenVINO IR candidate), still in ``work``."""
-        exporting = work / f"{spec.format.value}-fp32"
-        exporting.mkdir(parents=True, exist_ok=True)
-        produced = export_with_ultralytics(spec, self.source.path, exporting, imgsz=self.imgsz,
-                                           dynamic=self.options.dynamic, device=self.device)
-        return _place(produced, self._pending(spec, Precision.FP32, work))
+        produced, pending = self.ultralytics_fp32(spec, work), self._pending(spec, Precision.FP32, work)
+        shutil.copytree(produced, pending) if produced.is_dir() else shutil.copy2(produced, pending)
+        return pending
 
     def evaluate(self, path: Path, thresholds: Path | None) -> EvalMetrics:
         return _evaluate(path, self.data, self.imgsz, thresholds, self.device, self.options.progress)

@@ -34,25 +34,27 @@ class OpenVinoInt8:
     seconds: float
 
 
-def float_op_names(model) -> list[str]:
+def float_op_names(model, float_layers: tuple[str, ...] = FLOAT_LAYERS) -> list[str]:
     """The ops to leave in float: Ultralytics' rule (every Sigmoid, and the ops at the top level of the Detect head,
-    found as the scope of the last Sigmoid, and of its DFL) plus the convolutions of the layers in
-    :data:`FLOAT_LAYERS`."""
+    found as the scope of the last Sigmoid, and of its DFL) plus the convolutions of the layers ``model.<index>``
+    in ``float_layers`` (default :data:`FLOAT_LAYERS`; the scope bench passes others)."""
     operations = model.get_ordered_ops()
     sigmoids = [op.get_friendly_name() for op in operations if op.get_type_name() == "Sigmoid"]
     if not sigmoids:
         raise YoloDefectError("the OpenVINO model has no Sigmoid: not a YOLO detection model Ultralytics exported")
     head_scope = sigmoids[-1].split("/", 1)[0]  # "__module.model.23"
     root = head_scope.rsplit(".", 1)[0]  # "__module.model"
-    early = tuple(f"{root}.{index}{separator}" for index in FLOAT_LAYERS for separator in (".", "/"))
+    early = tuple(f"{root}.{index}{separator}" for index in float_layers for separator in (".", "/"))
     return [op.get_friendly_name() for op in operations
             if op.get_type_name() == "Sigmoid"
             or op.get_friendly_name().startswith((f"{head_scope}/", f"{head_scope}.dfl"))
             or (op.get_type_name() == "Convolution" and op.get_friendly_name().startswith(early))]
 
 
-def quantize_openvino(fp32_folder: Path, destination: Path, images: list[Path], imgsz: int) -> OpenVinoInt8:
-    """Quantize the IR in ``fp32_folder`` on ``images`` into the folder ``destination`` (replaced if present)."""
+def quantize_openvino(fp32_folder: Path, destination: Path, images: list[Path], imgsz: int, *,
+                      float_layers: tuple[str, ...] = FLOAT_LAYERS) -> OpenVinoInt8:
+    """Quantize the IR in ``fp32_folder`` on ``images`` into the folder ``destination`` (replaced if present),
+    leaving :func:`float_op_names` in float."""
     import time
 
     import nncf
@@ -64,7 +66,7 @@ def quantize_openvino(fp32_folder: Path, destination: Path, images: list[Path], 
     if len(xml_files) != 1:
         raise YoloDefectError(f"{fp32_folder} should hold one OpenVINO .xml model, found {len(xml_files)}")
     model = ov.Core().read_model(xml_files[0])
-    floats = float_op_names(model)
+    floats = float_op_names(model, float_layers)
     dataset = nncf.Dataset(images, lambda image: preprocess(image, imgsz))
     try:
         quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=len(images),
