@@ -289,6 +289,47 @@ def test_a_leaving_part_that_splits_at_the_exit_edge_is_still_one_decision() -> 
     assert decider.direction == (0, 1) and decider.discarded_regions >= 1
 
 
+def test_two_parts_the_finder_joins_for_a_few_frames_stay_two_decisions() -> None:
+    # Seen on NEU-DET steel on a green belt at 12 px/frame: a belt cleat in a 22 px gap bridged two parts into one
+    # box for 4 frames; one track took it and the other was lost ("1 part without a decision"). A defect on the
+    # second part, seen only while they were joined, must reject the second part and not the first.
+    width, speed, part_w, gap = 640, 12, 200, 22
+    starts = (0, part_w + gap, 2 * (part_w + gap))
+
+    def part_box(part: int, index: int) -> tuple[float, float, float, float] | None:
+        right = speed * index - starts[part]
+        x1, x2 = max(0, right - part_w), min(width, right)
+        return (x1, 60, x2, 260) if x2 - x1 > 4 else None
+
+    joined = set(range(30, 34)) | {38}
+
+    def finder(frame: Frame, found: Detections) -> tuple[np.ndarray, np.ndarray]:
+        boxes = [box for part in range(3) if (box := part_box(part, frame.index)) is not None]
+        if frame.index in joined:  # parts 0 and 1 as one box, from the left edge of 1 to the right edge of 0
+            first, second = part_box(0, frame.index), part_box(1, frame.index)
+            boxes = [(second[0], 55, first[2], 262)] + [b for b in boxes if b not in (first, second)]
+        return np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(found), bool)
+
+    decider = LinePartDecider(finder, {0: "scratch"}, RejectRules(default_conf=0.5), min_frames=3,
+                              emit_pass=True)
+    image = np.zeros((320, width, 3), np.uint8)
+    decisions, split_frames = [], []
+    for index in range(1, 120):
+        frame = Frame(image, index, datetime.now(timezone.utc), "test")
+        found = Detections.empty()
+        if index in joined:
+            x1, y1, x2, y2 = part_box(1, index)
+            cx = (x1 + x2) / 2
+            found = detections([(cx - 8, 150, cx + 8, 170)], conf=0.9)
+        result = decider.update(frame, found)
+        if index in joined:
+            split_frames.append(len(result.part_boxes))
+        decisions += result.decisions
+    decisions += decider.finish(frame)
+    assert [(d.part_id, d.decision) for d in decisions] == [(1, "pass"), (2, "reject"), (3, "pass")]
+    assert split_frames == [2, 2, 2, 2, 3]  # the third part comes into view at frame 38
+
+
 def test_a_thin_entering_part_whose_box_jumps_vertically_is_not_decided_early() -> None:
     # Seen on DeepPCB at 24 px/frame: a part 36 px into the view, its box's top edge jumping 20 px between frames,
     # was taken as moving up, "crossed" the middle and got an error with 2 frames. Parts move the line's way.
