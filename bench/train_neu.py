@@ -26,19 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import RESULTS_DIR, SHARED_DIR, machine_info, machine_line, write_result  # noqa: E402
+from scoring import score_val_test  # noqa: E402
 
 BASELINE = RESULTS_DIR / "train_neu.json"  # the SiLU protocol run --act is compared with
-
-
-def score(model: Path, data: Path, imgsz: int) -> dict:
-    from yolodefect.evaluate import evaluate
-
-    scores = {}
-    for split in ("val", "test"):
-        metrics = evaluate(model, data, split=split, imgsz=imgsz, plots=False).metrics
-        scores[split] = {"map50": metrics.map50, "map50_95": metrics.map50_95,
-                         "per_class_ap50": {c.name: c.ap50 for c in metrics.per_class}}
-    return scores
 
 
 def main() -> int:
@@ -84,7 +74,8 @@ def main() -> int:
                                     project=work / "runs", name="ours", exist_ok=True))
     ours_seconds = time.perf_counter() - started
 
-    plain_scores, ours_scores = score(plain_best, data_yaml, args.imgsz), score(ours.best_model, data_yaml, args.imgsz)
+    plain_scores = score_val_test(plain_best, data_yaml, args.imgsz)
+    ours_scores = score_val_test(ours.best_model, data_yaml, args.imgsz)
     ratio = {split: {key: (ours_scores[split][key] / plain_scores[split][key]) if plain_scores[split][key] else None
                      for key in ("map50", "map50_95")} for split in ("val", "test")}
     payload = {
@@ -124,7 +115,7 @@ def run_activation(args, data: Path, model_arg: str, info: dict) -> int:
                                     act=args.act, project=data.parent / "runs",
                                     name=f"ours-{args.act}", exist_ok=True))
     seconds = time.perf_counter() - started
-    scores = score(ours.best_model, data / "data.yaml", args.imgsz)
+    scores = score_val_test(ours.best_model, data / "data.yaml", args.imgsz)
     presets = [{"key": p.key, "value": p.value, "reason": p.reason} for p in ours.presets]
     silu_presets = baseline["yolodefect"]["presets"]
     silu = {split: baseline["yolodefect"][split] for split in ("val", "test")}

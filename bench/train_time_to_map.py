@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import SHARED_DIR, machine_info, machine_line, write_result  # noqa: E402
+from scoring import score_val_test  # noqa: E402
 
 SIDES = ("plain", "ours", "ours_fp32")
 MAP50 = "metrics/mAP50(B)"
@@ -83,18 +84,8 @@ def run_side(side: str, data: Path, work: Path, args) -> dict:
     row = {"seconds_total": round(time.perf_counter() - log.started, 1), "epochs": log.epochs,
            "reached": log.reached(), "presets": presets, "best_model": str(best)}
     if args.full:
-        row.update(score(best, data, args.imgsz))
+        row.update(score_val_test(best, data / "data.yaml", args.imgsz))
     return row
-
-
-def score(model: Path, data: Path, imgsz: int) -> dict:
-    from yolodefect.evaluate import evaluate
-
-    scores = {}
-    for split in ("val", "test"):
-        metrics = evaluate(model, data / "data.yaml", split=split, imgsz=imgsz, plots=False).metrics
-        scores[split] = {"map50": metrics.map50, "map50_95": metrics.map50_95}
-    return scores
 
 
 def main() -> int:
