@@ -38,7 +38,7 @@ def test_fine_tuning_opts_in_to_bf16_with_set_amp(steel, monkeypatch):
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
     plan = plan_training(steel, TrainOptions(model="yolo11n.pt", device="cpu", overrides={"amp": "bf16"}))
     assert "amp" not in {p.key for p in plan.presets} and plan.arguments["amp"] == "bf16"
-    with train_module.training_precision(object(), "cpu", plan.arguments) as trainer_class:
+    with train_module.cpu_trainer_class(object(), "cpu", plan.arguments) as trainer_class:
         assert trainer_class is not None and "channels_last=True" in trainer_class.__name__
 
 
@@ -46,9 +46,9 @@ def test_amp_fp32_override_trains_with_ultralytics_own_trainer(steel, monkeypatc
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
     plan = plan_training(steel, TrainOptions(model="yolo11n.yaml", device="cpu", overrides={"amp": "fp32"}))
     assert plan.arguments["amp"] == "fp32"
-    with train_module.training_precision(object(), "cpu", plan.arguments) as trainer_class:
+    with train_module.cpu_trainer_class(object(), "cpu", plan.arguments) as trainer_class:
         assert trainer_class is None
-    with train_module.training_precision(object(), "0", {"amp": "bf16"}) as trainer_class:
+    with train_module.cpu_trainer_class(object(), "0", {"amp": "bf16"}) as trainer_class:
         assert trainer_class is None  # CUDA bf16 is Ultralytics' own
 
 

@@ -50,8 +50,9 @@ ACTIVATION_REASONS = {
 }
 CPU_BF16_REASON = ("from scratch on a CPU with native bfloat16 (AVX512-BF16/AMX): bf16 autocast and channels_last, "
                    "which Ultralytics does only on CUDA (--set amp=fp32: plain fp32)")
-# Presets we apply ourselves, not passed to YOLO.train: to the model definition, or through our CPU trainer.
-MODEL_PRESETS = frozenset({"activation", "threads"})
+# Presets we apply ourselves, never passed to YOLO.train: to the model definition (activation) or through our CPU
+# trainer (threads).
+OWN_PRESETS = frozenset({"activation", "threads"})
 OFFLINE_HELP = (
     "could not download {model} into {folder} (this machine seems to be offline). Two ways forward: "
     "--model path/to/checkpoint.pt (any Ultralytics checkpoint, even one trained on other classes), "
@@ -277,7 +278,7 @@ def ultralytics_arguments(options: TrainOptions, presets: list[Preset], data: Pa
         "project": str(Path(options.project).resolve()), "name": options.name, "exist_ok": options.exist_ok,
         "plots": options.plots, "verbose": True,
     }
-    arguments.update({preset.key: preset.value for preset in presets if preset.key not in MODEL_PRESETS})
+    arguments.update({preset.key: preset.value for preset in presets if preset.key not in OWN_PRESETS})
     arguments.update(options.overrides)
     return arguments
 
@@ -525,7 +526,7 @@ def run_training(plan: TrainPlan, callbacks: Mapping[str, Sequence[Callable]] | 
 
     # PyTorch's thread count is per process, and Ultralytics' select_device sets it (training and evaluation).
     with torch_threads_restored():
-        with training_precision(model, plan.device, arguments, threads) as trainer_class:
+        with cpu_trainer_class(model, plan.device, arguments, threads) as trainer_class:
             model.train(**arguments, **({"trainer": trainer_class} if trainer_class else {}))
         trainer = model.trainer
         run_dir = Path(trainer.save_dir)
@@ -539,7 +540,7 @@ def run_training(plan: TrainPlan, callbacks: Mapping[str, Sequence[Callable]] | 
 
 
 @contextlib.contextmanager
-def training_precision(model, device: str, arguments: dict, threads: int | None = None) -> Iterator[type | None]:
+def cpu_trainer_class(model, device: str, arguments: dict, threads: int | None = None) -> Iterator[type | None]:
     """The trainer class for a CPU run (None: Ultralytics' own): ``threads`` PyTorch threads, and for ``amp`` bf16
     channels_last with bf16 autocast open meanwhile.
 
