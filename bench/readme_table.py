@@ -65,12 +65,15 @@ def row_transfer() -> list[str] | None:
     if result is None or "sides" not in result:
         return None
     sides = result["sides"]
+    dates = {str(side.get("trained_at") or "")[:10] for side in sides.values()}
     parts = []
     for name, side in sides.items():
         if side.get("presets") is None:
             label = "plain Ultralytics" + (" + nbs 16" if name == "plain_nbs16" else "")
         else:  # what `yolodefect train` set then, beyond the run's own settings
             label = f"`yolodefect train` with {chosen(side['presets'])}"
+        if len(dates) > 1:  # some sides were reused from an earlier run (--reuse)
+            label += f" (trained {str(side.get('trained_at') or '?')[:10]})"
         parts.append(f"{label}: {pair(side)}")
     return [f"NEU-DET transfer from `{Path(result['model']).name}` (other classes), {result['imgsz']} px, "
             f"{result['epochs']} epochs, seed {result['seed']}, sides trained side by side ({when(result)})",
@@ -152,15 +155,29 @@ def row_openvino_int8() -> list[str] | None:
             + "; ".join(cells)]
 
 
-def row_compare() -> list[str] | None:
-    result = load("compare_neu")
+def compare_row(name: str, command: str) -> list[str] | None:
+    result = load(name)
     if result is None:
         return None
-    return [f"YOLO vs SSD on NEU-DET, {result['budget']} ({when(result)})", "`bench/compare_neu.py`",
-            result["result"]["verdict"]]
+    sides = {side["key"]: side for side in result["result"]["sides"]}
+    trained = ", ".join(f"{side['label']} {side['epochs_trained']} epochs in {side['train_seconds'] / 60:.0f} min"
+                        for side in sides.values())
+    start = "both from scratch" if not any(side["pretrained"] for side in sides.values()) else "pretrained: " + ", ".join(
+        f"{side['label']} {side['pretrained']}" for side in sides.values() if side["pretrained"])
+    return [f"YOLO vs SSD on NEU-DET, {result['budget']}, {start} ({trained}; {when(result)})",
+            f"`{command}`", result["result"]["verdict"]]
 
 
-ROWS = (row_train_scratch, row_presets_full, row_transfer, row_time_to_map, row_relu, row_export, row_openvino_int8, row_compare)
+def row_compare() -> list[str] | None:
+    return compare_row("compare_neu", "bench/compare_neu.py")
+
+
+def row_compare_time_budget() -> list[str] | None:
+    return compare_row("compare_neu_8min", "bench/compare_neu.py --time-budget 8 --name compare_neu_8min")
+
+
+ROWS = (row_train_scratch, row_presets_full, row_transfer, row_time_to_map, row_relu, row_export, row_openvino_int8,
+        row_compare, row_compare_time_budget)
 
 
 def table() -> str:
