@@ -74,9 +74,12 @@ def row_transfer() -> list[str] | None:
             label = f"`yolodefect train` with {chosen(side['presets'])}"
         if len(dates) > 1:  # some sides were reused from an earlier run (--reuse)
             label += f" (trained {str(side.get('trained_at') or '?')[:10]})"
-        parts.append(f"{label}: {pair(side)}")
+        identical = " (weights bit-identical to plain's)" if side.get("same_weights_as_plain") else ""
+        parts.append(f"{label}: {pair(side)}{identical}")
+    trained = "on the dates shown" if len(dates) > 1 else "side by side"
     return [f"NEU-DET transfer from `{Path(result['model']).name}` (other classes), {result['imgsz']} px, "
-            f"{result['epochs']} epochs, seed {result['seed']}, sides trained side by side ({when(result)})",
+            f"{result['epochs']} epochs, seed {result['seed']}, one thread per side, trained {trained} "
+            f"({when(result)})",
             "`bench/train_transfer_ablation.py`", "mAP50 val / test: " + "; ".join(parts)]
 
 

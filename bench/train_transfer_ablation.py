@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import SHARED_DIR, machine_info, machine_line, write_result  # noqa: E402
+from scoring import score_val_test  # noqa: E402
 
 CHECKPOINT = SHARED_DIR / "weights" / "fall-detection-yolov8s.pt"
 SIDES = ("plain", "ours", "ours_flipud", "ours_nbs16", "plain_nbs16")
@@ -77,15 +78,15 @@ def epoch_curve(results_csv: Path) -> list[dict]:
     return [{name: round(float(row[key]), 4) for key, name in keep.items() if key in row} for row in rows]
 
 
-def score(model: Path, data: Path, imgsz: int) -> dict:
-    from yolodefect.evaluate import evaluate
+def same_weights(first: Path, second: Path) -> bool:
+    """Whether two checkpoints hold bit-identical weights (the same training arithmetic, not just the same mAP)."""
+    import torch
 
-    scores = {}
-    for split in ("val", "test"):
-        metrics = evaluate(model, data / "data.yaml", split=split, imgsz=imgsz, plots=False).metrics
-        scores[split] = {"map50": metrics.map50, "map50_95": metrics.map50_95,
-                         "per_class_ap50": {c.name: c.ap50 for c in metrics.per_class}}
-    return scores
+    def weights(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=False)["model"].float().state_dict()
+
+    a, b = weights(first), weights(second)
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def main() -> int:
@@ -154,7 +155,11 @@ def main() -> int:
 
     results = {side: json.loads((args.work / f"{side}.json").read_text(encoding="utf-8")) for side in sides}
     for side in sides:
-        results[side].update(score(Path(results[side]["best_model"]), data, args.imgsz))
+        results[side].update(score_val_test(Path(results[side]["best_model"]), data / "data.yaml", args.imgsz))
+    for side in sides:
+        if side != "plain" and "plain" in results:
+            results[side]["same_weights_as_plain"] = same_weights(Path(results["plain"]["best_model"]),
+                                                                  Path(results[side]["best_model"]))
     base = results.get("plain")
     ratio = {side: {split: {key: results[side][split][key] / base[split][key] for key in ("map50", "map50_95")}
                     for split in ("val", "test")} for side in sides if base and side != "plain"}
@@ -171,8 +176,9 @@ def main() -> int:
     path = write_result(args.name, payload)
     for side in sides:
         r = results[side]
+        same = {True: " | weights identical to plain's", False: ""}.get(r.get("same_weights_as_plain"), "")
         print(f"{side:12s} val mAP50 {r['val']['map50']:.3f} mAP50-95 {r['val']['map50_95']:.3f} | test mAP50 "
-              f"{r['test']['map50']:.3f} mAP50-95 {r['test']['map50_95']:.3f} | {r['seconds'] / 60:.1f} min")
+              f"{r['test']['map50']:.3f} mAP50-95 {r['test']['map50_95']:.3f} | {r['seconds'] / 60:.1f} min{same}")
     print(f"wrote {path}")
     return 0
 
