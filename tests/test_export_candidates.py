@@ -132,6 +132,9 @@ def test_auto_int8_with_openvino_deploys_the_fastest_candidate_that_passed(auto_
     # One FP32 IR export serves both OpenVINO candidates: the INT8 one is quantized from the IR the other deploys.
     assert exported == [ExportFormat.OPENVINO]
     assert load_model_card(fp32_ir.report.path)["backend"]["inference_precision"] == fp32_ir.report.latency.precision
+    # The reference is the FP32 ONNX model: the OpenVINO note names no precision for it (it printed "ran in None").
+    precision_notes = [n for n in load_model_card(fp32_ir.report.path)["notes"] if "INFERENCE_PRECISION_HINT" in n]
+    assert precision_notes and not any("None" in note for note in precision_notes)
 
 
 @needs_openvino

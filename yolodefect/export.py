@@ -161,8 +161,11 @@ def _notes(spec: FormatSpec, reference: ModelReport, candidate: ModelReport, pas
     """What the reader of the result must also know about how it was measured."""
     notes = []
     if spec.format is ExportFormat.OPENVINO and candidate.latency.precision:
+        # An auto run's reference is the FP32 ONNX model, which has no OpenVINO precision to name.
+        reference_ran = (f"; the FP32 reference ran in {reference.latency.precision}" if reference.latency.precision
+                         else "")
         notes.append(f"OpenVINO's CPU plugin ran the float parts in {candidate.latency.precision} on this CPU "
-                     f"(INFERENCE_PRECISION_HINT; the FP32 reference ran in {reference.latency.precision})")
+                     f"(INFERENCE_PRECISION_HINT{reference_ran})")
     if candidate.metrics.images < SMALL_VAL:
         notes.append(f"val holds only {candidate.metrics.images} images: mAP50 differences of about a point are "
                      "within sampling noise")
