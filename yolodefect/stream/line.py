@@ -339,6 +339,10 @@ class _Track:
     unseen: int = 0  # processed frames since last matched
     travel: list[float] = field(default_factory=lambda: [0.0, 0.0])  # x, y distance its unclipped edges moved
 
+    def predicted(self, frame_wh: tuple[int, int]) -> list[float]:
+        """Where the box will be on the next frame, by its speed, clipped to the frame."""
+        return _clip(_shifted(self.box, self.speed), frame_wh)
+
 
 class PartTracker:
     """Ids for part boxes across frames of a moving line: each track's box is predicted by its speed, measured on
@@ -369,7 +373,7 @@ class PartTracker:
         leaving is clipped by the frame there) and its extent across."""
         if len(boxes) == 0 or not self._tracks:
             return boxes
-        predicted = [_clip(_shifted(t.box, t.speed), frame_wh) for t in self._tracks.values() if t.known and t.unseen == 0]
+        predicted = [t.predicted(frame_wh) for t in self._tracks.values() if t.known and t.unseen == 0]
         result: list[list[float]] = []
         for box in boxes.tolist():
             held = [p for p in predicted if _area(p) > 0 and _intersection(p, box) >= self.HELD_FRACTION * _area(p)]
@@ -388,7 +392,7 @@ class PartTracker:
         ids = np.full(len(boxes), -1, dtype=np.int64)
         rows = [[float(v) for v in box] for box in boxes]
         track_ids = list(self._tracks)
-        predicted = [_clip(_shifted(self._tracks[t].box, self._tracks[t].speed), frame_wh) for t in track_ids]
+        predicted = [self._tracks[t].predicted(frame_wh) for t in track_ids]
         iou = box_iou(np.array(predicted, dtype=np.float64).reshape(-1, 4), boxes)
         score = iou.copy()
         for row, track_id in enumerate(track_ids):
@@ -440,7 +444,8 @@ def _apart_axis(boxes: list[list[float]]) -> int | None:
     smaller one: predictions can be a few pixels off); None otherwise."""
     for axis in (0, 1):
         ordered = sorted(boxes, key=lambda b: b[axis])
-        if all(first[axis + 2] - second[axis] <= 0.1 * min(first[axis + 2] - first[axis], second[axis + 2] - second[axis])
+        if all(first[axis + 2] - second[axis]
+               <= 0.1 * min(first[axis + 2] - first[axis], second[axis + 2] - second[axis])
                for first, second in zip(ordered, ordered[1:])):
             return axis
     return None
