@@ -186,3 +186,66 @@ def test_the_promise_comes_with_the_precision_its_number_of_parts_allows() -> No
     low, high = rate_interval(30, 100)
     assert 0.21 < low < 0.22 and 0.39 < high < 0.40
     assert rate_interval(0, 0) is None
+
+
+def test_rules_are_tried_with_the_misses_the_target_allows_and_folds_hold_both_kinds() -> None:
+    from yolodefect.calibrate import allowed_misses, fold_numbers
+
+    assert allowed_misses(0.99, 100) == [1, 0]  # 99 of 100 reach the target; catching all 100 is the safer rule
+    assert allowed_misses(0.99, 99) == [0]
+    assert allowed_misses(1.0, 50) == [0]
+    many = allowed_misses(0.9, 100)
+    assert many[0] == 10 and many[-1] == 0 and len(many) <= 6 and many == sorted(many, reverse=True)
+    defective = np.random.default_rng(3).random(53) < 0.3
+    folds = fold_numbers(defective, 5)
+    for kind in (True, False):
+        sizes = np.bincount(folds[defective == kind], minlength=5)
+        assert sizes.max() - sizes.min() <= 1  # every fold holds its share of bad and of good parts
+
+
+def _master_parts(count: int, rng: np.random.Generator, classes: int = 6, frames: int = 24):
+    """Per-frame class scores of parts on a line, like a detector's: a bad part shows its defect (one class, a
+    strength of its own) on 60 % of its frames; 15 % of good parts carry a look-alike (dust, a stain) seen the
+    same way but weaker; every part gets single-frame false positives."""
+    defective = rng.random(count) < 0.5
+    scores = []
+    for bad in defective:
+        part = np.zeros((frames, classes), np.float32)
+        if bad or rng.random() < 0.15:
+            seen = rng.random(frames) < (0.6 if bad else 0.5)
+            strength = rng.beta(4, 2) if bad else rng.beta(2, 4)
+            part[seen, rng.integers(classes)] = np.clip(strength + rng.normal(0, 0.05, seen.sum()), 0.01, 1)
+        glitch = rng.random(frames) < 0.1
+        cls = rng.integers(classes, size=int(glitch.sum()))
+        part[glitch, cls] = np.maximum(part[glitch, cls], rng.beta(2, 5, int(glitch.sum())))
+        scores.append(part)
+    return scores, np.zeros(count, dtype=bool), defective
+
+
+def test_the_promise_is_what_new_parts_get_where_the_calibration_parts_flatter() -> None:
+    """Over several calibration runs of 300 master parts, the promise (held-out rates) matches the rates of the same
+    rule on 4,000 new parts on average; the rates measured on the calibration parts themselves promise fewer escapes
+    than new parts get: the search put each class's threshold just below the weakest bad part it saw."""
+    from yolodefect.calibrate import choose_line_rule
+    from yolodefect.stream.line import part_rejected
+
+    def rates(rule, scores, defective) -> np.ndarray:
+        rejected = np.array([part_rejected(s, rule.thresholds.astype(np.float32), list(range(6)), rule.min_frames)
+                             for s in scores])
+        return np.array([(~rejected & defective).sum() / defective.sum(), (rejected & ~defective).sum() / (~defective).sum()])
+
+    promise_gaps, calibration_gaps = [], []
+    for seed in range(6):
+        scores, errors, defective = _master_parts(300, np.random.default_rng(seed))
+        rule = choose_line_rule(scores, errors, defective, list(range(6)), target_recall=0.99)
+        new_scores, _, new_defective = _master_parts(4000, np.random.default_rng(1000 + seed))
+        on_new = rates(rule, new_scores, new_defective)
+        promise = np.array([rule.expected["escape_rate"], rule.expected["false_reject_rate"]])
+        low, high = rule.expected["false_reject_rate_95"]
+        assert low <= promise[1] <= high
+        promise_gaps.append(on_new - promise)
+        calibration_gaps.append(on_new - rates(rule, scores, defective))
+        assert [row["min_frames"] for row in rule.search] == list(range(1, 11))
+    promise_bias, calibration_bias = np.mean(promise_gaps, axis=0), np.mean(calibration_gaps, axis=0)
+    assert abs(promise_bias[0]) <= 0.01 and abs(promise_bias[1]) <= 0.02, promise_bias
+    assert calibration_bias[0] >= 0.015, calibration_bias  # escapes the calibration parts never showed

@@ -128,3 +128,21 @@ def test_yaml_by_hand_and_errors(tmp_path):
         read_thresholds_yaml(path)
     with pytest.raises(UsageError, match="does not exist"):
         read_thresholds_yaml(tmp_path / "missing.yaml")
+
+
+def test_the_sweep_counts_every_threshold_at_once_as_part_rates_counts_one() -> None:
+    """The search's vectorised sweep (calibrate runs it thousands of times) gives exactly part_rates' numbers."""
+    from yolodefect.evaluation.decisions import part_rates
+    from yolodefect.evaluation.thresholds import _sweep_options
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        count = int(rng.integers(1, 60))
+        column = np.round(rng.random(count) * (rng.random(count) < 0.7), 2)
+        rejected_anyway = rng.random(count) < 0.2
+        defective = rng.random(count) < rng.random()
+        values = np.unique(np.concatenate([[0.0], column]))
+        for value, recall, frr in _sweep_options(values, column, rejected_anyway, defective):
+            rates = part_rates(defective, rejected_anyway | (column >= value))
+            assert recall == (rates.recall if rates.recall is not None else 0.0)
+            assert frr == rates.false_reject_rate

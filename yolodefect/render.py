@@ -432,13 +432,14 @@ def render_calibration(result, console: Console) -> None:
                   f"{result.min_frames} of a part's frames", highlight=False)
     expected = getattr(result, "expected", None)
     if expected:
-        console.print(f"  on new parts expect about: escape {_rate(expected['escape_rate'])}, false-reject "
-                      f"{_rate(expected['false_reject_rate'])} (thresholds chosen on half the parts, measured on the "
-                      "other half: the rates above are measured on the very parts the thresholds were chosen on)",
-                      highlight=False)
+        console.print(f"  [bold]promised on new parts[/bold]: escape {_rate(expected['escape_rate'])}"
+                      f"{interval(expected.get('escape_rate_95'))}, false-reject {_rate(expected['false_reject_rate'])}"
+                      f"{interval(expected.get('false_reject_rate_95'))} (cross-validated: k and thresholds chosen on "
+                      "4/5 of the parts, measured on the other fifth, in turn; the rates above are measured on the "
+                      "very parts the thresholds were chosen on)", highlight=False)
     if result.search:
-        rows = ", ".join(f"k={row['min_frames']}: FRR {_rate(row['false_reject_rate'])}"
-                         + ("" if row["target_reached"] else " (target missed)") for row in result.search)
+        rows = ", ".join(f"k={row['min_frames']}: held-out FRR {_rate(row.get('held_out_false_reject_rate'))}"
+                         f" escape {_rate(row.get('held_out_escape_rate'))}" for row in result.search)
         console.print(f"  searched: {rows}", highlight=False)
     for note in result.notes:
         console.print(f"  [yellow]{note}[/yellow]", highlight=False)

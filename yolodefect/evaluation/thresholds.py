@@ -51,11 +51,6 @@ def rejected_by_maxima(scores: np.ndarray, thresholds: np.ndarray, reject_ids: S
     return ((selected > 0) & (selected >= thresholds[ids].astype(np.float32))).any(axis=1)
 
 
-def _rates(defective: np.ndarray, rejected: np.ndarray) -> tuple[float, float | None]:
-    rates = part_rates(defective, rejected)
-    return float(rates.recall or 0.0), rates.false_reject_rate
-
-
 def _best(options: list[tuple[float, float, float | None]], target: float, has_good: bool) -> int | None:
     """Index of the best (threshold, recall, frr) option reaching the target, None if none does.
 
@@ -78,14 +73,29 @@ def _global_sweep(
     candidates = np.unique(part_score[part_score > 0])
     if candidates.size == 0:
         return MIN_CONF, False
-    options = []
-    for value in candidates:
-        recall, frr = _rates(defective, part_score >= value)
-        options.append((float(value), recall, frr))
+    options = _sweep_options(candidates, part_score, np.zeros(len(part_score), dtype=bool), defective)
     best = _best(options, target, bool((~defective).any()))
     if best is None:
         return float(candidates[0]), False  # lowest threshold: the most recall there is
     return options[best][0], True
+
+
+def _sweep_options(values: np.ndarray, column: np.ndarray, rejected_anyway: np.ndarray,
+                   defective: np.ndarray) -> list[tuple[float, float, float | None]]:
+    """(threshold, recall, false-reject rate) for each of ``values`` (ascending), a part being rejected when
+    ``rejected_anyway`` or ``column >= threshold``: the counts of every threshold at once from sorted scores,
+    the same numbers :func:`part_rates` gives one threshold at a time (calibrate runs this search thousands of times)."""
+    n_defective, n_good = int(defective.sum()), int((~defective).sum())
+    open_bad = np.sort(column[defective & ~rejected_anyway])
+    open_good = np.sort(column[~defective & ~rejected_anyway])
+    escapes = np.searchsorted(open_bad, values, side="left")  # scores below the threshold pass
+    false_rejects = int((~defective & rejected_anyway).sum()) + len(open_good) - np.searchsorted(
+        open_good, values, side="left")
+    options = []
+    for value, missed, wrong in zip(values, escapes, false_rejects):
+        recall = 1.0 - int(missed) / n_defective if n_defective else 0.0
+        options.append((float(value), recall, int(wrong) / n_good if n_good else None))
+    return options
 
 
 def _coordinate_ascent(
@@ -108,11 +118,8 @@ def _coordinate_ascent(
                 rejected_by_maxima(scores, thresholds, others) if others else np.zeros(len(scores), dtype=bool)
             )
             column = scores[:, r]
-            higher = np.unique(column[column > thresholds[r]])
-            options = []
-            for value in [thresholds[r], *higher]:
-                recall, frr = _rates(defective, rejected_by_others | (column >= value))
-                options.append((float(value), recall, frr))
+            values = np.concatenate([[thresholds[r]], np.unique(column[column > thresholds[r]])])
+            options = _sweep_options(values, column, rejected_by_others, defective)
             best = _best(options, target, has_good)
             if best is not None and options[best][0] > thresholds[r]:
                 thresholds[r] = options[best][0]
