@@ -179,8 +179,104 @@ def row_compare_time_budget() -> list[str] | None:
     return compare_row("compare_neu_8min", "bench/compare_neu.py --time-budget 8 --name compare_neu_8min")
 
 
+def pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.1f} %"
+
+
+def interval(bounds) -> str:
+    return "" if not bounds else f" (95 %: {pct(bounds[0])}-{pct(bounds[1])})"
+
+
+def yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else "yes" if value else "no"
+
+
+def line_row(name: str, command: str) -> list[str] | None:
+    """One belt speed of bench/line.py: calibrate's promise, and what the station did on the verification video."""
+    result = load(name)
+    if result is None:
+        return None
+    (speed, run), = result["speeds"].items()
+    data, calibration = result["data"], run["calibration_run"]
+    parts = data["parts"]
+    label = (f"the line (#19): {result['dataset']} master parts on a moving belt, {speed} px/frame, "
+             f"{parts['calibration']['total']} parts in the calibration video and {parts['verification']['total']} "
+             f"other ones in the verification video (half bad); detector `{Path(result['model']['path']).name}` "
+             f"(val mAP50 {result['model'].get('val_map50', float('nan')):.3f}); {when(result)}")
+    if "error" in calibration:
+        return [label, f"`{command}`", f"calibrate failed: {calibration['error']}"]
+    cells = [f"calibrate chose k = {calibration['min_frames']} and promised escape "
+             f"**{pct(calibration['promised_escape_rate'])}**{interval(calibration.get('promised_escape_rate_95'))}, "
+             f"false-reject **{pct(calibration['promised_false_reject_rate'])}**"
+             f"{interval(calibration.get('promised_false_reject_rate_95'))} (cross-validated; on the calibration "
+             f"parts themselves {pct(calibration['on_calibration_parts']['escape_rate'])} / "
+             f"{pct(calibration['on_calibration_parts']['false_reject_rate'])})"]
+    calibrated = run.get("calibrated_thresholds")
+    if calibrated:
+        station, targets = calibrated["station"], calibrated["targets"]
+        cells.append(f"the station on the verification video: escape **{pct(station['escape_rate'])}**, false-reject "
+                     f"**{pct(station['false_reject_rate'])}** (within 2 points of the promise: escape "
+                     f"{yes_no(targets['escape_within_2_points_of_calibration'])}, false-reject "
+                     f"{yes_no(targets['false_reject_within_2_points_of_calibration'])}; inside the promised 95 % "
+                     f"intervals: {yes_no(targets['escape_inside_promised_95'])} / "
+                     f"{yes_no(targets['false_reject_inside_promised_95'])}); {station['parts']} parts, "
+                     f"{station['events']} decisions, parts with more than one "
+                     f"{len(station['parts_with_more_than_one_decision'])}, with none "
+                     f"{len(station['parts_without_decision'])}, **{station['belt_events']} events from the belt**; "
+                     f"{calibrated['watch_stats']['fps']:.1f} fps")
+    stills = run.get("stills_thresholds")
+    if stills:
+        cells.append(f"with thresholds chosen on still images (`eval --target-recall {result['target_recall']}`): "
+                     f"station {pct(stills['station']['escape_rate'])} / {pct(stills['station']['false_reject_rate'])}, "
+                     f"eval on the same parts {pct(stills['eval_same_parts_same_thresholds']['escape_rate'])} / "
+                     f"{pct(stills['eval_same_parts_same_thresholds']['false_reject_rate'])}")
+    return [label, f"`{command}`", "; ".join(cells)]
+
+
+def row_line_12px() -> list[str] | None:
+    return line_row("line_gpu_12px", "bench/line.py --boards 249 --speeds 12 --model best.pt --output "
+                                     "bench/results/line_gpu_12px.json")
+
+
+def row_line_24px() -> list[str] | None:
+    return line_row("line_gpu_24px", "bench/line.py --boards 249 --speeds 24 --model best.pt --output "
+                                     "bench/results/line_gpu_24px.json")
+
+
+def promise_row(name: str) -> list[str] | None:
+    result = load(name)
+    if result is None:
+        return None
+    summary = result["summary"]
+
+    def gap(key: str) -> str:
+        mean, sd = summary[key]["mean_gap_points"], summary[key]["sd_gap_points"]
+        return (f"{mean['escape']:+.2f} / {mean['false_reject']:+.2f} points (sd {sd['escape']:.1f} / "
+                f"{sd['false_reject']:.1f}; both within 2 points in {summary[key]['share_within_2_points_both']:.0%})")
+
+    return [f"is calibrate's promise biased? {result['parts']} recorded {result['dataset']} master parts "
+            f"({result['defective']} bad, {result['speed_px_per_frame']} px/frame, `{Path(result['model']).name}`), split at random into halves {result['halves']} times: rule "
+            f"chosen on one half, the station's verdict on the other ({when(result)})",
+            f"`bench/line_promise.py --speed {result['speed_px_per_frame']}`",
+            f"other half minus promise, escape / false-reject: **held-out promise {gap('held_out')}**; rates on the "
+            f"calibration half {gap('calibration_parts')}"]
+
+
+def row_line_promise_deeppcb_12px() -> list[str] | None:
+    return promise_row("line_promise_deeppcb_12px")
+
+
+def row_line_promise_deeppcb_24px() -> list[str] | None:
+    return promise_row("line_promise_deeppcb_24px")
+
+
+def row_line_promise_neu_12px() -> list[str] | None:
+    return promise_row("line_promise_neu_12px")
+
+
 ROWS = (row_train_scratch, row_presets_full, row_transfer, row_time_to_map, row_relu, row_export, row_openvino_int8,
-        row_compare, row_compare_time_budget)
+        row_compare, row_compare_time_budget, row_line_12px, row_line_24px, row_line_promise_deeppcb_12px,
+        row_line_promise_deeppcb_24px, row_line_promise_neu_12px)
 
 
 def table() -> str:
