@@ -234,8 +234,8 @@ def line_row(name: str, command: str) -> list[str] | None:
 
 
 def row_line_12px() -> list[str] | None:
-    return line_row("line_gpu_12px", "bench/line.py --boards 249 --speeds 12 --model best.pt --output "
-                                     "bench/results/line_gpu_12px.json")
+    return line_row("line_gpu_12px", "bench/line.py --boards 249 --speeds 12 --stations calibrated --model best.pt "
+                                     "--output bench/results/line_gpu_12px.json")
 
 
 def row_line_24px() -> list[str] | None:

@@ -249,3 +249,22 @@ def test_the_promise_is_what_new_parts_get_where_the_calibration_parts_flatter()
     promise_bias, calibration_bias = np.mean(promise_gaps, axis=0), np.mean(calibration_gaps, axis=0)
     assert abs(promise_bias[0]) <= 0.01 and abs(promise_bias[1]) <= 0.02, promise_bias
     assert calibration_bias[0] >= 0.015, calibration_bias  # escapes the calibration parts never showed
+
+
+def test_a_rule_whose_search_fell_back_to_the_lowest_threshold_is_never_chosen_over_one_that_works() -> None:
+    """Measured on DeepPCB (249 bad parts, 24 px/frame): at k = 9 one bad part was seen on fewer frames, the search
+    fell back to threshold 0.001 and rejected 86 % of the good parts, yet it was the one rule whose held-out escapes
+    met the target. The sensible rules missed the target on held-out parts: the fewest held-out escapes win then."""
+    from yolodefect.calibrate import _rank
+
+    def candidate(k, escape, frr, reached=True, misses=0):
+        return (k, misses, {"escape_rate": escape, "false_reject_rate": frr, "search_reached": reached})
+
+    fallback = candidate(9, 0.004, 0.73, reached=False)
+    sensible = [candidate(1, 0.016, 0.16), candidate(7, 0.024, 0.08), candidate(3, 0.036, 0.09)]
+    ranked = sorted([fallback, *sensible], key=lambda c: _rank(c, 0.99))
+    assert [c[0] for c in ranked] == [1, 7, 3, 9]
+    # Where rules do reach the target on held-out parts, the fewest false rejects win among them.
+    ranked = sorted([candidate(2, 0.008, 0.20), candidate(5, 0.0, 0.12), candidate(4, 0.02, 0.01)],
+                    key=lambda c: _rank(c, 0.99))
+    assert [c[0] for c in ranked] == [5, 2, 4]
