@@ -274,8 +274,6 @@ def _choose(result: CalibrationResult, decided: list[PartDecision], known: list[
     result.thresholds_path = write_thresholds_yaml(result.out_dir / "thresholds.yaml", thresholds)
 
 
-
-
 @dataclass(frozen=True)
 class LineRule:
     """The station's rule chosen on master parts: k, per-class thresholds, and what it promises on new parts."""
@@ -307,7 +305,7 @@ def choose_line_rule(scores: list[np.ndarray], errors: np.ndarray, defective: np
     escapes and 0 % false rejects; the station delivered 5 % and 7 % on the next 200 parts."""
     rule = _RuleSearch(scores, errors, defective, reject_ids, per_class)
     everything = np.ones(len(scores), dtype=bool)
-    k, misses, best_by_k = _select(rule, everything, target_recall, max_min_frames, folds)
+    k, misses, best_by_k = _select(rule, target_recall, max_min_frames, folds)
     values, reached, notes = rule.search(k, misses, everything)
     search = []
     for row_k, row_misses, row_held_out in best_by_k.values():
@@ -332,14 +330,12 @@ def choose_line_rule(scores: list[np.ndarray], errors: np.ndarray, defective: np
                     expected=expected, search=search)
 
 
-def _select(rule: _RuleSearch, within: np.ndarray, target: float, max_min_frames: int,
-            folds: int) -> tuple[int, int, dict[int, tuple]]:
-    """The rule (k, misses allowed) that cross-validation over the ``within`` parts ranks first, and per k its best."""
-    fold_of = np.full(len(within), -1)
-    fold_of[within] = fold_numbers(rule.defective[within], folds)
+def _select(rule: _RuleSearch, target: float, max_min_frames: int, folds: int) -> tuple[int, int, dict[int, tuple]]:
+    """The rule (k, misses allowed) that cross-validation ranks first (:func:`_rank`), and per k its best."""
+    fold_of = fold_numbers(rule.defective, folds)
     best_by_k: dict[int, tuple] = {}
     for k in range(1, max_min_frames + 1):
-        for misses in allowed_misses(target, int(rule.defective[within].sum())):
+        for misses in allowed_misses(target, int(rule.defective.sum())):
             candidate = (k, misses, rule.held_out(k, misses, fold_of))
             if k not in best_by_k or _rank(candidate, target) < _rank(best_by_k[k], target):
                 best_by_k[k] = candidate
@@ -412,12 +408,10 @@ class _RuleSearch:
             self._kth[k] = values
         return self._kth[k]
 
-    def search(self, k: int, misses: int, chosen: np.ndarray, of: np.ndarray | None = None
-               ) -> tuple[np.ndarray, bool, list[str]]:
-        """Thresholds on the ``chosen`` parts letting at most their share of ``misses`` pass, ``misses`` being
-        counted on the bad parts of ``of`` (default ``chosen``): the same rule on a fold as on all the parts."""
-        total = int(self.defective[chosen if of is None else of].sum())
-        bad = int(self.defective[chosen].sum())
+    def search(self, k: int, misses: int, chosen: np.ndarray) -> tuple[np.ndarray, bool, list[str]]:
+        """Thresholds on the ``chosen`` parts letting at most their share of ``misses`` (counted on all the bad
+        parts) pass: the same rule on 4/5 of the parts as on all of them."""
+        total, bad = int(self.defective.sum()), int(self.defective[chosen].sum())
         demanded = 1.0 - round(misses * bad / total) / bad
         return search_thresholds(self.part_scores(k)[chosen], self.defective[chosen], self.reject_ids, demanded,
                                  per_class=self.per_class)
@@ -434,18 +428,17 @@ class _RuleSearch:
         return recall, frr
 
     def held_out(self, k: int, misses: int, fold_of: np.ndarray) -> dict[str, Any]:
-        """Pooled rates on held-out parts, thresholds searched on the other folds each time (``fold_of`` -1: a
-        part outside this cross-validation)."""
+        """Pooled rates on held-out parts, thresholds searched on the other folds each time; and whether the
+        search on all the parts reached what it was asked (else it fell back to the lowest threshold)."""
         counts = np.zeros(4, dtype=int)
-        within = fold_of >= 0
-        for fold in np.unique(fold_of[within]):
-            held, chosen = fold_of == fold, within & (fold_of != fold)
-            if not self.defective[chosen].any():
+        for fold in np.unique(fold_of):
+            held = fold_of == fold
+            if not self.defective[~held].any():
                 continue
-            values, _, _ = self.search(k, misses, chosen, of=within)
+            values, _, _ = self.search(k, misses, ~held)
             counts += _counts(self.rejected(k, values, held), self.defective[held])
         escapes, bad, false_rejects, good = (int(c) for c in counts)
-        _, search_reached, _ = self.search(k, misses, within)
+        _, search_reached, _ = self.search(k, misses, np.ones(len(fold_of), dtype=bool))
         return {"escape_rate": escapes / bad if bad else None, "false_reject_rate": false_rejects / good if good else None,
                 "counts": (escapes, bad, false_rejects, good), "search_reached": search_reached}
 
