@@ -179,6 +179,9 @@ def row_compare_time_budget() -> list[str] | None:
     return compare_row("compare_neu_8min", "bench/compare_neu.py --time-budget 8 --name compare_neu_8min")
 
 
+DATASETS = {"deeppcb": "DeepPCB", "neu": "NEU-DET"}
+
+
 def pct(rate: float | None) -> str:
     return "n/a" if rate is None else f"{100 * rate:.1f} %"
 
@@ -199,7 +202,8 @@ def line_row(name: str, command: str) -> list[str] | None:
     (speed, run), = result["speeds"].items()
     data, calibration = result["data"], run["calibration_run"]
     parts = data["parts"]
-    label = (f"the line (#19): {result['dataset']} master parts on a moving belt, {speed} px/frame, "
+    label = (f"the line (#19): {DATASETS.get(result['dataset'], result['dataset'])} master parts on a moving belt, "
+             f"{speed} px/frame, "
              f"{parts['calibration']['total']} parts in the calibration video and {parts['verification']['total']} "
              f"other ones in the verification video (half bad); detector `{Path(result['model']['path']).name}` "
              f"(val mAP50 {result['model'].get('val_map50', float('nan')):.3f}); {when(result)}")
@@ -254,7 +258,8 @@ def promise_row(name: str) -> list[str] | None:
         return (f"{mean['escape']:+.2f} / {mean['false_reject']:+.2f} points (sd {sd['escape']:.1f} / "
                 f"{sd['false_reject']:.1f}; both within 2 points in {summary[key]['share_within_2_points_both']:.0%})")
 
-    return [f"is calibrate's promise biased? {result['parts']} recorded {result['dataset']} master parts "
+    return [f"is calibrate's promise biased? {result['parts']} recorded "
+            f"{DATASETS.get(result['dataset'], result['dataset'])} master parts "
             f"({result['defective']} bad, {result['speed_px_per_frame']} px/frame, `{Path(result['model']).name}`), split at random into halves {result['halves']} times: rule "
             f"chosen on one half, the station's verdict on the other ({when(result)})",
             f"`bench/line_promise.py --speed {result['speed_px_per_frame']}`",
