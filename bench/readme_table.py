@@ -262,7 +262,7 @@ def promise_row(name: str) -> list[str] | None:
             f"{DATASETS.get(result['dataset'], result['dataset'])} master parts "
             f"({result['defective']} bad, {result['speed_px_per_frame']} px/frame, `{Path(result['model']).name}`), split at random into halves {result['halves']} times: rule "
             f"chosen on one half, the station's verdict on the other ({when(result)})",
-            f"`bench/line_promise.py --speed {result['speed_px_per_frame']}`",
+            f"`bench/line_promise.py --data {Path(result['data']).name} --speed {result['speed_px_per_frame']}`",
             f"other half minus promise, escape / false-reject: **held-out promise {gap('held_out')}**; rates on the "
             f"calibration half {gap('calibration_parts')}"]
 
@@ -275,13 +275,17 @@ def row_line_promise_deeppcb_24px() -> list[str] | None:
     return promise_row("line_promise_deeppcb_24px")
 
 
+def row_line_promise_deeppcb_24px_996parts() -> list[str] | None:
+    return promise_row("line_promise_deeppcb_24px_996parts")
+
+
 def row_line_promise_neu_12px() -> list[str] | None:
     return promise_row("line_promise_neu_12px")
 
 
 ROWS = (row_train_scratch, row_presets_full, row_transfer, row_time_to_map, row_relu, row_export, row_openvino_int8,
         row_compare, row_compare_time_budget, row_line_12px, row_line_24px, row_line_promise_deeppcb_12px,
-        row_line_promise_deeppcb_24px, row_line_promise_neu_12px)
+        row_line_promise_deeppcb_24px, row_line_promise_deeppcb_24px_996parts, row_line_promise_neu_12px)
 
 
 def table() -> str:

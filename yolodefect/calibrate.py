@@ -301,7 +301,7 @@ def choose_line_rule(scores: list[np.ndarray], errors: np.ndarray, defective: np
     Measured (bench/line_promise.py: recorded master parts split into random halves 40 times, the rule chosen on one
     half, the station's verdict on the other): the rates on the calibration half fell short of the other half's by
     1.5-1.7 points of escapes and 1.5-4.6 of false rejects on average (DeepPCB at 12 and 24 px/frame, NEU-DET), the
-    held-out promise by 0.4-0.7 and 1.0-1.5. On one DeepPCB run of 200 parts the in-sample rule had promised 1 %
+    held-out promise by 0.4-0.7 and 1.0-2.3. On one DeepPCB run of 200 parts the in-sample rule had promised 1 %
     escapes and 0 % false rejects; the station delivered 5 % and 7 % on the next 200 parts."""
     rule = _RuleSearch(scores, errors, defective, reject_ids, per_class)
     everything = np.ones(len(scores), dtype=bool)

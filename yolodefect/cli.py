@@ -497,7 +497,7 @@ def calibrate(
 ) -> None:
     """Choose (or verify) the station's thresholds on a run of known good and bad parts.
 
-    The station itself runs over VIDEO (same part finder, same rule as watch); its parts are paired in order with the truth file. Without --verify it chooses per-class thresholds and k (a defect must be seen on k of a part's frames) for --target-recall with the fewest false rejects, and writes thresholds.yaml for watch. With --verify it is the daily check with master parts: exit 1 when a known bad part passes or a part is not found.
+    The station itself runs over VIDEO (same part finder, same rule as watch); its parts are paired in order with the truth file. Without --verify it chooses per-class thresholds and k (a defect must be seen on k of a part's frames) for --target-recall with the fewest false rejects, judging each candidate on parts its thresholds were not chosen on (5-fold cross-validation), and writes thresholds.yaml for watch with what it promises on new parts. With --verify it is the daily check with master parts: exit 1 when a known bad part passes or a part is not found.
 
     [bold]Examples[/bold]
 

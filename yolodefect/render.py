@@ -434,8 +434,8 @@ def render_calibration(result, console: Console) -> None:
     if expected:
         console.print(f"  [bold]promised on new parts[/bold]: escape {_rate(expected['escape_rate'])}"
                       f"{interval(expected.get('escape_rate_95'))}, false-reject {_rate(expected['false_reject_rate'])}"
-                      f"{interval(expected.get('false_reject_rate_95'))} (cross-validated: k and thresholds chosen on "
-                      "4/5 of the parts, measured on the other fifth, in turn; the rates above are measured on the "
+                      f"{interval(expected.get('false_reject_rate_95'))} (cross-validated: this rule's thresholds chosen "
+                      "on 4/5 of the parts, measured on the other fifth, in turn; the rates above are measured on the "
                       "very parts the thresholds were chosen on)", highlight=False)
     if result.search:
         rows = ", ".join(f"k={row['min_frames']}: held-out FRR {_rate(row.get('held_out_false_reject_rate'))}"
