@@ -4,9 +4,9 @@
 
 One calibration run and one verification run (bench/line.py) compare two numbers, each from a hundred or so parts:
 their gap is mostly sampling noise (a rate from 100 parts has a 95 % interval of about +-4 points at 5 %). This
-bench asks the question underneath, whether the promise is biased: the station runs once over both videos of a
-bench/line.py data folder (the calibration and the verification parts, the model keeping every box down to the
-predictor floor, as ``calibrate`` records them), then, many times over, the recorded parts are split at random into
+bench asks the question underneath, whether the promise is biased: ``calibrate`` runs once over each of the two
+videos of a bench/line.py data folder (the calibration and the verification parts), recording every part's
+per-frame scores (part_scores.npz), then, many times over, the recorded parts are split at random into
 two halves: the rule is chosen on one half (:func:`yolodefect.calibrate.choose_line_rule`, calibrate's own choice)
 and applied to the other with the station's own verdict (:func:`yolodefect.stream.line.part_rejected`: given a part's
 per-frame scores it is exactly what ``watch`` decides). Reported per promise, the mean and spread of (rate on the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,35 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_line, write_result
 
 
-def recorded_parts(video: Path, truth_csv: Path, model: Path, imgsz: int, belt_frames: int, cache: Path) -> dict:
-    """Per part: its per-frame class scores, whether it was an error part, and its truth; cached per video."""
-    from yolodefect.data.part_truth import read_part_truth
-
-    if cache.exists():
-        stored = np.load(cache, allow_pickle=False)
-        count = int(stored["count"])
-        return {"scores": [stored[f"part_{i}"] for i in range(count)], "errors": stored["errors"],
-                "defective": stored["defective"]}
-    from yolodefect.inference.runner import VALIDATION_CONF
+def recorded_parts(video: Path, truth_csv: Path, model: Path, imgsz: int, belt_frames: int, folder: Path) -> dict:
+    """Per part: its per-frame class scores, whether it was an error part, and its truth, as ``calibrate`` records
+    them (its part_scores.npz); one calibrate run per video, kept in ``folder``."""
+    from yolodefect.calibrate import CalibrateOptions, calibrate, read_part_scores
     from yolodefect.stream.options import WatchOptions
-    from yolodefect.stream.watch import watch
 
-    decided = []
-    with tempfile.TemporaryDirectory(prefix="bench-line-promise-") as scratch:
-        options = WatchOptions(source=str(video), mode="track", model=model, imgsz=imgsz, belt_frames=belt_frames,
-                               emit_pass=True, sinks=(f"{scratch}/events.jsonl",), outbox=Path(scratch) / "o.sqlite")
-        watch(options, on_part=decided.append, conf_floor=VALIDATION_CONF)
-    decided.sort(key=lambda d: int(d.part_id))
-    known = read_part_truth(truth_csv)
-    if len(decided) != len(known):
-        raise SystemExit(f"{video}: the station found {len(decided)} parts, the truth file lists {len(known)}")
-    parts = {"scores": [d.scores if d.scores is not None else np.zeros((0, 1), np.float32) for d in decided],
-             "errors": np.array([d.decision == "error" for d in decided]),
-             "defective": np.array([k.defective for k in known])}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(cache, count=len(decided), errors=parts["errors"], defective=parts["defective"],
-                        **{f"part_{i}": s for i, s in enumerate(parts["scores"])})
-    return parts
+    path = folder / "part_scores.npz"
+    if not path.exists():
+        calibrate(video, truth_csv, WatchOptions(model=model, imgsz=imgsz, belt_frames=belt_frames),
+                  CalibrateOptions(out_dir=folder))
+    scores, errors, defective = read_part_scores(path)
+    return {"scores": scores, "errors": errors, "defective": defective}
 
 
 def main() -> int:
@@ -83,7 +65,7 @@ def main() -> int:
     for name in ("calibration", "verification"):
         video = args.data / f"{name}_{args.speed}px.avi"
         parts = recorded_parts(video, args.data / f"{name}_{args.speed}px.truth.csv", args.model, args.imgsz,
-                               args.belt_frames, args.data / "recorded" / f"{video.stem}.{args.model.stem}.npz")
+                               args.belt_frames, args.data / "recorded" / f"{video.stem}.{args.model.stem}")
         for key in pooled:
             pooled[key].extend(parts[key])
     recording_s = time.perf_counter() - started

@@ -223,7 +223,6 @@ def calibrate(video: Path | str, truth: Path | str, station: WatchOptions, optio
             return result
         raise YoloDefectError(message)
     if not options.verify:
-        _write_part_scores(out, decided, known)
         names = names_list(class_names if class_names is not None else getattr(detector, "class_names", None)
                            or read_model_file(station.model).class_names)
         _choose(result, decided, known, names, station, options, model_name=model_name)
@@ -249,17 +248,15 @@ def _choose(result: CalibrationResult, decided: list[PartDecision], known: list[
         raise UsageError(f"{result.truth} lists no defective part: thresholds for a recall target need known bad parts")
     errors = np.array([d.decision == "error" for d in decided], dtype=bool)
     scores = [d.scores if d.scores is not None else np.zeros((0, len(class_names)), np.float32) for d in decided]
+    write_part_scores(result.out_dir / "part_scores.npz", scores, errors, defective)
     chosen = choose_line_rule(scores, errors, defective, reject_ids, target_recall=options.target_recall,
                               max_min_frames=options.max_min_frames, per_class=options.per_class)
-    k, values, reached, notes, held_out = (chosen.min_frames, chosen.thresholds, chosen.target_reached, chosen.notes,
-                                           chosen.expected)
-    result.search = list(chosen.search)
-    conf = {name: float(values[i]) for i, name in enumerate(class_names)}
-    rejected = [errors[i] or part_rejected(scores[i], values.astype(np.float32), reject_ids, k) for i in range(len(scores))]
-    result.parts = [dataclasses.replace(p, decision="error" if errors[i] else "reject" if rejected[i] else "pass")
+    k, reached, notes = chosen.min_frames, chosen.target_reached, chosen.notes
+    conf = {name: float(chosen.thresholds[i]) for i, name in enumerate(class_names)}
+    result.parts = [dataclasses.replace(p, decision="error" if errors[i] else "reject" if chosen.rejected[i] else "pass")
                     for i, p in enumerate(result.parts)]
     result.min_frames, result.conf, result.target_reached, result.notes = k, conf, reached, list(notes)
-    result.expected = held_out
+    result.expected, result.search = chosen.expected, list(chosen.search)
     good = sum(not p.defective for p in result.parts)
     thresholds = Thresholds(
         conf=conf, target_recall=options.target_recall, target_reached=reached, recall=1 - (result.escape_rate or 0.0),
@@ -285,6 +282,7 @@ class LineRule:
     notes: list[str]
     expected: dict[str, Any]  # held-out escape and false-reject rates (and 95 % intervals): the promise
     search: list[dict[str, Any]]  # per k, its best rule: rates on the calibration parts and held out
+    rejected: np.ndarray  # (parts,) the station's verdict on each calibration part under this rule
 
 
 def choose_line_rule(scores: list[np.ndarray], errors: np.ndarray, defective: np.ndarray, reject_ids: list[int], *,
@@ -306,15 +304,16 @@ def choose_line_rule(scores: list[np.ndarray], errors: np.ndarray, defective: np
     rule = _RuleSearch(scores, errors, defective, reject_ids, per_class)
     everything = np.ones(len(scores), dtype=bool)
     k, misses, best_by_k = _select(rule, target_recall, max_min_frames, folds)
-    values, reached, notes = rule.search(k, misses, everything)
-    search = []
+    search, verdicts = [], {}
     for row_k, row_misses, row_held_out in best_by_k.values():
-        row_values, row_reached, _ = rule.search(row_k, row_misses, everything)
-        recall, frr = rule.rates(row_k, row_values, everything)
+        row_values, row_reached, _ = row_held_out["search"]
+        verdicts[row_k] = rule.rejected(row_k, row_values, everything)
+        recall, frr = _rates(verdicts[row_k], defective)
         search.append({"min_frames": row_k, "calibration_misses_allowed": row_misses, "target_reached": row_reached,
                        "recall": recall, "false_reject_rate": frr, "held_out_escape_rate": row_held_out["escape_rate"],
                        "held_out_false_reject_rate": row_held_out["false_reject_rate"]})
     held_out = best_by_k[k][2]
+    values, reached, notes = held_out["search"]
     escapes, bad, false_rejects, good = held_out["counts"]
     expected = {"escape_rate": held_out["escape_rate"], "false_reject_rate": held_out["false_reject_rate"],
                 "escape_rate_95": rate_interval(escapes, bad), "false_reject_rate_95": rate_interval(false_rejects, good),
@@ -327,7 +326,7 @@ def choose_line_rule(scores: list[np.ndarray], errors: np.ndarray, defective: np
                          f"more than the target allows ({1 - target_recall:.1%}): the model scores some bad parts as "
                          "low as good ones; more master parts measure it more precisely, a better model fixes it"]
     return LineRule(min_frames=k, thresholds=values, misses_allowed=misses, target_reached=reached, notes=list(notes),
-                    expected=expected, search=search)
+                    expected=expected, search=search, rejected=verdicts[k])
 
 
 def _select(rule: _RuleSearch, target: float, max_min_frames: int, folds: int) -> tuple[int, int, dict[int, tuple]]:
@@ -346,6 +345,13 @@ def _select(rule: _RuleSearch, target: float, max_min_frames: int, folds: int) -
     tied = [c for c in best_by_k.values() if _rank(c, target) == top]
     k, misses, _ = tied[(len(tied) - 1) // 2]
     return k, misses, best_by_k
+
+
+def _rates(rejected: np.ndarray, defective: np.ndarray) -> tuple[float, float | None]:
+    """(recall, false-reject rate) of these verdicts."""
+    recall = float((rejected & defective).sum() / defective.sum())
+    frr = float((rejected & ~defective).sum() / (~defective).sum()) if (~defective).any() else None
+    return recall, frr
 
 
 def _counts(rejected: np.ndarray, defective: np.ndarray) -> np.ndarray:
@@ -421,12 +427,6 @@ class _RuleSearch:
         return np.array([bool(self.errors[i]) or part_rejected(self.scores[i], thresholds, self.reject_ids, k)
                          for i in np.flatnonzero(which)], dtype=bool)
 
-    def rates(self, k: int, values: np.ndarray, which: np.ndarray) -> tuple[float, float | None]:
-        rejected, defective = self.rejected(k, values, which), self.defective[which]
-        recall = float((rejected & defective).sum() / defective.sum())
-        frr = float((rejected & ~defective).sum() / (~defective).sum()) if (~defective).any() else None
-        return recall, frr
-
     def held_out(self, k: int, misses: int, fold_of: np.ndarray) -> dict[str, Any]:
         """Pooled rates on held-out parts, thresholds searched on the other folds each time; and whether the
         search on all the parts reached what it was asked (else it fell back to the lowest threshold)."""
@@ -438,23 +438,29 @@ class _RuleSearch:
             values, _, _ = self.search(k, misses, ~held)
             counts += _counts(self.rejected(k, values, held), self.defective[held])
         escapes, bad, false_rejects, good = (int(c) for c in counts)
-        _, search_reached, _ = self.search(k, misses, np.ones(len(fold_of), dtype=bool))
+        # The search on all the parts, once per candidate: the winner's thresholds, and whether the search reached
+        # what it was asked (else it fell back to the lowest threshold: see _rank).
+        on_all = self.search(k, misses, np.ones(len(fold_of), dtype=bool))
         return {"escape_rate": escapes / bad if bad else None, "false_reject_rate": false_rejects / good if good else None,
-                "counts": (escapes, bad, false_rejects, good), "search_reached": search_reached}
+                "counts": (escapes, bad, false_rejects, good), "search_reached": on_all[1], "search": on_all}
 
 
-def _write_part_scores(out: Path, decided: list[PartDecision], known: list[KnownPart]) -> Path:
+def write_part_scores(path: Path, scores: list[np.ndarray], errors: np.ndarray, defective: np.ndarray) -> Path:
     """part_scores.npz: every part's per-frame class scores (``part_<i>``, frames x classes), ``error`` and
-    ``defective``, in run order: the whole input of the choice, to choose again (another target, another rule)
-    without running the video again."""
-    arrays = {f"part_{i}": (d.scores if d.scores is not None else np.zeros((0, 0), np.float32))
-              for i, d in enumerate(decided)}
-    path = out / "part_scores.npz"
-    temporary = out / "part_scores.tmp.npz"
-    np.savez_compressed(temporary, count=len(decided), error=np.array([d.decision == "error" for d in decided]),
-                        defective=np.array([k.defective for k in known]), **arrays)
+    ``defective``, in run order: the whole input of :func:`choose_line_rule`, to choose again (another target,
+    another rule) without running the video again. Written whole or not at all."""
+    temporary = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(temporary, count=len(scores), error=np.asarray(errors, dtype=bool),
+                        defective=np.asarray(defective, dtype=bool), **{f"part_{i}": s for i, s in enumerate(scores)})
     temporary.replace(path)
     return path
+
+
+def read_part_scores(path: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(scores, errors, defective) as :func:`write_part_scores` wrote them."""
+    with np.load(path, allow_pickle=False) as stored:
+        return ([stored[f"part_{i}"] for i in range(int(stored["count"]))], stored["error"].copy(),
+                stored["defective"].copy())
 
 
 def _write_report(out: Path, result: CalibrationResult) -> None:
