@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from yolodefect.detections import Detections, box_iou
+from yolodefect.detections import Detections
 from yolodefect.errors import UsageError
 from yolodefect.inference.names import class_name
 from yolodefect.inference.rules import RejectRules
@@ -389,21 +389,22 @@ class PartTracker:
 
     def update(self, boxes: np.ndarray, frame_wh: tuple[int, int]) -> np.ndarray:
         """(N,) track ids for ``boxes`` (N, 4) on a frame of size ``frame_wh``."""
-        ids = np.full(len(boxes), -1, dtype=np.int64)
-        rows = [[float(v) for v in box] for box in boxes]
+        rows: list[list[float]] = boxes.tolist()
+        ids = [-1] * len(rows)
         track_ids = list(self._tracks)
         predicted = [self._tracks[t].predicted(frame_wh) for t in track_ids]
-        iou = box_iou(np.array(predicted, dtype=np.float64).reshape(-1, 4), boxes)
-        score = iou.copy()
+        score = [[_iou(p, box) for box in rows] for p in predicted]
         for row, track_id in enumerate(track_ids):
             if not self._tracks[track_id].known:  # seen once: on a fast line its next box may not overlap it
                 for col, box in enumerate(rows):
-                    if score[row, col] < self.MATCH_IOU and _near(predicted[row], box):
-                        score[row, col] = self.MATCH_IOU * (1.0 - _centre_distance(predicted[row], box) / 1e6)
+                    if score[row][col] < self.MATCH_IOU and _near(predicted[row], box):
+                        score[row][col] = self.MATCH_IOU * (1.0 - _centre_distance(predicted[row], box) / 1e6)
+        # Best pair first; equal scores in row-major order (sorted is stable).
+        pairs = sorted(((score[row][col], row, col) for row in range(len(track_ids)) for col in range(len(rows))),
+                       key=lambda pair: -pair[0])
         matched: set[int] = set()
-        for flat in np.argsort(-score, axis=None):
-            row, col = divmod(int(flat), max(len(rows), 1))
-            if score[row, col] < self.MATCH_IOU * 0.999:
+        for value, row, col in pairs:
+            if value < self.MATCH_IOU * 0.999:
                 break
             if row in matched or ids[col] >= 0:
                 continue
@@ -424,11 +425,12 @@ class PartTracker:
                     del self._tracks[track_id]
                 else:  # coast: a part missed on one frame keeps moving
                     track.box = _shifted(track.box, track.speed)
-        for col in np.flatnonzero(ids < 0):
-            ids[col] = self._next_id
-            self._tracks[self._next_id] = _Track(box=rows[col], speed=[0.0, 0.0])
-            self._next_id += 1
-        return ids
+        for col, track_id in enumerate(ids):
+            if track_id < 0:
+                ids[col] = self._next_id
+                self._tracks[self._next_id] = _Track(box=rows[col], speed=[0.0, 0.0])
+                self._next_id += 1
+        return np.array(ids, dtype=np.int64)
 
 
 def _area(box: list[float]) -> float:
@@ -437,6 +439,13 @@ def _area(box: list[float]) -> float:
 
 def _intersection(a: list[float], b: list[float]) -> float:
     return _area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    """IoU as :func:`yolodefect.detections.box_iou` computes it, on plain floats (a few boxes per frame)."""
+    intersection = _intersection(a, b)
+    union = _area(a) + _area(b) - intersection
+    return intersection / union if union > 0 else 0.0
 
 
 def _apart_axis(boxes: list[list[float]]) -> int | None:
