@@ -63,6 +63,22 @@ def test_each_fault_is_raised_at_once_and_cleared_after_good_frames(faulty_video
     assert seen == EXPECTED
 
 
+def test_a_shrunken_copy_from_the_part_finder_gives_the_same_alarms(faulty_video: Path) -> None:
+    """On a moving line the station hands the monitor the part finder's working-scale copy of the frame (read once
+    after the model call, not twice): the same faults on the same frames."""
+    from yolodefect.stream.part_finder import BeltModel
+
+    frames = list(read_video(faulty_video))
+    belt = BeltModel.learn(frames[:2])
+    monitor = CameraFaultMonitor()
+    seen = []
+    for index, image in enumerate(frames):
+        for change in monitor.update(image, index / FPS, belt.shrink(image)):
+            seen.append((change.kind, change.state, index))
+    assert belt.shrink(frames[0]).shape[:2] == (SIZE_WH[1] // belt.scale, SIZE_WH[0] // belt.scale)
+    assert seen == EXPECTED
+
+
 def test_frozen_is_judged_on_the_frames_own_clock() -> None:
     """Seconds, not frames: the same still picture at 5 fps is frozen after 10 frames, at 50 fps after 100."""
     image = moving(0)
@@ -115,6 +131,17 @@ def test_watch_sends_paired_camera_fault_events_in_order(tmp_path: Path, faulty_
     assert "frozen picture for 2.0 s" in frozen.message
     assert summary.stats.camera_faults == 3 and summary.stats.active_alarms == {}
     assert summary.stats.frames == FRAMES  # every frame still inspected
+
+
+def test_watch_on_a_moving_line_sends_the_same_camera_fault_events(tmp_path: Path, faulty_video: Path) -> None:
+    """Track mode: the belt is learned from the first 30 frames and the camera check shares the part finder's copy of
+    each frame from then on; the alarms are raised and cleared on the same frames as in part mode."""
+    events = tmp_path / "events.jsonl"
+    options = WatchOptions(source=str(faulty_video), mode="track", belt_frames=30, sinks=(str(events),),
+                           outbox=tmp_path / "outbox.sqlite", flush_timeout_s=5.0)
+    watch(options, detector=NothingFound())
+    sent = [Event.from_dict(e) for e in read_events(events)]
+    assert [(e.alarm.reason, e.alarm.state, e.frame_index) for e in sent if e.decision == "camera_fault"] == EXPECTED
 
 
 def test_camera_faults_off_sends_nothing(tmp_path: Path, faulty_video: Path) -> None:

@@ -1,7 +1,8 @@
 """Camera faults: frames that say the camera, not the parts, went wrong; judged per frame, with no window.
 
 :class:`CameraFaultMonitor` looks at every frame on a small grey copy (at most ``FAULT_SIDE_PX`` pixels on its
-longer side, a fraction of a millisecond) for three faults, each its own alarm:
+longer side, a fraction of a millisecond; on a moving line the part finder's working-scale copy, which the station
+makes anyway) for three faults, each its own alarm:
 
 * ``black``: mean grey below ``black_grey`` (8): lens cap, dead light, lost video signal;
 * ``saturated``: more than ``saturated_share`` (0.9) of the pixels at 250 or above: a blinding light,
@@ -75,9 +76,11 @@ class CameraFaultMonitor:
         self._still_anchor: np.ndarray | None = None  # the frame that started the current still run
         self._still_since: float | None = None
 
-    def update(self, image_bgr: np.ndarray, time_s: float) -> list[FaultTransition]:
-        """Judge one frame captured at ``time_s`` (seconds on any steady clock); the faults raised or cleared."""
-        grey = _small_grey(image_bgr)
+    def update(self, image_bgr: np.ndarray, time_s: float, small_bgr: np.ndarray | None = None) -> list[FaultTransition]:
+        """Judge one frame captured at ``time_s`` (seconds on any steady clock); the faults raised or cleared.
+        ``small_bgr``: a shrunken copy of the frame the caller already has (the part finder's), used instead of
+        shrinking the frame again."""
+        grey = _small_grey(image_bgr if small_bgr is None else small_bgr)
         mean_grey = float(grey.mean())
         share = float(np.count_nonzero(grey >= SATURATED_GREY)) / grey.size
         found: dict[FaultKind, dict[str, float] | None] = {

@@ -108,17 +108,25 @@ class BeltModel:
                            len(stack), 100 * busy)
         return model
 
-    def find(self, image: np.ndarray, previous_belt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Part boxes (N, 4) xyxy in frame pixels, largest first, and the working-scale belt mask of this frame
-        (pass it back as ``previous_belt`` with the next frame: the lighting gain is measured on it).
-
-        Runs on every frame beside the model: OpenCV calls on small arrays rather than numpy expressions with
-        their temporaries (the station's share of a frame cycle is what bench/watch.py holds to a few percent)."""
+    def shrink(self, image: np.ndarray) -> np.ndarray:
+        """The frame at the working scale (uint8 BGR), as :meth:`find` looks at it; the station makes it once per
+        frame and hands it to the camera check too (after a model call the frame is no longer in the CPU's caches,
+        and reading it twice cost more than the whole part finder's arithmetic)."""
         wh = (int(image.shape[1]), int(image.shape[0]))
         if wh != self.frame_size_wh:
             raise UsageError(f"frame size {wh[0]}x{wh[1]} differs from the belt model's "
                              f"{self.frame_size_wh[0]}x{self.frame_size_wh[1]}; learn the belt again for this camera")
-        work = _working(image, self.scale).astype(np.float32)
+        return _working(image, self.scale)
+
+    def find(self, image: np.ndarray, previous_belt: np.ndarray | None = None,
+             shrunk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Part boxes (N, 4) xyxy in frame pixels, largest first, and the working-scale belt mask of this frame
+        (pass it back as ``previous_belt`` with the next frame: the lighting gain is measured on it). ``shrunk``:
+        this frame's :meth:`shrink`, when the caller already made it.
+
+        Runs on every frame beside the model: OpenCV calls on small arrays rather than numpy expressions with
+        their temporaries (the station's share of a frame cycle is what bench/watch.py holds to a few percent)."""
+        work = (self.shrink(image) if shrunk is None else shrunk).astype(np.float32)
         grey = _grey(work)
         gain = self._gain(grey, previous_belt)
         # Any channel further from the belt's tone (scaled by the light) than the belt itself varies there.

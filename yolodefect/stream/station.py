@@ -131,6 +131,7 @@ class Station:
         self.belt: BeltModel | None = belt
         self._belt_images: list[np.ndarray] = []
         self._previous_belt: np.ndarray | None = None
+        self._shrunk_frame: tuple[Frame, np.ndarray] | None = None  # the last frame and its working-scale copy
         self.last_frame: Frame | None = None
         if track_mode:
             self.line = LinePartDecider(self._find_parts, self.names, rules, min_frames=min_frames,
@@ -214,8 +215,21 @@ class Station:
             return class_part_boxes(detections, self.part_class_id, self.rules.threshold(self.options.part_class))
         if self.belt is None:
             raise RuntimeError("the belt model is not learned yet")  # process() learns it before detecting
-        boxes, self._previous_belt = self.belt.find(frame.image, self._previous_belt)
+        boxes, self._previous_belt = self.belt.find(frame.image, self._previous_belt, self._shrunk(frame))
         return boxes, np.ones(len(detections), dtype=bool)
+
+    def _shrunk(self, frame: Frame) -> np.ndarray | None:
+        """The part finder's working-scale copy of this frame, made once and shared with the camera check; None
+        before the belt is learned, when parts come from the model, or when the frame does not fit the belt model
+        (the part finder says so)."""
+        if self.belt is None or self.part_class_id is not None or frame.error is not None:
+            return None
+        if self._shrunk_frame is not None and self._shrunk_frame[0] is frame:
+            return self._shrunk_frame[1]
+        if frame.size_wh != self.belt.frame_size_wh:
+            return None
+        self._shrunk_frame = (frame, self.belt.shrink(frame.image))
+        return self._shrunk_frame[1]
 
     def _learning_belt(self, frame: Frame) -> bool:
         """Take the first ``belt_frames`` frames as the empty belt; True while they are being taken."""
@@ -326,7 +340,7 @@ class Station:
         fps = self.source.nominal_fps if self.source.kind == "video" else None
         # A video file's own clock (its position), not how fast this station happens to read it.
         time_s = frame.index / fps if fps else frame.captured_monotonic
-        for change in self.faults.update(frame.image, time_s):
+        for change in self.faults.update(frame.image, time_s, self._shrunk(frame)):
             self._alarm("camera_fault", change.kind, change.state, change.kind, {change.kind: change.measures},
                         change.describe(), frame, send=True)
 
