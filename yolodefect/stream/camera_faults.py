@@ -78,9 +78,9 @@ class CameraFaultMonitor:
 
     def update(self, image_bgr: np.ndarray, time_s: float, small_bgr: np.ndarray | None = None) -> list[FaultTransition]:
         """Judge one frame captured at ``time_s`` (seconds on any steady clock); the faults raised or cleared.
-        ``small_bgr``: a shrunken copy of the frame the caller already has (the part finder's), used instead of
-        shrinking the frame again."""
-        grey = _small_grey(image_bgr if small_bgr is None else small_bgr)
+        ``small_bgr``: a shrunken copy of the frame the caller already has (the part finder's), judged as it is
+        instead of shrinking the frame again."""
+        grey = _small_grey(image_bgr) if small_bgr is None else _grey(small_bgr)
         mean_grey = float(grey.mean())
         share = float(np.count_nonzero(grey >= SATURATED_GREY)) / grey.size
         found: dict[FaultKind, dict[str, float] | None] = {
@@ -127,10 +127,14 @@ def _small_grey(image_bgr: np.ndarray) -> np.ndarray:
     # saturated share to sampling, and a frozen stream repeats its pixels exactly either way. A still picture from a
     # camera with sensor noise differs more between frames at this sampling, so a stopped line is less often
     # taken for a frozen stream.
-    grey = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    grey = _grey(image_bgr)
     height, width = grey.shape[:2]
     scale = FAULT_SIDE_PX / max(height, width)
     if scale < 1.0:
         grey = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
                           interpolation=cv2.INTER_LINEAR)
     return grey
+
+
+def _grey(image_bgr: np.ndarray) -> np.ndarray:
+    return image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)

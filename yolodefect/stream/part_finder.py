@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -65,8 +65,13 @@ class BeltModel:
     limit: np.ndarray  # (H', W', 3) how far a pixel may differ from the mean and still be belt
     mean_grey: np.ndarray  # (H', W') for the lighting gain
     texture_limit: np.ndarray  # (H', W') local contrast above which a pixel is not belt
-    inverse_mean_grey: np.ndarray  # (H', W') 1 / mean_grey (at least 1 grey level): the gain's ratio is a product
-    texture_limit_sq: np.ndarray  # (H', W') texture_limit squared: find compares variances
+    # Derived once here, not on every frame: the gain's ratio is a product, find compares variances.
+    inverse_mean_grey: np.ndarray = field(init=False, repr=False)  # 1 / mean_grey (at least 1 grey level)
+    texture_limit_sq: np.ndarray = field(init=False, repr=False)  # texture_limit squared
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inverse_mean_grey", (1.0 / np.maximum(self.mean_grey, 1.0)).astype(np.float32))
+        object.__setattr__(self, "texture_limit_sq", np.square(self.texture_limit, dtype=np.float32))
 
     @classmethod
     def learn(cls, images: Iterable[np.ndarray], *, min_area_px: float | None = None,
@@ -95,11 +100,9 @@ class BeltModel:
             raise UsageError(f"the smallest part area must be > 0 px, got {area}")
         textures = np.stack([_texture(_grey(frame)) for frame in frames])
         texture_limit = textures.mean(axis=0) + np.maximum(SPREAD_FACTOR * textures.std(axis=0), MIN_TEXTURE)
-        mean_grey = mean.mean(axis=2)
-        texture_limit = texture_limit.astype(np.float32)
         model = cls(mean, spread, size, scale, float(area), len(stack),
-                    np.maximum(SPREAD_FACTOR * spread, MIN_CONTRAST).astype(np.float32), mean_grey, texture_limit,
-                    (1.0 / np.maximum(mean_grey, 1.0)).astype(np.float32), texture_limit * texture_limit)
+                    np.maximum(SPREAD_FACTOR * spread, MIN_CONTRAST).astype(np.float32), mean.mean(axis=2),
+                    texture_limit.astype(np.float32))
         busy = float((spread.max(axis=2) * SPREAD_FACTOR > 4 * MIN_CONTRAST).mean())
         if busy > _BUSY_BELT_FRACTION:
             logger.warning("the %d belt frames did not all show the empty belt: %.0f%% of the picture changed "
@@ -134,9 +137,7 @@ class BeltModel:
         outside = cv2.transform(outside, _ANY_CHANNEL)  # uint8 saturates: 255 where any channel is outside
         # Or textured where the belt is smooth: a part of the belt's own tone still shows its surface. Local contrast
         # of grey / gain above the limit is the variance of grey above (limit * gain)^2: no division, no root.
-        mean = cv2.blur(grey, (3, 3))
-        variance = cv2.blur(grey * grey, (3, 3)) - mean * mean
-        textured = cv2.compare(variance, self.texture_limit_sq * np.float32(gain * gain), cv2.CMP_GT)
+        textured = cv2.compare(_local_variance(grey), self.texture_limit_sq * np.float32(gain * gain), cv2.CMP_GT)
         # Eroded by the 3x3 window it was measured over: a part's edge is contrast too, one pixel beyond the part.
         mask = cv2.bitwise_or(outside, cv2.erode(textured, _KERNEL))
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _KERNEL)  # specks of noise
@@ -190,10 +191,15 @@ def _grey(work: np.ndarray) -> np.ndarray:
     return cv2.transform(work, _THIRDS) if work.ndim == 3 else work.astype(np.float32)
 
 
+def _local_variance(grey: np.ndarray) -> np.ndarray:
+    """Variance over 3x3 working pixels of a working-scale grey image (float rounding can make it slightly negative)."""
+    mean = cv2.blur(grey, (3, 3))
+    return cv2.blur(grey * grey, (3, 3)) - mean * mean
+
+
 def _texture(grey: np.ndarray) -> np.ndarray:
     """Local contrast (standard deviation over 3x3 working pixels) of a working-scale grey image."""
-    mean = cv2.blur(grey, (3, 3))
-    return np.sqrt(np.maximum(cv2.blur(grey * grey, (3, 3)) - mean * mean, 0.0))
+    return np.sqrt(np.maximum(_local_variance(grey), 0.0))
 
 
 def _merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
